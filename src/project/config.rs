@@ -1,0 +1,115 @@
+//! `viewkeeper.kdl`: project settings, every key optional.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::reader::{NodeReader, parse_document};
+use super::{CONFIG_FILE, Problem, SourceFile, display_path, parse_duration};
+use crate::name::parse_identifier;
+
+/// Project settings with their defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Folder of declaration files, relative to the project root.
+    pub views_dir: PathBuf,
+    /// Schema holding viewkeeper's own bookkeeping.
+    pub state_schema: String,
+    /// How long reconcile waits for a lock before giving up instead of queueing.
+    pub lock_timeout: Duration,
+    /// Schemas in the `search_path` of every session, as SQL identifiers (already folded).
+    pub search_path: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            views_dir: PathBuf::from("views"),
+            state_schema: "viewkeeper".to_owned(),
+            lock_timeout: Duration::from_secs(5),
+            search_path: vec!["public".to_owned()],
+        }
+    }
+}
+
+const KEYS: &[&str] = &["views-dir", "state-schema", "lock-timeout", "search-path"];
+
+impl Config {
+    /// Reads `viewkeeper.kdl` in `root` if it exists; problems go to `problems`.
+    pub(super) fn load(root: &Path, problems: &mut Vec<Problem>) -> Config {
+        let path = root.join(CONFIG_FILE);
+        let mut config = Config::default();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return config,
+            Err(error) => {
+                problems.push(Problem::in_file(
+                    &path,
+                    format!("cannot read {}: {error}", path.display()),
+                ));
+                return config;
+            }
+        };
+        let file = Arc::new(SourceFile::new(display_path(&path), text));
+        let Some(document) = parse_document(&file, problems) else {
+            return config;
+        };
+        let mut seen = Vec::new();
+        for node in document.nodes() {
+            let mut reader = NodeReader::new(node, &file, problems);
+            let key = reader.name();
+            reader.allow_properties(&[]);
+            reader.no_children();
+            if !KEYS.contains(&key) {
+                reader.error_with_help(
+                    node.span(),
+                    format!("unknown setting `{key}`"),
+                    "unknown setting",
+                    format!("settings are: {}", KEYS.join(", ")),
+                );
+                continue;
+            }
+            if seen.contains(&key) {
+                reader.error(node.span(), format!("`{key}` is set twice"), "repeated");
+                continue;
+            }
+            seen.push(key);
+            let Some((value, span)) = reader.single_string("a string value") else {
+                continue;
+            };
+            match key {
+                "views-dir" => config.views_dir = PathBuf::from(value),
+                "state-schema" => match parse_identifier(&value) {
+                    Ok(schema) => config.state_schema = schema,
+                    Err(error) => {
+                        reader.error(span, format!("invalid schema name: {error}"), "here")
+                    }
+                },
+                "lock-timeout" => match parse_duration(&value) {
+                    Ok(timeout) => config.lock_timeout = timeout,
+                    Err(error) => reader.error_with_help(
+                        span,
+                        format!("invalid duration `{value}`: {error}"),
+                        "here",
+                        "write durations such as 500ms, 5s or 1m",
+                    ),
+                },
+                "search-path" => {
+                    let schemas: Result<Vec<String>, _> =
+                        value.split(',').map(parse_identifier).collect();
+                    match schemas {
+                        Ok(schemas) => config.search_path = schemas,
+                        Err(error) => reader.error_with_help(
+                            span,
+                            format!("invalid search path: {error}"),
+                            "here",
+                            "a comma-separated list of schemas, such as \"app, public\"",
+                        ),
+                    }
+                }
+                _ => {}
+            }
+        }
+        config
+    }
+}

@@ -1,0 +1,659 @@
+//! Declaration files: `view` and `materialized-view` nodes → [`Declaration`]s.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use croner::parser::{CronParser, Seconds, Year};
+use kdl::KdlNode;
+use miette::SourceSpan;
+
+use super::reader::{NodeReader, parse_document};
+use super::{
+    Config, Declaration, Dependency, Grant, Grantee, Index, Kind, Problem, Query, QueryOrigin,
+    RefreshPolicy, RefreshTrigger, SourceFile, display_path, parse_duration,
+};
+use crate::name::{QualifiedName, is_plain_identifier, parse_identifier};
+
+/// Unqualified names in declarations live in this schema.
+const DEFAULT_SCHEMA: &str = "public";
+
+/// Privileges `grant` accepts on views and materialized views.
+pub(crate) const PRIVILEGES: &[&str] = &[
+    "SELECT",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "TRUNCATE",
+    "REFERENCES",
+    "TRIGGER",
+    "MAINTAIN",
+    "ALL",
+];
+
+const VIEW_CHILDREN: &[&str] = &[
+    "depends-on",
+    "query",
+    "query-file",
+    "grant",
+    "comment",
+    "owner",
+];
+const MATERIALIZED_CHILDREN: &[&str] = &[
+    "depends-on",
+    "query",
+    "query-file",
+    "index",
+    "grant",
+    "comment",
+    "owner",
+    "populate",
+    "refresh",
+];
+
+/// Every declaration in one file; problems go to `problems`.
+pub(super) fn parse_file(
+    file: &Arc<SourceFile>,
+    _config: &Config,
+    problems: &mut Vec<Problem>,
+) -> Vec<Declaration> {
+    let Some(document) = parse_document(file, problems) else {
+        return Vec::new();
+    };
+    document
+        .nodes()
+        .iter()
+        .filter_map(|node| parse_declaration(node, file, problems))
+        .collect()
+}
+
+fn parse_declaration(
+    node: &KdlNode,
+    file: &Arc<SourceFile>,
+    problems: &mut Vec<Problem>,
+) -> Option<Declaration> {
+    let mut reader = NodeReader::new(node, file, problems);
+    let kind = match reader.name() {
+        "view" => Kind::View,
+        "materialized-view" => Kind::MaterializedView,
+        other => {
+            reader.error_with_help(
+                node.span(),
+                format!("unknown node `{other}`"),
+                "unknown node",
+                "a declaration file holds `view` and `materialized-view` nodes",
+            );
+            return None;
+        }
+    };
+    reader.allow_properties(&[]);
+    let (name_text, name_span) =
+        reader.single_string("the view's name, such as \"public.sales\"")?;
+    let name = match QualifiedName::parse(&name_text, DEFAULT_SCHEMA) {
+        Ok(name) => name,
+        Err(error) => {
+            reader.error_with_help(
+                name_span,
+                format!("invalid name `{name_text}`: {error}"),
+                "invalid name",
+                "names are `schema.name` or `name` (schema public); quote mixed case: \"\\\"Sales\\\"\"",
+            );
+            return None;
+        }
+    };
+
+    let mut builder = Builder::new(kind, name, node.span());
+    match node.children() {
+        Some(children) => {
+            for child in children.nodes() {
+                builder.child(NodeReader::new(child, file, problems));
+            }
+        }
+        None => problems.push(Problem::at(
+            file,
+            node.span(),
+            format!("{} `{}` has no body", kind.words(), builder.name),
+            "needs a { … } block with a query",
+        )),
+    }
+    builder.finish(file, problems)
+}
+
+/// Collects a declaration's children, remembering which singletons were seen.
+struct Builder {
+    kind: Kind,
+    name: QualifiedName,
+    span: SourceSpan,
+    depends_on: Vec<Dependency>,
+    query: Option<(QueryText, SourceSpan)>,
+    indexes: Vec<Index>,
+    grants: Vec<Grant>,
+    comment: Option<String>,
+    owner: Option<String>,
+    populate: bool,
+    refresh: Option<RefreshPolicy>,
+    seen: Vec<String>,
+    /// The query could not be read (already reported): do not also say it is missing.
+    query_failed: bool,
+}
+
+enum QueryText {
+    Inline { text: String, span: SourceSpan },
+    File { path: String, span: SourceSpan },
+}
+
+impl Builder {
+    fn new(kind: Kind, name: QualifiedName, span: SourceSpan) -> Self {
+        Self {
+            kind,
+            name,
+            span,
+            depends_on: Vec::new(),
+            query: None,
+            indexes: Vec::new(),
+            grants: Vec::new(),
+            comment: None,
+            owner: None,
+            populate: true,
+            refresh: None,
+            seen: Vec::new(),
+            query_failed: false,
+        }
+    }
+
+    fn child(&mut self, mut reader: NodeReader<'_, '_>) {
+        let node = reader.node;
+        let child = reader.name();
+        let allowed = match self.kind {
+            Kind::View => VIEW_CHILDREN,
+            Kind::MaterializedView => MATERIALIZED_CHILDREN,
+        };
+        if !allowed.contains(&child) {
+            if MATERIALIZED_CHILDREN.contains(&child) {
+                reader.error_with_help(
+                    node.span(),
+                    format!(
+                        "`{child}` applies only to materialized views; `{}` is a view",
+                        self.name
+                    ),
+                    "not allowed on a view",
+                    "declare it with `materialized-view` to store its rows",
+                );
+            } else {
+                reader.error_with_help(
+                    node.span(),
+                    format!(
+                        "unknown node `{child}` in {} `{}`",
+                        self.kind.words(),
+                        self.name
+                    ),
+                    "unknown node",
+                    format!(
+                        "{} declarations accept: {}",
+                        self.kind.words(),
+                        allowed.join(", ")
+                    ),
+                );
+            }
+            return;
+        }
+        reader.no_children();
+        let singleton = matches!(
+            child,
+            "query" | "query-file" | "comment" | "owner" | "populate" | "refresh"
+        );
+        if singleton {
+            let conflicting = if matches!(child, "query" | "query-file") {
+                self.seen
+                    .iter()
+                    .find(|s| *s == "query" || *s == "query-file")
+            } else {
+                self.seen.iter().find(|s| *s == child)
+            };
+            if let Some(previous) = conflicting {
+                let message = if previous == child {
+                    format!("`{child}` is given twice in `{}`", self.name)
+                } else {
+                    format!("`{}` has both `query` and `query-file`", self.name)
+                };
+                reader.error_with_help(
+                    node.span(),
+                    message,
+                    "second one",
+                    "a declaration has exactly one `query` or one `query-file`",
+                );
+                self.query_failed |= matches!(child, "query" | "query-file");
+                return;
+            }
+            self.seen.push(child.to_owned());
+        }
+        match child {
+            "depends-on" => {
+                reader.allow_properties(&[]);
+                for (text, span) in reader.string_arguments(1, "one or more relation names") {
+                    match QualifiedName::parse(&text, DEFAULT_SCHEMA) {
+                        Ok(name) => self.depends_on.push(Dependency { name, span }),
+                        Err(error) => reader.error(
+                            span,
+                            format!("invalid name `{text}`: {error}"),
+                            "invalid name",
+                        ),
+                    }
+                }
+            }
+            "query" => {
+                reader.allow_properties(&[]);
+                match reader.single_string("the SQL query") {
+                    Some((text, span)) => {
+                        self.query = Some((QueryText::Inline { text, span }, span))
+                    }
+                    None => self.query_failed = true,
+                }
+            }
+            "query-file" => {
+                reader.allow_properties(&[]);
+                match reader.single_string("a path to a .sql file") {
+                    Some((path, span)) => self.query = Some((QueryText::File { path, span }, span)),
+                    None => self.query_failed = true,
+                }
+            }
+            "index" => self.index(reader),
+            "grant" => self.grant(reader),
+            "comment" => {
+                reader.allow_properties(&[]);
+                self.comment = reader
+                    .single_string("the comment text")
+                    .map(|(text, _)| text);
+            }
+            "owner" => {
+                reader.allow_properties(&[]);
+                self.owner = reader.single_string("a role name").map(|(text, _)| text);
+            }
+            "populate" => {
+                reader.allow_properties(&[]);
+                match reader.arguments().as_slice() {
+                    [entry] => match entry.value().as_bool() {
+                        Some(populate) => self.populate = populate,
+                        None => reader.error_with_help(
+                            entry.span(),
+                            "`populate` takes #true or #false",
+                            "not a boolean",
+                            "KDL 2.0 writes booleans as #true and #false",
+                        ),
+                    },
+                    _ => reader.error(
+                        node.span(),
+                        "`populate` takes one argument: #true or #false",
+                        "here",
+                    ),
+                }
+            }
+            "refresh" => self.refresh(reader),
+            _ => {}
+        }
+    }
+
+    fn index(&mut self, mut reader: NodeReader<'_, '_>) {
+        reader.allow_properties(&["unique", "name", "using", "where"]);
+        let elements: Vec<String> = reader
+            .string_arguments(1, "one or more columns or expressions")
+            .into_iter()
+            .map(|(text, _)| text.trim().to_owned())
+            .collect();
+        let unique = reader.bool_property("unique").unwrap_or(false);
+        let name = match reader.string_property("name") {
+            Some((text, span)) => match parse_identifier(&text) {
+                Ok(name) => name,
+                Err(error) => {
+                    reader.error(span, format!("invalid index name: {error}"), "here");
+                    return;
+                }
+            },
+            None => default_index_name(&self.name.name, &elements, unique),
+        };
+        let using = reader.string_property("using").map(|(text, _)| text);
+        let predicate = reader.string_property("where").map(|(text, _)| text);
+        if elements.is_empty() {
+            return;
+        }
+        if let Some(previous) = self.indexes.iter().find(|index| index.name == name) {
+            let _ = previous;
+            reader.error_with_help(
+                reader.node.span(),
+                format!("index name `{name}` is used twice on `{}`", self.name),
+                "same name",
+                "give one of them a `name=`",
+            );
+            return;
+        }
+        self.indexes.push(Index {
+            name,
+            elements,
+            unique,
+            using,
+            predicate,
+            span: reader.node.span(),
+        });
+    }
+
+    fn grant(&mut self, mut reader: NodeReader<'_, '_>) {
+        reader.allow_properties(&["to"]);
+        let mut privileges = Vec::new();
+        for (text, span) in reader.string_arguments(1, "one or more privileges, such as \"SELECT\"")
+        {
+            let privilege = text.trim().to_uppercase();
+            let privilege = if privilege == "ALL PRIVILEGES" {
+                "ALL".to_owned()
+            } else {
+                privilege
+            };
+            if PRIVILEGES.contains(&privilege.as_str()) {
+                privileges.push(privilege);
+            } else {
+                reader.error_with_help(
+                    span,
+                    format!("unknown privilege `{text}`"),
+                    "unknown privilege",
+                    format!("privileges are: {}", PRIVILEGES.join(", ")),
+                );
+            }
+        }
+        let role = match reader.string_property("to") {
+            Some((role, _)) if role.eq_ignore_ascii_case("public") => Grantee::Public,
+            Some((role, _)) => Grantee::Role(role),
+            None => {
+                reader.error_with_help(
+                    reader.node.span(),
+                    "`grant` needs a role: to=\"ROLE\"",
+                    "no role",
+                    "for example: grant \"SELECT\" to=\"reporting\"",
+                );
+                return;
+            }
+        };
+        self.grants.push(Grant { privileges, role });
+    }
+
+    fn refresh(&mut self, mut reader: NodeReader<'_, '_>) {
+        reader.allow_properties(&["every", "cron", "timezone", "concurrently", "with-upstream"]);
+        let span = reader.node.span();
+        if !reader.arguments().is_empty() {
+            reader.error(
+                span,
+                "`refresh` takes properties only: every=, cron= or with-upstream=#true",
+                "here",
+            );
+        }
+        let concurrently = reader.bool_property("concurrently").unwrap_or(false);
+        let every = reader.string_property("every");
+        let cron = reader.string_property("cron");
+        let timezone = reader.string_property("timezone");
+        let with_upstream = reader.bool_property("with-upstream").unwrap_or(false);
+        let chosen =
+            usize::from(every.is_some()) + usize::from(cron.is_some()) + usize::from(with_upstream);
+        if chosen != 1 {
+            reader.error_with_help(
+                span,
+                "`refresh` needs exactly one of every=, cron= or with-upstream=#true",
+                "here",
+                "for example: refresh every=\"15m\"",
+            );
+            return;
+        }
+        if timezone.is_some() && cron.is_none() {
+            reader.error(span, "`timezone` applies only to cron= schedules", "here");
+        }
+        let trigger = if let Some((text, value_span)) = every {
+            match parse_duration(&text) {
+                Ok(duration) if !duration.is_zero() => RefreshTrigger::Every(duration),
+                Ok(_) => {
+                    reader.error(
+                        value_span,
+                        "a refresh interval must be longer than zero",
+                        "here",
+                    );
+                    return;
+                }
+                Err(error) => {
+                    reader.error_with_help(
+                        value_span,
+                        format!("invalid duration `{text}`: {error}"),
+                        "here",
+                        "write durations such as 30s, 15m, 1h or 1d",
+                    );
+                    return;
+                }
+            }
+        } else if let Some((expression, value_span)) = cron {
+            let parser = CronParser::builder()
+                .seconds(Seconds::Disallowed)
+                .year(Year::Disallowed)
+                .build();
+            if let Err(error) = parser.parse(&expression) {
+                reader.error_with_help(
+                    value_span,
+                    format!("invalid cron expression `{expression}`: {error}"),
+                    "here",
+                    "five fields: minute hour day-of-month month day-of-week, such as \"*/15 * * * *\"",
+                );
+                return;
+            }
+            RefreshTrigger::Cron {
+                expression,
+                timezone: timezone.map(|(zone, _)| zone),
+            }
+        } else {
+            RefreshTrigger::WithUpstream
+        };
+        self.refresh = Some(RefreshPolicy {
+            trigger,
+            concurrently,
+            span,
+        });
+    }
+
+    fn finish(self, file: &Arc<SourceFile>, problems: &mut Vec<Problem>) -> Option<Declaration> {
+        let query = match self.query {
+            Some((QueryText::Inline { text, span }, _)) => Some(inline_query(file, span, &text)),
+            Some((QueryText::File { path, span }, _)) => {
+                query_from_file(file, &path, span, problems)
+            }
+            None => {
+                if !self.query_failed {
+                    problems.push(
+                        Problem::at(
+                            file,
+                            self.span,
+                            format!("{} `{}` has no query", self.kind.words(), self.name),
+                            "no query",
+                        )
+                        .with_help("add `query \"SELECT …\"` or `query-file \"name.sql\"`"),
+                    );
+                }
+                None
+            }
+        };
+        if let Some(policy) = &self.refresh
+            && policy.concurrently
+            && !self.indexes.iter().any(Index::allows_concurrent_refresh)
+        {
+            problems.push(
+                Problem::at(
+                    file,
+                    policy.span,
+                    format!("`{}` refreshes concurrently but has no unique index on plain columns", self.name),
+                    "concurrently=#true",
+                )
+                .with_help(
+                    "PostgreSQL's REFRESH … CONCURRENTLY needs a unique index on columns, without WHERE: \
+                     add index \"col\" unique=#true",
+                ),
+            );
+        }
+        Some(Declaration {
+            kind: self.kind,
+            name: self.name,
+            depends_on: self.depends_on,
+            query: query?,
+            indexes: self.indexes,
+            grants: self.grants,
+            comment: self.comment,
+            owner: self.owner,
+            populate: self.populate,
+            refresh: self.refresh,
+            file: Arc::clone(file),
+            span: self.span,
+        })
+    }
+}
+
+/// An inline `query` string: KDL has already dedented multi-line strings, whose text starts
+/// on the line after the opening quotes.
+fn inline_query(file: &Arc<SourceFile>, span: SourceSpan, text: &str) -> Query {
+    let entry_text = file
+        .text
+        .get(span.offset()..span.offset() + span.len())
+        .unwrap_or("");
+    let value_start = entry_text.find(['"', '#']).unwrap_or(0);
+    let value_text = &entry_text[value_start..];
+    let multiline = value_text.trim_start_matches('#').starts_with("\"\"\"");
+    let (line, column) = file.line_col(span.offset() + value_start);
+    let (text, skipped_lines) = normalise_query(text);
+    let origin = if multiline {
+        QueryOrigin {
+            file: Arc::clone(file),
+            first_line: line + 1 + skipped_lines,
+            first_column: None,
+        }
+    } else {
+        let hashes = value_text.chars().take_while(|c| *c == '#').count();
+        QueryOrigin {
+            file: Arc::clone(file),
+            first_line: line + skipped_lines,
+            first_column: (skipped_lines == 0).then_some(column + hashes + 1),
+        }
+    };
+    Query { text, origin }
+}
+
+fn query_from_file(
+    file: &Arc<SourceFile>,
+    relative: &str,
+    span: SourceSpan,
+    problems: &mut Vec<Problem>,
+) -> Option<Query> {
+    let base = file.path.parent().unwrap_or(Path::new(""));
+    let path = display_path(&base.join(relative));
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let (query, skipped_lines) = normalise_query(&text);
+            if query.is_empty() {
+                problems.push(Problem::at(
+                    file,
+                    span,
+                    format!("query file {} is empty", path.display()),
+                    "empty file",
+                ));
+                return None;
+            }
+            Some(Query {
+                text: query,
+                origin: QueryOrigin {
+                    file: Arc::new(SourceFile::new(path, text)),
+                    first_line: 1 + skipped_lines,
+                    first_column: None,
+                },
+            })
+        }
+        Err(error) => {
+            problems.push(
+                Problem::at(
+                    file,
+                    span,
+                    format!("cannot read query file {}: {error}", path.display()),
+                    "this file",
+                )
+                .with_help("query-file paths are relative to the .kdl file that names them"),
+            );
+            None
+        }
+    }
+}
+
+/// Canonical query text (`\n` line endings, no leading blank lines, no trailing blanks or
+/// final `;`) and how many leading lines were dropped.
+pub(crate) fn normalise_query(text: &str) -> (String, usize) {
+    let text = text.replace("\r\n", "\n");
+    let mut lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+    let skipped = lines.iter().take_while(|line| line.is_empty()).count();
+    lines.drain(..skipped);
+    while lines.last().is_some_and(|line| line.is_empty()) {
+        lines.pop();
+    }
+    let mut joined = lines.join("\n");
+    while joined.ends_with(';') {
+        joined.pop();
+        let trimmed = joined.trim_end().len();
+        joined.truncate(trimmed);
+    }
+    (joined, skipped)
+}
+
+/// PostgreSQL-style default index name: `sales_summary_seller_no_invoice_date_key`.
+fn default_index_name(relation: &str, elements: &[String], unique: bool) -> String {
+    let columns: Vec<String> = elements
+        .iter()
+        .map(|element| {
+            let lowered = element.to_lowercase();
+            if is_plain_identifier(&lowered) {
+                lowered
+            } else {
+                "expr".to_owned()
+            }
+        })
+        .collect();
+    let suffix = if unique { "key" } else { "idx" };
+    let mut name = format!("{relation}_{}_{suffix}", columns.join("_"));
+    if name.len() > 63 {
+        // Keep the suffix, as PostgreSQL does, so the kind of index stays visible.
+        let mut keep = 63 - suffix.len() - 1;
+        while !name.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        name = format!("{}_{suffix}", &name[..keep]);
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises_query_text() {
+        assert_eq!(
+            normalise_query("\n\nSELECT 1;  \n\n"),
+            ("SELECT 1".to_owned(), 2)
+        );
+        assert_eq!(
+            normalise_query("SELECT 1\r\nFROM t ;"),
+            ("SELECT 1\nFROM t".to_owned(), 0)
+        );
+    }
+
+    #[test]
+    fn derives_index_names() {
+        assert_eq!(
+            default_index_name(
+                "sales_summary",
+                &["seller_no".into(), "invoice_date".into()],
+                true
+            ),
+            "sales_summary_seller_no_invoice_date_key"
+        );
+        assert_eq!(
+            default_index_name("t", &["(lower(x))".into()], false),
+            "t_expr_idx"
+        );
+        assert!(default_index_name(&"a".repeat(60), &["b".into()], false).len() <= 63);
+    }
+}

@@ -1,0 +1,341 @@
+//! The project on disk: `viewkeeper.kdl` and the declaration files → [`Project`].
+//!
+//! Loading reads every file, reports every problem in one [`Problems`] value (never just
+//! the first), and checks the declared dependency graph for cycles. Nothing here talks to
+//! the database.
+
+mod config;
+mod declaration;
+mod diagnostic;
+mod reader;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use miette::SourceSpan;
+use serde::Serialize;
+
+pub use config::Config;
+pub use diagnostic::{Problem, Problems, SourceFile};
+
+use crate::graph::DependencyGraph;
+use crate::name::QualifiedName;
+
+/// Name of the optional project settings file at the project root.
+pub const CONFIG_FILE: &str = "viewkeeper.kdl";
+
+/// Everything declared in a project, validated.
+#[derive(Debug)]
+pub struct Project {
+    pub config: Config,
+    /// Declarations keyed by name, in file order then position within the file.
+    pub declarations: IndexMap<QualifiedName, Declaration>,
+}
+
+/// What kind of relation a declaration makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    View,
+    MaterializedView,
+}
+
+impl Kind {
+    /// The words SQL uses for it (`DROP MATERIALIZED VIEW …`).
+    pub fn sql(self) -> &'static str {
+        match self {
+            Kind::View => "VIEW",
+            Kind::MaterializedView => "MATERIALIZED VIEW",
+        }
+    }
+
+    /// The KDL node name, also used in plans and JSON.
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Kind::View => "view",
+            Kind::MaterializedView => "materialized-view",
+        }
+    }
+
+    /// Human words for messages.
+    pub fn words(self) -> &'static str {
+        match self {
+            Kind::View => "view",
+            Kind::MaterializedView => "materialized view",
+        }
+    }
+}
+
+/// One `view` or `materialized-view` node.
+#[derive(Debug)]
+pub struct Declaration {
+    pub kind: Kind,
+    pub name: QualifiedName,
+    pub depends_on: Vec<Dependency>,
+    pub query: Query,
+    pub indexes: Vec<Index>,
+    pub grants: Vec<Grant>,
+    pub comment: Option<String>,
+    pub owner: Option<String>,
+    /// False for `populate #false`: created `WITH NO DATA` and never refreshed by reconcile.
+    pub populate: bool,
+    pub refresh: Option<RefreshPolicy>,
+    /// The file and the span of the whole node, for diagnostics.
+    pub file: Arc<SourceFile>,
+    pub span: SourceSpan,
+}
+
+/// A `depends-on` entry.
+#[derive(Debug, Clone)]
+pub struct Dependency {
+    pub name: QualifiedName,
+    pub span: SourceSpan,
+}
+
+/// A declared query and where its text lives, to map PostgreSQL error positions back.
+#[derive(Debug, Clone)]
+pub struct Query {
+    /// Normalised: line endings `\n`, trailing blanks and a final `;` removed.
+    pub text: String,
+    pub origin: QueryOrigin,
+}
+
+/// Where line 1 of a query's text sits in a file.
+#[derive(Debug, Clone)]
+pub struct QueryOrigin {
+    pub file: Arc<SourceFile>,
+    /// 1-based line of the query's first line in `file`.
+    pub first_line: usize,
+    /// For a one-line inline string, the 1-based column of its first character; `None`
+    /// when the query's lines are whole lines of the file (multi-line strings, `.sql` files).
+    pub first_column: Option<usize>,
+}
+
+/// An `index` entry of a materialized view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Index {
+    /// The name PostgreSQL will show: declared with `name=` or derived from the columns.
+    pub name: String,
+    /// Index elements as written: a plain column name, or SQL such as `(lower(email))`.
+    pub elements: Vec<String>,
+    pub unique: bool,
+    pub using: Option<String>,
+    pub predicate: Option<String>,
+    pub span: SourceSpan,
+}
+
+impl Index {
+    /// A unique index on plain columns without a predicate: what `REFRESH … CONCURRENTLY`
+    /// requires of a materialized view.
+    pub fn allows_concurrent_refresh(&self) -> bool {
+        self.unique
+            && self.predicate.is_none()
+            && self
+                .elements
+                .iter()
+                .all(|element| crate::name::parse_identifier(element).is_ok())
+    }
+}
+
+/// A `grant` entry: privileges on the object to one role (or `PUBLIC`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// Upper-case privilege names; `ALL` stays `ALL` until the plan knows the server version.
+    pub privileges: Vec<String>,
+    pub role: Grantee,
+}
+
+/// Who a grant is for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(untagged)]
+pub enum Grantee {
+    Public,
+    Role(String),
+}
+
+impl std::fmt::Display for Grantee {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Grantee::Public => f.write_str("PUBLIC"),
+            Grantee::Role(role) => f.write_str(role),
+        }
+    }
+}
+
+/// When `schedule` refreshes a materialized view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshPolicy {
+    pub trigger: RefreshTrigger,
+    pub concurrently: bool,
+    pub span: SourceSpan,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshTrigger {
+    Every(Duration),
+    Cron {
+        expression: String,
+        timezone: Option<String>,
+    },
+    /// Right after any upstream materialized view is refreshed.
+    WithUpstream,
+}
+
+impl Project {
+    /// Reads and validates the project in `root`: all problems at once, or the project.
+    pub fn load(root: &Path) -> Result<Project, Problems> {
+        let mut problems = Vec::new();
+        let config = Config::load(root, &mut problems);
+        let views_dir = root.join(&config.views_dir);
+        let files = declaration_files(&views_dir, &mut problems);
+        let mut declarations: IndexMap<QualifiedName, Declaration> = IndexMap::new();
+        for path in files {
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(error) => {
+                    problems.push(Problem::in_file(
+                        &path,
+                        format!("cannot read {}: {error}", path.display()),
+                    ));
+                    continue;
+                }
+            };
+            let file = Arc::new(SourceFile::new(display_path(&path), text));
+            for declaration in declaration::parse_file(&file, &config, &mut problems) {
+                if let Some(first) = declarations.get(&declaration.name) {
+                    let (line, col) = first.file.line_col(first.span.offset());
+                    problems.push(
+                        Problem::at(
+                            &declaration.file,
+                            declaration.span,
+                            format!("`{}` is declared twice", declaration.name),
+                            "second declaration",
+                        )
+                        .with_help(format!(
+                            "the first is at {}:{line}:{col}; each view is declared once",
+                            first.file.path.display()
+                        )),
+                    );
+                } else {
+                    declarations.insert(declaration.name.clone(), declaration);
+                }
+            }
+        }
+        check_dependencies(&declarations, &mut problems);
+        if problems.is_empty() {
+            Ok(Project {
+                config,
+                declarations,
+            })
+        } else {
+            Err(Problems::new(problems))
+        }
+    }
+
+    /// The graph of declared objects and the `depends-on` edges between them.
+    pub fn graph(&self) -> DependencyGraph {
+        declared_graph(&self.declarations)
+    }
+}
+
+fn declared_graph(declarations: &IndexMap<QualifiedName, Declaration>) -> DependencyGraph {
+    let mut graph = DependencyGraph::default();
+    for name in declarations.keys() {
+        graph.add_node(name);
+    }
+    for declaration in declarations.values() {
+        for dependency in &declaration.depends_on {
+            if declarations.contains_key(&dependency.name) {
+                graph.add_edge(&dependency.name, &declaration.name);
+            }
+        }
+    }
+    graph
+}
+
+/// Cycles among declared objects, each reported once with its whole path.
+fn check_dependencies(
+    declarations: &IndexMap<QualifiedName, Declaration>,
+    problems: &mut Vec<Problem>,
+) {
+    for cycle in declared_graph(declarations).cycles() {
+        let Some(first) = cycle.first().and_then(|name| declarations.get(name)) else {
+            continue;
+        };
+        let next = cycle.get(1).unwrap_or(&first.name);
+        let span = first
+            .depends_on
+            .iter()
+            .find(|dependency| &dependency.name == next)
+            .map_or(first.span, |dependency| dependency.span);
+        let message = if cycle.len() == 1 {
+            format!("{} `{}` depends on itself", first.kind.words(), first.name)
+        } else {
+            let path: Vec<String> = cycle
+                .iter()
+                .chain(std::iter::once(&first.name))
+                .map(ToString::to_string)
+                .collect();
+            format!(
+                "{} `{}` has a circular dependency: {}",
+                first.kind.words(),
+                first.name,
+                path.join(" -> ")
+            )
+        };
+        problems.push(
+            Problem::at(
+                &first.file,
+                span,
+                message,
+                "this dependency closes the cycle",
+            )
+            .with_help("views are created in dependency order, so their dependencies cannot loop"),
+        );
+    }
+}
+
+/// All `.kdl` files under the declaration folder, sorted so runs are reproducible.
+fn declaration_files(dir: &Path, problems: &mut Vec<Problem>) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        let entries = match std::fs::read_dir(&folder) {
+            Ok(entries) => entries,
+            Err(error) => {
+                problems.push(
+                    Problem::in_file(
+                        &display_path(&folder),
+                        format!("cannot read the declaration folder: {error}"),
+                    )
+                    .with_help("set `views-dir` in viewkeeper.kdl, or pass --project"),
+                );
+                continue;
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "kdl") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// `./views/a.kdl` → `views/a.kdl`: paths in messages as a user would type them.
+pub(crate) fn display_path(path: &Path) -> PathBuf {
+    path.strip_prefix(".")
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Reads a duration such as `5s`, `15m`, `1h 30m` or `1d`.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|error| error.to_string())
+}

@@ -1,0 +1,29 @@
+//! The one place DDL text gets its identifiers and literals quoted.
+//!
+//! Every statement viewkeeper builds from user-controlled names goes through these two
+//! helpers, which wrap libpq's own escaping rules (`postgres-protocol`), so no code path
+//! hand-writes quotes.
+
+use postgres_protocol::escape;
+
+/// `name` as a double-quoted SQL identifier (`"Sales ""2024"""`).
+pub(crate) fn quote_ident(name: &str) -> String {
+    escape::escape_identifier(name)
+}
+
+/// `text` as a single-quoted SQL literal (switching to `E'…'` when it holds backslashes).
+pub(crate) fn quote_literal(text: &str) -> String {
+    escape::escape_literal(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_identifiers_and_literals() {
+        assert_eq!(quote_ident("sales"), "\"sales\"");
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+}
