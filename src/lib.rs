@@ -2,10 +2,24 @@
 //! declaration files, whatever migrations do to them.
 //!
 //! Data flows one way: [`project`] (files) → [`graph`] → [`catalog`] (live database) →
-//! [`plan`] (a pure value) → [`apply`]. Only the two ends do IO.
+//! [`plan`] (a pure value) → [`apply`]. Only the two ends do IO; [`commands`] is the edge
+//! that prints.
 
+pub mod apply;
+pub mod catalog;
+pub mod cli;
+pub mod commands;
+pub mod db;
+mod demo;
+pub mod error;
 pub mod graph;
 pub mod name;
+pub mod plan;
 pub mod project;
+pub mod refresh;
+pub mod render;
 pub mod sandbox;
 mod sql;
+pub mod state;
+
+pub use commands::{Status, run};

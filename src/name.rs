@@ -11,7 +11,7 @@ use crate::sql::quote_ident;
 const MAX_IDENTIFIER_BYTES: usize = 63;
 
 /// A relation's schema and name, as they are stored in the catalog (already case-folded).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct QualifiedName {
     pub schema: String,
     pub name: String,
@@ -56,6 +56,13 @@ impl QualifiedName {
     /// The name as SQL: both parts quoted.
     pub fn to_sql(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+/// Serialised as its display form (`public.sales`), the string JSON consumers compare.
+impl Serialize for QualifiedName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
     }
 }
 

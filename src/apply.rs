@@ -1,0 +1,269 @@
+//! Executes a [`Plan`] in one transaction, under an advisory lock, with `lock_timeout` set.
+//!
+//! The lock is taken first and the catalog is read and planned *inside* the same
+//! transaction, so a reconcile that waited for another one plans against what that one
+//! left. Any error rolls everything back: the database is exactly as it was.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use miette::{Diagnostic, NamedSource, SourceSpan};
+use sha2::{Digest, Sha256};
+use tokio_postgres::Client;
+use tokio_postgres::error::ErrorPosition;
+
+use crate::catalog::{self, Catalog};
+use crate::db::describe;
+use crate::plan::{self, EmbeddedQuery, Plan, PlanError, Statement};
+use crate::project::Project;
+use crate::state;
+
+/// Reconcile failed; the transaction was rolled back.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[non_exhaustive]
+pub enum ApplyError {
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Plan(#[from] PlanError),
+    #[error("{context}: {message}")]
+    Database {
+        context: &'static str,
+        message: String,
+    },
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Statement(Box<StatementError>),
+}
+
+/// A planned statement failed; nothing was changed.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error("{object}{}: {message}", location.as_ref().map(|l| format!(" ({l})")).unwrap_or_default())]
+#[diagnostic(code(viewkeeper::statement_failed))]
+pub struct StatementError {
+    pub object: String,
+    pub message: String,
+    /// `file:line:col` of the failing spot of the declared query, when PostgreSQL gave one.
+    pub location: Option<String>,
+    #[source_code]
+    source_code: Option<NamedSource<Arc<String>>>,
+    #[label("PostgreSQL points here")]
+    span: Option<SourceSpan>,
+    #[help]
+    help: String,
+}
+
+/// The advisory lock key that keeps reconciles of one state schema from interleaving.
+pub fn lock_key(state_schema: &str) -> i64 {
+    let digest = Sha256::digest(format!("viewkeeper:{state_schema}").as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(bytes)
+}
+
+/// What a reconcile did.
+#[derive(Debug)]
+pub struct Reconciled {
+    pub plan: Plan,
+    pub catalog_queries: usize,
+    pub elapsed: Duration,
+}
+
+/// Plans and applies in one transaction. `on_statement` hears about each statement after it
+/// ran, with its duration (for progress output).
+pub async fn reconcile(
+    client: &mut Client,
+    project: &Project,
+    mut on_statement: impl FnMut(&Statement, Duration),
+) -> Result<Reconciled, ApplyError> {
+    let started = Instant::now();
+    let config = &project.config;
+    let transaction = client
+        .transaction()
+        .await
+        .map_err(database("cannot start a transaction"))?;
+    // Waits for a concurrent reconcile to finish; released by commit or rollback, so it
+    // cannot leak (unlike a session lock on an early return).
+    transaction
+        .execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&lock_key(&config.state_schema)],
+        )
+        .await
+        .map_err(database("cannot take viewkeeper's advisory lock"))?;
+    // Give up instead of queueing behind a long-running query that holds a view: waiting
+    // would also block every reader queued behind our own ACCESS EXCLUSIVE request.
+    let timeout_ms = config.lock_timeout.as_millis();
+    transaction
+        .batch_execute(&format!("SET LOCAL lock_timeout = {timeout_ms}"))
+        .await
+        .map_err(database("cannot set lock_timeout"))?;
+
+    let catalog: Catalog = catalog::introspect(
+        &transaction,
+        &dependency_names(project),
+        &config.state_schema,
+    )
+    .await
+    .map_err(database("cannot read the catalog"))?;
+    let plan = plan::plan(project, &catalog)?;
+    if plan.is_empty() {
+        // Nothing to do: no DDL, no lock on any view, nothing written.
+        transaction
+            .rollback()
+            .await
+            .map_err(database("cannot end the transaction"))?;
+        return Ok(Reconciled {
+            plan,
+            catalog_queries: catalog.queries_issued,
+            elapsed: started.elapsed(),
+        });
+    }
+
+    transaction
+        .batch_execute(&state::ensure_schema_sql(&config.state_schema))
+        .await
+        .map_err(database("cannot create viewkeeper's state schema"))?;
+    for statement in &plan.statements {
+        let statement_started = Instant::now();
+        if let Err(error) = transaction.batch_execute(&statement.sql).await {
+            return Err(ApplyError::Statement(Box::new(statement_error(
+                statement, &error,
+            ))));
+        }
+        on_statement(statement, statement_started.elapsed());
+    }
+    state::write(
+        &transaction,
+        &config.state_schema,
+        &plan.records,
+        &plan.forget,
+    )
+    .await
+    .map_err(database("cannot record what was applied"))?;
+    transaction
+        .commit()
+        .await
+        .map_err(database("cannot commit"))?;
+    Ok(Reconciled {
+        plan,
+        catalog_queries: catalog.queries_issued,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Every relation named in a `depends-on`, for the catalog to look up.
+pub fn dependency_names(project: &Project) -> Vec<crate::name::QualifiedName> {
+    let mut names: Vec<_> = project
+        .declarations
+        .values()
+        .flat_map(|declaration| declaration.depends_on.iter().map(|d| d.name.clone()))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn database(context: &'static str) -> impl Fn(tokio_postgres::Error) -> ApplyError {
+    move |error| ApplyError::Database {
+        context,
+        message: describe(&error),
+    }
+}
+
+fn statement_error(statement: &Statement, error: &tokio_postgres::Error) -> StatementError {
+    let message = describe(error);
+    let position = match error.as_db_error().and_then(|db| db.position()) {
+        Some(ErrorPosition::Original(position)) => Some(*position as usize),
+        _ => None,
+    };
+    let spot = statement
+        .query
+        .as_ref()
+        .and_then(|query| position.and_then(|p| locate(query, p)));
+    let declared_in = statement.query.as_ref().map(|query| {
+        format!(
+            "{}:{}",
+            query.origin.file.path.display(),
+            query.origin.first_line
+        )
+    });
+    let help = match (&spot, &declared_in) {
+        (_, Some(_)) => {
+            "fix the declared query; the transaction was rolled back and nothing changed".to_owned()
+        }
+        _ => format!(
+            "the failing statement was:\n{}\nthe transaction was rolled back and nothing changed",
+            statement.sql
+        ),
+    };
+    match spot {
+        Some(spot) => StatementError {
+            object: statement.object.to_string(),
+            message,
+            location: Some(format!("{}:{}:{}", spot.path, spot.line, spot.column)),
+            source_code: Some(spot.source),
+            span: Some(spot.span),
+            help,
+        },
+        None => StatementError {
+            object: statement.object.to_string(),
+            message,
+            location: declared_in,
+            source_code: None,
+            span: None,
+            help,
+        },
+    }
+}
+
+/// A spot in a declaration file.
+struct Spot {
+    path: String,
+    line: usize,
+    column: usize,
+    source: NamedSource<Arc<String>>,
+    span: SourceSpan,
+}
+
+/// Maps PostgreSQL's 1-based character position in the statement to the file and line of
+/// the declared query.
+fn locate(query: &EmbeddedQuery, position: usize) -> Option<Spot> {
+    let index = position.checked_sub(1)?.checked_sub(query.offset_chars)?;
+    let before: String = query.text.chars().take(index).collect();
+    if before.chars().count() < index {
+        return None;
+    }
+    let line_in_query = before.matches('\n').count();
+    let column_in_line = before.rsplit('\n').next().map_or(0, |l| l.chars().count());
+    let query_line = query.text.lines().nth(line_in_query)?;
+    let origin = &query.origin;
+    let file = &origin.file;
+    let line = origin.first_line + line_in_query;
+    let file_line = file.text.lines().nth(line.checked_sub(1)?)?;
+    // Multi-line strings lose their indentation when KDL dedents them: the file line is
+    // the query line with that indentation in front.
+    let column = match origin.first_column {
+        Some(first) if line_in_query == 0 => first + column_in_line,
+        _ => {
+            file_line
+                .chars()
+                .count()
+                .saturating_sub(query_line.chars().count())
+                + column_in_line
+                + 1
+        }
+    };
+    let line_start: usize = file.text.lines().take(line - 1).map(|l| l.len() + 1).sum();
+    let column_bytes: usize = file_line.chars().take(column - 1).map(char::len_utf8).sum();
+    let token_len = file_line[column_bytes.min(file_line.len())..]
+        .find(|c: char| c.is_whitespace() || c == ',' || c == ')')
+        .unwrap_or(file_line.len() - column_bytes.min(file_line.len()))
+        .max(1);
+    Some(Spot {
+        path: file.path.display().to_string(),
+        line,
+        column,
+        source: NamedSource::new(file.path.display().to_string(), Arc::clone(&file.text)),
+        span: SourceSpan::new((line_start + column_bytes).into(), token_len),
+    })
+}

@@ -1,0 +1,271 @@
+//! The live database → [`Catalog`], in a fixed number of queries whatever the number of
+//! views (never one query per view).
+//!
+//! All catalog SQL lives here, with bound parameters for values.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tokio_postgres::GenericClient;
+
+use crate::name::QualifiedName;
+use crate::project::{Grantee, Kind};
+use crate::state::{self, State};
+
+/// What the database holds right now.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    /// `server_version_num`, for version-dependent privilege lists.
+    pub server_version: i32,
+    /// Views and materialized views outside the system schemas and the state schema.
+    pub relations: BTreeMap<QualifiedName, Relation>,
+    /// Other relations (tables, …) named by a `depends-on`, with their `relkind`.
+    pub named_relations: BTreeMap<QualifiedName, char>,
+    /// For each view or materialized view, the relations its query reads (`pg_depend`).
+    pub reads: BTreeMap<QualifiedName, BTreeSet<QualifiedName>>,
+    /// viewkeeper's records; `None` when the state schema does not exist yet.
+    pub state: Option<State>,
+    /// How many queries introspection issued (constant, checked by tests and the benchmark).
+    pub queries_issued: usize,
+}
+
+/// A live view or materialized view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relation {
+    pub oid: u32,
+    pub kind: Kind,
+    pub owner: String,
+    /// `pg_get_viewdef` under the session's `search_path`.
+    pub definition: String,
+    pub populated: bool,
+    pub comment: Option<String>,
+    pub indexes: BTreeMap<String, LiveIndex>,
+    /// Privileges granted to roles other than the owner.
+    pub grants: BTreeSet<(Grantee, String)>,
+}
+
+/// An index on a materialized view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveIndex {
+    pub definition: String,
+    pub unique: bool,
+}
+
+impl Catalog {
+    /// The views and materialized views that read `name`, sorted.
+    pub fn readers_of(&self, name: &QualifiedName) -> Vec<&QualifiedName> {
+        self.reads
+            .iter()
+            .filter(|(_, reads)| reads.contains(name))
+            .map(|(reader, _)| reader)
+            .collect()
+    }
+
+    /// True when `name` is any relation the catalog knows (view, table, …).
+    pub fn has_relation(&self, name: &QualifiedName) -> bool {
+        self.relations.contains_key(name) || self.named_relations.contains_key(name)
+    }
+}
+
+/// Schemas never inspected: PostgreSQL's own.
+const SYSTEM_SCHEMAS: &[&str] = &["pg_catalog", "information_schema"];
+
+// language=SQL
+const SESSION: &str =
+    "SELECT current_setting('server_version_num')::int4, to_regclass($1) IS NOT NULL";
+
+// language=SQL
+const RELATIONS: &str = "
+SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text, pg_get_userbyid(c.relowner)::text,
+       pg_get_viewdef(c.oid), c.relispopulated, obj_description(c.oid, 'pg_class')
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('v', 'm')
+  AND n.nspname <> ALL($1::text[]) AND n.nspname NOT LIKE 'pg\\_%'";
+
+// language=SQL
+const INDEXES: &str = "
+SELECT i.indrelid, ic.relname::text, pg_get_indexdef(i.indexrelid), i.indisunique
+FROM pg_index i
+JOIN pg_class ic ON ic.oid = i.indexrelid
+JOIN pg_class t ON t.oid = i.indrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+WHERE t.relkind = 'm'
+  AND n.nspname <> ALL($1::text[]) AND n.nspname NOT LIKE 'pg\\_%'";
+
+// The owner's own privileges are implicit in ownership, so they are left out.
+// language=SQL
+const GRANTS: &str = "
+SELECT c.oid, a.privilege_type::text,
+       CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee)::text END
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN LATERAL aclexplode(c.relacl) a
+WHERE c.relkind IN ('v', 'm') AND c.relacl IS NOT NULL AND a.grantee <> c.relowner
+  AND n.nspname <> ALL($1::text[]) AND n.nspname NOT LIKE 'pg\\_%'";
+
+// A view's query is stored as a rewrite rule; the rule's pg_depend rows name every
+// relation the query reads.
+// language=SQL
+const READS: &str = "
+SELECT DISTINCT r.ev_class, dn.nspname::text, d.relname::text
+FROM pg_rewrite r
+JOIN pg_depend dep ON dep.classid = 'pg_rewrite'::regclass AND dep.objid = r.oid
+                  AND dep.refclassid = 'pg_class'::regclass AND dep.refobjid <> r.ev_class
+JOIN pg_class d ON d.oid = dep.refobjid
+JOIN pg_namespace dn ON dn.oid = d.relnamespace
+JOIN pg_class c ON c.oid = r.ev_class
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('v', 'm')
+  AND n.nspname <> ALL($1::text[]) AND n.nspname NOT LIKE 'pg\\_%'";
+
+// language=SQL
+const NAMED_RELATIONS: &str = "
+SELECT n.nspname::text, c.relname::text, c.relkind::text
+FROM unnest($1::text[], $2::text[]) AS w(schema_name, relation_name)
+JOIN pg_namespace n ON n.nspname = w.schema_name
+JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = w.relation_name";
+
+/// Reads the catalog. `named` are the relations `depends-on` entries mention, looked up
+/// whatever their kind; `state_schema` is left out of the inspection and read for state.
+pub async fn introspect(
+    client: &impl GenericClient,
+    named: &[QualifiedName],
+    state_schema: &str,
+) -> Result<Catalog, tokio_postgres::Error> {
+    let mut catalog = Catalog::default();
+    let client = CountingClient::new(client);
+    let excluded: Vec<&str> = SYSTEM_SCHEMAS
+        .iter()
+        .copied()
+        .chain(std::iter::once(state_schema))
+        .collect();
+
+    let state_table = state::table(state_schema, state::OBJECTS_TABLE);
+    let session = client.query_one(SESSION, &[&state_table]).await?;
+    catalog.server_version = session.get(0);
+    let state_exists: bool = session.get(1);
+
+    let mut names_by_oid: BTreeMap<u32, QualifiedName> = BTreeMap::new();
+    for row in client.query(RELATIONS, &[&excluded]).await? {
+        let oid: u32 = row.get(0);
+        let name = QualifiedName::new(row.get::<_, String>(1), row.get::<_, String>(2));
+        let kind = if row.get::<_, String>(3) == "m" {
+            Kind::MaterializedView
+        } else {
+            Kind::View
+        };
+        names_by_oid.insert(oid, name.clone());
+        catalog.relations.insert(
+            name,
+            Relation {
+                oid,
+                kind,
+                owner: row.get(4),
+                definition: row.get(5),
+                populated: row.get(6),
+                comment: row.get(7),
+                indexes: BTreeMap::new(),
+                grants: BTreeSet::new(),
+            },
+        );
+    }
+
+    for row in client.query(INDEXES, &[&excluded]).await? {
+        let Some(relation) = relation_by_oid(&mut catalog, &names_by_oid, row.get(0)) else {
+            continue;
+        };
+        relation.indexes.insert(
+            row.get(1),
+            LiveIndex {
+                definition: row.get(2),
+                unique: row.get(3),
+            },
+        );
+    }
+
+    for row in client.query(GRANTS, &[&excluded]).await? {
+        let Some(relation) = relation_by_oid(&mut catalog, &names_by_oid, row.get(0)) else {
+            continue;
+        };
+        let grantee = row
+            .get::<_, Option<String>>(2)
+            .map_or(Grantee::Public, Grantee::Role);
+        relation.grants.insert((grantee, row.get(1)));
+    }
+
+    for row in client.query(READS, &[&excluded]).await? {
+        let Some(reader) = names_by_oid.get(&row.get::<_, u32>(0)) else {
+            continue;
+        };
+        let read = QualifiedName::new(row.get::<_, String>(1), row.get::<_, String>(2));
+        catalog
+            .reads
+            .entry(reader.clone())
+            .or_default()
+            .insert(read);
+    }
+
+    let schemas: Vec<&str> = named.iter().map(|n| n.schema.as_str()).collect();
+    let relations: Vec<&str> = named.iter().map(|n| n.name.as_str()).collect();
+    for row in client
+        .query(NAMED_RELATIONS, &[&schemas, &relations])
+        .await?
+    {
+        let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
+        let relkind = row.get::<_, String>(2).chars().next().unwrap_or('?');
+        catalog.named_relations.insert(name, relkind);
+    }
+
+    if state_exists {
+        client.count();
+        catalog.state = Some(state::read(client.inner, state_schema).await?);
+    }
+    catalog.queries_issued = client.issued.get();
+    Ok(catalog)
+}
+
+/// Counts the queries sent, so tests and the benchmark can check the count stays constant.
+struct CountingClient<'c, C> {
+    inner: &'c C,
+    issued: std::cell::Cell<usize>,
+}
+
+impl<'c, C: GenericClient> CountingClient<'c, C> {
+    fn new(inner: &'c C) -> Self {
+        Self {
+            inner,
+            issued: std::cell::Cell::new(0),
+        }
+    }
+
+    fn count(&self) {
+        self.issued.set(self.issued.get() + 1);
+    }
+
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+        self.count();
+        self.inner.query(sql, params).await
+    }
+
+    async fn query_one(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<tokio_postgres::Row, tokio_postgres::Error> {
+        self.count();
+        self.inner.query_one(sql, params).await
+    }
+}
+
+fn relation_by_oid<'c>(
+    catalog: &'c mut Catalog,
+    names_by_oid: &BTreeMap<u32, QualifiedName>,
+    oid: u32,
+) -> Option<&'c mut Relation> {
+    let name = names_by_oid.get(&oid)?;
+    catalog.relations.get_mut(name)
+}

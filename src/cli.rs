@@ -1,0 +1,70 @@
+//! The command line (clap definitions only).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Keep PostgreSQL views and materialized views equal to their declaration files,
+/// whatever migrations do to them.
+#[derive(Debug, Parser)]
+#[command(name = "viewkeeper", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Project folder holding viewkeeper.kdl and the declarations folder.
+    #[arg(long, global = true, default_value = ".", value_name = "DIR")]
+    pub project: PathBuf,
+
+    #[command(flatten)]
+    pub connect: ConnectOpts,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How to reach the database.
+#[derive(Debug, Args)]
+pub struct ConnectOpts {
+    /// PostgreSQL connection URL (postgresql://user@host:port/db) or key=value string.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        global = true,
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the declarations offline: syntax, names, graph, cycles (exit 0 valid, 1 invalid).
+    Check,
+    /// Show what reconcile would do, with a diff of every changed query. Changes nothing.
+    Plan {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Exit 0 when in sync, 2 when changes are pending, 1 on error.
+        #[arg(long)]
+        detailed_exitcode: bool,
+    },
+    /// Apply the plan in one transaction (exit 0 done or nothing to do, 1 failed and rolled back).
+    Reconcile,
+    /// Refresh materialized views in dependency order (all declared ones when none is named).
+    Refresh {
+        /// Materialized views to refresh, such as public.sales_summary.
+        #[arg(value_name = "VIEW")]
+        views: Vec<String>,
+        /// Also refresh the materialized views that depend on the named ones, transitively.
+        #[arg(long)]
+        downstream: bool,
+    },
+    /// Run the invoices demo end to end on a throwaway PostgreSQL server.
+    Demo,
+}
+
+/// Plan output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}

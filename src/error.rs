@@ -1,0 +1,49 @@
+//! The error every command can end with: one variant per stage, each keeping its own
+//! diagnostic (file, line and column where there is one).
+
+use miette::Diagnostic;
+
+use crate::apply::ApplyError;
+use crate::db::ConnectError;
+use crate::plan::PlanError;
+use crate::project::Problems;
+use crate::refresh::RefreshError;
+use crate::sandbox::SandboxError;
+
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Project(#[from] Problems),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("cannot read the catalog: {0}")]
+    Catalog(String),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Plan(#[from] PlanError),
+    #[error("reconcile failed, nothing was changed")]
+    #[diagnostic(forward(0))]
+    Apply(#[source] ApplyError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Refresh(#[from] RefreshError),
+    #[error("invalid view name `{name}`: {message}")]
+    InvalidName { name: String, message: String },
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<ApplyError> for Error {
+    fn from(error: ApplyError) -> Self {
+        Error::Apply(error)
+    }
+}

@@ -1,0 +1,863 @@
+//! (declarations, catalog) → [`Plan`]: what reconcile would do, and why. Pure: no IO.
+//!
+//! `plan` renders this value and `reconcile` executes the very same value, so what a
+//! reviewer approved is what runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use miette::Diagnostic;
+use serde::Serialize;
+use similar::TextDiff;
+
+use crate::catalog::{Catalog, Relation};
+use crate::graph::{Cycle, DependencyGraph};
+use crate::name::{QualifiedName, parse_identifier};
+use crate::project::{Declaration, Grantee, Index, Kind, Problem, Problems, Project, QueryOrigin};
+use crate::sql::{quote_ident, quote_literal};
+use crate::state::{ManagedObject, Record, State, query_hash};
+
+/// The ordered work reconcile would do.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// One entry per object that changes, in execution order, each with its reason.
+    pub actions: Vec<Action>,
+    /// The statements, in the order they run.
+    pub statements: Vec<Statement>,
+    /// Records to write to the state table after the statements.
+    pub records: Vec<Record>,
+    /// Objects to remove from the state table.
+    pub forget: Vec<QualifiedName>,
+    /// Things worth knowing that do not stop the plan.
+    pub warnings: Vec<Warning>,
+    /// How many objects are declared (for the "in sync" summary).
+    pub declared: usize,
+}
+
+impl Plan {
+    /// True when reconcile has nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.actions.is_empty()
+    }
+
+    /// How many actions of each change, in a fixed order.
+    pub fn summary(&self) -> BTreeMap<Change, usize> {
+        let mut summary = BTreeMap::new();
+        for action in &self.actions {
+            *summary.entry(action.change).or_insert(0) += 1;
+        }
+        summary
+    }
+}
+
+/// What happens to one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Action {
+    pub change: Change,
+    pub object: QualifiedName,
+    pub kind: Kind,
+    pub reason: String,
+    /// Unified diff of the query (applied → declared) or of the definition (applied → live).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+    /// Alterations made in place (indexes, grants, comment, owner).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
+}
+
+/// The kinds of action, in the order plans list them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Change {
+    Drop,
+    Forget,
+    Create,
+    Replace,
+    Rebuild,
+    Alter,
+    Refresh,
+}
+
+impl Change {
+    pub fn verb(self) -> &'static str {
+        match self {
+            Change::Drop => "drop",
+            Change::Forget => "forget",
+            Change::Create => "create",
+            Change::Replace => "replace",
+            Change::Rebuild => "rebuild",
+            Change::Alter => "alter",
+            Change::Refresh => "refresh",
+        }
+    }
+}
+
+/// Statement phases, in execution order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Drop,
+    Create,
+    Index,
+    Grant,
+    Comment,
+    Owner,
+    Refresh,
+}
+
+/// One SQL statement of the plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct Statement {
+    pub phase: Phase,
+    pub object: QualifiedName,
+    pub sql: String,
+    /// For statements that embed a declared query: where it starts in `sql` (in characters)
+    /// and where it came from, so an error position maps back to the declaration file.
+    #[serde(skip)]
+    pub query: Option<EmbeddedQuery>,
+}
+
+/// A declared query inside a statement.
+#[derive(Debug, Clone)]
+pub struct EmbeddedQuery {
+    pub offset_chars: usize,
+    pub text: String,
+    pub origin: QueryOrigin,
+}
+
+/// A note about the declarations that does not block the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Warning {
+    pub object: QualifiedName,
+    pub message: String,
+}
+
+/// Why no plan could be made; nothing has been changed.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[non_exhaustive]
+pub enum PlanError {
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Declarations(#[from] Problems),
+    #[error("{}", blocked_message(.0))]
+    #[diagnostic(
+        code(viewkeeper::blocked),
+        help(
+            "viewkeeper never uses CASCADE: declare the dependent view so it is rebuilt too, or drop it yourself"
+        )
+    )]
+    Blocked(Vec<Blocker>),
+    #[error("the declared and the live dependencies form a cycle: {0}")]
+    #[diagnostic(code(viewkeeper::cycle))]
+    Cycle(#[from] Cycle),
+}
+
+/// An object viewkeeper must drop or rebuild, and one it does not manage that reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocker {
+    pub object: QualifiedName,
+    pub change: Change,
+    pub dependent: QualifiedName,
+    pub dependent_kind: Kind,
+    /// The dependent is declared but would lose the object it reads.
+    pub dependent_declared: bool,
+}
+
+fn blocked_message(blockers: &[Blocker]) -> String {
+    let lines: Vec<String> = blockers
+        .iter()
+        .map(|b| {
+            if b.dependent_declared {
+                format!(
+                    "cannot drop {}: declared {} {} still reads it; remove that read or keep declaring {}",
+                    b.object,
+                    b.dependent_kind.words(),
+                    b.dependent,
+                    b.object
+                )
+            } else {
+                format!(
+                    "cannot {} {}: {} {}, which viewkeeper does not manage, depends on it",
+                    b.change.verb(),
+                    b.object,
+                    b.dependent_kind.words(),
+                    b.dependent
+                )
+            }
+        })
+        .collect();
+    lines.join("\n")
+}
+
+/// Where a declared object stands against the database.
+#[derive(Debug, Clone)]
+enum Status {
+    Create {
+        reason: String,
+    },
+    Replace {
+        reason: String,
+        diff: Option<String>,
+    },
+    Rebuild {
+        because: QualifiedName,
+    },
+    Keep,
+}
+
+/// Computes the plan. Pure: the same project and catalog always give the same plan.
+pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
+    let empty = State::default();
+    let state = catalog.state.as_ref().unwrap_or(&empty);
+    let declarations = &project.declarations;
+
+    check_dependencies_exist(project, catalog)?;
+
+    let mut statuses: BTreeMap<QualifiedName, Status> = declarations
+        .values()
+        .map(|declaration| {
+            let status = status(
+                declaration,
+                catalog.relations.get(&declaration.name),
+                state.objects.get(&declaration.name),
+            );
+            (declaration.name.clone(), status)
+        })
+        .collect();
+
+    // Managed before, no longer declared: dropped if still there, forgotten either way.
+    let undeclared: Vec<&ManagedObject> = state
+        .objects
+        .values()
+        .filter(|managed| !declarations.contains_key(&managed.name))
+        .collect();
+    let to_drop: BTreeSet<QualifiedName> = undeclared
+        .iter()
+        .filter(|managed| catalog.relations.contains_key(&managed.name))
+        .map(|managed| managed.name.clone())
+        .collect();
+
+    // Order work by the declared edges and by what the catalog shows each view really reads.
+    let mut graph = project.graph();
+    for name in &to_drop {
+        graph.add_node(name);
+    }
+    for (reader, reads) in &catalog.reads {
+        if graph.contains(reader) {
+            for read in reads {
+                if graph.contains(read) && read != reader {
+                    graph.add_edge(read, reader);
+                }
+            }
+        }
+    }
+    let order = graph.topological_order()?;
+
+    mark_rebuilds(&graph, &order, &mut statuses);
+
+    let rebuilt: BTreeSet<QualifiedName> = statuses
+        .iter()
+        .filter(|(name, status)| {
+            matches!(status, Status::Replace { .. } | Status::Rebuild { .. })
+                && catalog.relations.contains_key(*name)
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    check_blockers(catalog, declarations, &statuses, &rebuilt, &to_drop)?;
+
+    let mut plan = Plan {
+        declared: declarations.len(),
+        ..Plan::default()
+    };
+
+    // Drops, dependents first.
+    for name in order.iter().rev() {
+        if let Some(managed) = state.objects.get(name)
+            && to_drop.contains(name)
+        {
+            let kind = catalog.relations.get(name).map_or(managed.kind, |r| r.kind);
+            plan.actions.push(Action {
+                change: Change::Drop,
+                object: name.clone(),
+                kind,
+                reason: "no longer declared".to_owned(),
+                diff: None,
+                details: Vec::new(),
+            });
+            plan.forget.push(name.clone());
+            plan.push(Phase::Drop, name, drop_sql(kind, name));
+        } else if rebuilt.contains(name)
+            && let Some(live) = catalog.relations.get(name)
+        {
+            plan.push(Phase::Drop, name, drop_sql(live.kind, name));
+        }
+    }
+    for managed in &undeclared {
+        if !to_drop.contains(&managed.name) {
+            plan.actions.push(Action {
+                change: Change::Forget,
+                object: managed.name.clone(),
+                kind: managed.kind,
+                reason: "no longer declared, and already gone from the database".to_owned(),
+                diff: None,
+                details: Vec::new(),
+            });
+            plan.forget.push(managed.name.clone());
+        }
+    }
+
+    // Creates and alterations, dependencies first.
+    let mut refreshes = Vec::new();
+    for name in &order {
+        let (Some(declaration), Some(status)) = (declarations.get(name), statuses.get(name)) else {
+            continue;
+        };
+        let live = catalog.relations.get(name);
+        let (change, reason, diff) = match status {
+            Status::Create { reason } => (Change::Create, reason.clone(), None),
+            Status::Replace { reason, diff } => (Change::Replace, reason.clone(), diff.clone()),
+            Status::Rebuild { because } => (
+                Change::Rebuild,
+                format!("depends on {because}, which is rebuilt"),
+                None,
+            ),
+            Status::Keep => {
+                let Some(live) = live else { continue };
+                let details = plan.alter_in_place(
+                    declaration,
+                    live,
+                    state.objects.get(name),
+                    catalog.server_version,
+                );
+                if !details.is_empty() {
+                    plan.actions.push(Action {
+                        change: Change::Alter,
+                        object: name.clone(),
+                        kind: declaration.kind,
+                        reason: "attributes differ from the declaration".to_owned(),
+                        diff: None,
+                        details,
+                    });
+                    plan.records.push(record(declaration));
+                }
+                if declaration.kind == Kind::MaterializedView
+                    && declaration.populate
+                    && !live.populated
+                {
+                    refreshes.push((declaration, "not populated: it holds no data"));
+                }
+                warn_about_dependencies(&mut plan, declaration, catalog);
+                continue;
+            }
+        };
+        plan.actions.push(Action {
+            change,
+            object: name.clone(),
+            kind: declaration.kind,
+            reason,
+            diff,
+            details: Vec::new(),
+        });
+        plan.create(declaration, catalog.server_version);
+        plan.records.push(record(declaration));
+        if declaration.kind == Kind::MaterializedView && declaration.populate {
+            refreshes.push((declaration, "created without data: filling it"));
+        }
+    }
+
+    for (declaration, reason) in refreshes {
+        plan.actions.push(Action {
+            change: Change::Refresh,
+            object: declaration.name.clone(),
+            kind: declaration.kind,
+            reason: reason.to_owned(),
+            diff: None,
+            details: Vec::new(),
+        });
+        plan.push(
+            Phase::Refresh,
+            &declaration.name,
+            format!("REFRESH MATERIALIZED VIEW {}", declaration.name.to_sql()),
+        );
+    }
+
+    // Statements run phase by phase; within a phase, in the order they were planned.
+    plan.statements.sort_by_key(|statement| statement.phase);
+    Ok(plan)
+}
+
+/// A `depends-on` must name a declared object or a relation that exists.
+fn check_dependencies_exist(project: &Project, catalog: &Catalog) -> Result<(), Problems> {
+    let mut problems = Vec::new();
+    for declaration in project.declarations.values() {
+        for dependency in &declaration.depends_on {
+            if !project.declarations.contains_key(&dependency.name)
+                && !catalog.has_relation(&dependency.name)
+            {
+                problems.push(
+                    Problem::at(
+                        &declaration.file,
+                        dependency.span,
+                        format!(
+                            "`{}` depends on `{}`, which is neither declared nor in the database",
+                            declaration.name, dependency.name
+                        ),
+                        "unknown relation",
+                    )
+                    .with_help(
+                        "check the name and schema, or run the migration that creates it first",
+                    ),
+                );
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Problems::new(problems))
+    }
+}
+
+fn status(
+    declaration: &Declaration,
+    live: Option<&Relation>,
+    managed: Option<&ManagedObject>,
+) -> Status {
+    let Some(live) = live else {
+        let reason = if managed.is_some() {
+            "not in the database: dropped outside viewkeeper"
+        } else {
+            "new declaration"
+        };
+        return Status::Create {
+            reason: reason.to_owned(),
+        };
+    };
+    if live.kind != declaration.kind {
+        return Status::Replace {
+            reason: format!(
+                "is a {} in the database but declared as a {}",
+                live.kind.words(),
+                declaration.kind.words()
+            ),
+            diff: None,
+        };
+    }
+    let Some(managed) = managed else {
+        return Status::Replace {
+            reason: "exists, but viewkeeper did not create it: replacing it with the declaration"
+                .to_owned(),
+            diff: None,
+        };
+    };
+    if managed.query_sha256 != query_hash(declaration.kind, &declaration.query.text) {
+        return Status::Replace {
+            reason: "declared query changed".to_owned(),
+            diff: Some(unified_diff(
+                &managed.query,
+                &declaration.query.text,
+                &format!("{} (applied)", declaration.name),
+                &format!("{} (declared)", declaration.name),
+            )),
+        };
+    }
+    if live.definition != managed.applied_definition {
+        return Status::Replace {
+            reason: "the live definition drifted from what viewkeeper applied".to_owned(),
+            diff: Some(unified_diff(
+                &managed.applied_definition,
+                &live.definition,
+                &format!("{} (as applied)", declaration.name),
+                &format!("{} (live)", declaration.name),
+            )),
+        };
+    }
+    Status::Keep
+}
+
+/// Every declared object that depends, transitively, on a replaced or rebuilt one is rebuilt.
+fn mark_rebuilds(
+    graph: &DependencyGraph,
+    order: &[QualifiedName],
+    statuses: &mut BTreeMap<QualifiedName, Status>,
+) {
+    for name in order {
+        if !matches!(statuses.get(name), Some(Status::Keep)) {
+            continue;
+        }
+        let because = graph.dependencies(name).into_iter().find(|dependency| {
+            matches!(
+                statuses.get(dependency),
+                Some(Status::Replace { .. } | Status::Rebuild { .. })
+            )
+        });
+        if let Some(because) = because {
+            statuses.insert(name.clone(), Status::Rebuild { because });
+        }
+    }
+}
+
+/// Refuses to drop anything that a relation viewkeeper will not rebuild still reads.
+fn check_blockers(
+    catalog: &Catalog,
+    declarations: &indexmap::IndexMap<QualifiedName, Declaration>,
+    statuses: &BTreeMap<QualifiedName, Status>,
+    rebuilt: &BTreeSet<QualifiedName>,
+    to_drop: &BTreeSet<QualifiedName>,
+) -> Result<(), PlanError> {
+    let mut blockers = Vec::new();
+    for (object, change) in rebuilt
+        .iter()
+        .map(|name| {
+            let change = match statuses.get(name) {
+                Some(Status::Rebuild { .. }) => Change::Rebuild,
+                _ => Change::Replace,
+            };
+            (name, change)
+        })
+        .chain(to_drop.iter().map(|name| (name, Change::Drop)))
+    {
+        for dependent in catalog.readers_of(object) {
+            if rebuilt.contains(dependent) || to_drop.contains(dependent) {
+                continue;
+            }
+            let dependent_kind = catalog
+                .relations
+                .get(dependent)
+                .map_or(Kind::View, |r| r.kind);
+            blockers.push(Blocker {
+                object: object.clone(),
+                change,
+                dependent: dependent.clone(),
+                dependent_kind,
+                dependent_declared: declarations.contains_key(dependent),
+            });
+        }
+    }
+    if blockers.is_empty() {
+        Ok(())
+    } else {
+        Err(PlanError::Blocked(blockers))
+    }
+}
+
+/// Warns when `depends-on` and the catalog disagree about what a view reads.
+fn warn_about_dependencies(plan: &mut Plan, declaration: &Declaration, catalog: &Catalog) {
+    let empty = BTreeSet::new();
+    let reads = catalog.reads.get(&declaration.name).unwrap_or(&empty);
+    let declared: BTreeSet<&QualifiedName> =
+        declaration.depends_on.iter().map(|d| &d.name).collect();
+    for read in reads {
+        if !declared.contains(read)
+            && !matches!(read.schema.as_str(), "pg_catalog" | "information_schema")
+        {
+            plan.warnings.push(Warning {
+                object: declaration.name.clone(),
+                message: format!("reads {read}, but its depends-on does not list it"),
+            });
+        }
+    }
+    for dependency in declared {
+        if !reads.contains(dependency) {
+            plan.warnings.push(Warning {
+                object: declaration.name.clone(),
+                message: format!("declares depends-on {dependency}, but the database shows no such dependency (stale?)"),
+            });
+        }
+    }
+}
+
+fn record(declaration: &Declaration) -> Record {
+    Record {
+        name: declaration.name.clone(),
+        kind: declaration.kind,
+        query: declaration.query.text.clone(),
+        indexes: declaration
+            .indexes
+            .iter()
+            .map(|index| (index.name.clone(), index_sql(&declaration.name, index)))
+            .collect(),
+    }
+}
+
+impl Plan {
+    fn push(&mut self, phase: Phase, object: &QualifiedName, sql: String) {
+        self.statements.push(Statement {
+            phase,
+            object: object.clone(),
+            sql,
+            query: None,
+        });
+    }
+
+    /// Statements that create `declaration` from nothing, with all its attributes.
+    fn create(&mut self, declaration: &Declaration, server_version: i32) {
+        let name = &declaration.name;
+        let prefix = format!("CREATE {} {} AS\n", declaration.kind.sql(), name.to_sql());
+        let suffix = match declaration.kind {
+            Kind::View => "",
+            // Filled later by the refresh phase, after indexes exist, dependencies first.
+            Kind::MaterializedView => "\nWITH NO DATA",
+        };
+        self.statements.push(Statement {
+            phase: Phase::Create,
+            object: name.clone(),
+            sql: format!("{prefix}{}{suffix}", declaration.query.text),
+            query: Some(EmbeddedQuery {
+                offset_chars: prefix.chars().count(),
+                text: declaration.query.text.clone(),
+                origin: declaration.query.origin.clone(),
+            }),
+        });
+        for index in &declaration.indexes {
+            self.push(Phase::Index, name, index_sql(name, index));
+        }
+        for (grantee, privileges) in grouped(&declared_grants(declaration, server_version)) {
+            self.push(
+                Phase::Grant,
+                name,
+                grant_sql(name, &grantee, &privileges, true),
+            );
+        }
+        if let Some(comment) = &declaration.comment {
+            self.push(
+                Phase::Comment,
+                name,
+                comment_sql(declaration.kind, name, Some(comment)),
+            );
+        }
+        if let Some(owner) = &declaration.owner {
+            self.push(Phase::Owner, name, owner_sql(declaration.kind, name, owner));
+        }
+    }
+
+    /// Statements that bring an existing object's attributes in line; returns what changes.
+    fn alter_in_place(
+        &mut self,
+        declaration: &Declaration,
+        live: &Relation,
+        managed: Option<&ManagedObject>,
+        server_version: i32,
+    ) -> Vec<String> {
+        let name = &declaration.name;
+        let mut details = Vec::new();
+
+        let applied: BTreeMap<&str, _> = managed
+            .map(|m| {
+                m.applied_indexes
+                    .iter()
+                    .map(|i| (i.name.as_str(), i))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for index in &declaration.indexes {
+            let sql = index_sql(name, index);
+            let verdict = match (
+                live.indexes.get(&index.name),
+                applied.get(index.name.as_str()),
+            ) {
+                (None, _) => Some("missing"),
+                (Some(live_index), Some(applied)) if applied.sql == sql => (live_index.definition
+                    != applied.definition)
+                    .then_some("changed outside viewkeeper"),
+                (Some(_), Some(_)) => Some("declaration changed"),
+                (Some(_), None) => Some("not created by viewkeeper"),
+            };
+            if let Some(verdict) = verdict {
+                if live.indexes.contains_key(&index.name) {
+                    self.push(Phase::Index, name, drop_index_sql(name, &index.name));
+                    details.push(format!("recreate index {} ({verdict})", index.name));
+                } else {
+                    details.push(format!("create index {} ({verdict})", index.name));
+                }
+                self.push(Phase::Index, name, sql);
+            }
+        }
+        for index_name in live.indexes.keys() {
+            if !declaration
+                .indexes
+                .iter()
+                .any(|index| &index.name == index_name)
+            {
+                self.push(Phase::Index, name, drop_index_sql(name, index_name));
+                details.push(format!("drop index {index_name} (not declared)"));
+            }
+        }
+
+        let declared = declared_grants(declaration, server_version);
+        let to_revoke: BTreeSet<(Grantee, String)> =
+            live.grants.difference(&declared).cloned().collect();
+        let to_grant: BTreeSet<(Grantee, String)> =
+            declared.difference(&live.grants).cloned().collect();
+        for (grantee, privileges) in grouped(&to_revoke) {
+            details.push(format!("revoke {} from {grantee}", privileges.join(", ")));
+            self.push(
+                Phase::Grant,
+                name,
+                grant_sql(name, &grantee, &privileges, false),
+            );
+        }
+        for (grantee, privileges) in grouped(&to_grant) {
+            details.push(format!("grant {} to {grantee}", privileges.join(", ")));
+            self.push(
+                Phase::Grant,
+                name,
+                grant_sql(name, &grantee, &privileges, true),
+            );
+        }
+
+        if declaration.comment != live.comment {
+            details.push(match &declaration.comment {
+                Some(comment) => format!("set comment {}", quote_literal(comment)),
+                None => "remove comment".to_owned(),
+            });
+            self.push(
+                Phase::Comment,
+                name,
+                comment_sql(declaration.kind, name, declaration.comment.as_deref()),
+            );
+        }
+
+        if let Some(owner) = &declaration.owner
+            && owner != &live.owner
+        {
+            details.push(format!("change owner from {} to {owner}", live.owner));
+            self.push(Phase::Owner, name, owner_sql(declaration.kind, name, owner));
+        }
+        details
+    }
+}
+
+/// The `(grantee, privilege)` pairs a declaration asks for, with `ALL` spelled out for the
+/// server's version (PostgreSQL 17 added MAINTAIN).
+fn declared_grants(declaration: &Declaration, server_version: i32) -> BTreeSet<(Grantee, String)> {
+    let mut all = vec![
+        "SELECT",
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "TRUNCATE",
+        "REFERENCES",
+        "TRIGGER",
+    ];
+    if server_version >= 170_000 {
+        all.push("MAINTAIN");
+    }
+    let mut pairs = BTreeSet::new();
+    for grant in &declaration.grants {
+        for privilege in &grant.privileges {
+            if privilege == "ALL" {
+                pairs.extend(all.iter().map(|p| (grant.role.clone(), (*p).to_owned())));
+            } else {
+                pairs.insert((grant.role.clone(), privilege.clone()));
+            }
+        }
+    }
+    pairs
+}
+
+fn grouped(pairs: &BTreeSet<(Grantee, String)>) -> BTreeMap<Grantee, Vec<String>> {
+    let mut groups: BTreeMap<Grantee, Vec<String>> = BTreeMap::new();
+    for (grantee, privilege) in pairs {
+        groups
+            .entry(grantee.clone())
+            .or_default()
+            .push(privilege.clone());
+    }
+    groups
+}
+
+fn grantee_sql(grantee: &Grantee) -> String {
+    match grantee {
+        Grantee::Public => "PUBLIC".to_owned(),
+        Grantee::Role(role) => quote_ident(role),
+    }
+}
+
+fn grant_sql(
+    name: &QualifiedName,
+    grantee: &Grantee,
+    privileges: &[String],
+    grant: bool,
+) -> String {
+    let privileges = privileges.join(", ");
+    if grant {
+        format!(
+            "GRANT {privileges} ON {} TO {}",
+            name.to_sql(),
+            grantee_sql(grantee)
+        )
+    } else {
+        format!(
+            "REVOKE {privileges} ON {} FROM {}",
+            name.to_sql(),
+            grantee_sql(grantee)
+        )
+    }
+}
+
+fn drop_sql(kind: Kind, name: &QualifiedName) -> String {
+    // Never CASCADE: anything else reading this object was checked before planning.
+    format!("DROP {} {}", kind.sql(), name.to_sql())
+}
+
+fn comment_sql(kind: Kind, name: &QualifiedName, comment: Option<&str>) -> String {
+    let text = comment.map_or_else(|| "NULL".to_owned(), quote_literal);
+    format!("COMMENT ON {} {} IS {text}", kind.sql(), name.to_sql())
+}
+
+fn owner_sql(kind: Kind, name: &QualifiedName, owner: &str) -> String {
+    format!(
+        "ALTER {} {} OWNER TO {}",
+        kind.sql(),
+        name.to_sql(),
+        quote_ident(owner)
+    )
+}
+
+/// `CREATE [UNIQUE] INDEX` for a declared index; plain column names are quoted, anything
+/// else is an index element written in SQL by the user.
+pub(crate) fn index_sql(relation: &QualifiedName, index: &Index) -> String {
+    let elements: Vec<String> = index
+        .elements
+        .iter()
+        .map(|element| match parse_identifier(element) {
+            Ok(column) => quote_ident(&column),
+            Err(_) => element.clone(),
+        })
+        .collect();
+    let mut sql = format!(
+        "CREATE {}INDEX {} ON {}",
+        if index.unique { "UNIQUE " } else { "" },
+        quote_ident(&index.name),
+        relation.to_sql()
+    );
+    if let Some(method) = &index.using {
+        sql.push_str(&format!(" USING {}", quote_ident(method)));
+    }
+    sql.push_str(&format!(" ({})", elements.join(", ")));
+    if let Some(predicate) = &index.predicate {
+        sql.push_str(&format!(" WHERE {predicate}"));
+    }
+    sql
+}
+
+fn drop_index_sql(relation: &QualifiedName, index: &str) -> String {
+    format!(
+        "DROP INDEX {}.{}",
+        quote_ident(&relation.schema),
+        quote_ident(index)
+    )
+}
+
+/// Unified diff of two texts, line by line.
+fn unified_diff(old: &str, new: &str, old_label: &str, new_label: &str) -> String {
+    let old = format!("{old}\n");
+    let new = format!("{new}\n");
+    TextDiff::configure()
+        .algorithm(similar::Algorithm::Patience)
+        .diff_lines(&old, &new)
+        .unified_diff()
+        .context_radius(3)
+        .header(old_label, new_label)
+        .to_string()
+}

@@ -1,0 +1,206 @@
+//! Plans and reconcile progress as text (coloured by the caller's stream) or JSON.
+//!
+//! Renderers write ANSI styles unconditionally into any `io::Write`; the binary wraps
+//! stdout in `anstream`, which strips them when stdout is not a terminal or `NO_COLOR` is
+//! set, so tests and pipes see plain text.
+
+use std::io::{self, Write};
+use std::time::Duration;
+
+use anstyle::{AnsiColor, Style};
+use serde::Serialize;
+
+use crate::plan::{Action, Change, Phase, Plan, Statement, Warning};
+
+const BOLD: Style = Style::new().bold();
+const DIM: Style = Style::new().dimmed();
+const GREEN: Style = AnsiColor::Green.on_default();
+const RED: Style = AnsiColor::Red.on_default();
+const YELLOW: Style = AnsiColor::Yellow.on_default();
+const CYAN: Style = AnsiColor::Cyan.on_default();
+
+fn change_style(change: Change) -> Style {
+    match change {
+        Change::Create => GREEN,
+        Change::Drop | Change::Forget => RED,
+        Change::Replace | Change::Rebuild | Change::Alter => YELLOW,
+        Change::Refresh => CYAN,
+    }
+}
+
+/// The plan for people: a summary line, then each action with its reason and diff.
+pub fn plan_text(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
+    if plan.is_empty() {
+        writeln!(
+            out,
+            "{BOLD}In sync:{BOLD:#} {} declared object{}, nothing to do.",
+            plan.declared,
+            if plan.declared == 1 { "" } else { "s" }
+        )?;
+    } else {
+        let summary: Vec<String> = plan
+            .summary()
+            .iter()
+            .map(|(change, count)| format!("{count} to {}", change.verb()))
+            .collect();
+        writeln!(out, "{BOLD}Plan:{BOLD:#} {}.", summary.join(", "))?;
+        writeln!(out)?;
+        for action in &plan.actions {
+            action_text(action, out)?;
+        }
+    }
+    warnings_text(&plan.warnings, out)
+}
+
+fn action_text(action: &Action, out: &mut impl Write) -> io::Result<()> {
+    let style = change_style(action.change);
+    writeln!(
+        out,
+        "{style}{:<8}{style:#} {BOLD}{}{BOLD:#} {DIM}({}){DIM:#}",
+        action.change.verb(),
+        action.object,
+        action.kind.words()
+    )?;
+    writeln!(out, "         {}", action.reason)?;
+    for detail in &action.details {
+        writeln!(out, "         - {detail}")?;
+    }
+    if let Some(diff) = &action.diff {
+        for line in diff.lines() {
+            let style = if line.starts_with("+++") || line.starts_with("---") {
+                BOLD
+            } else if line.starts_with('+') {
+                GREEN
+            } else if line.starts_with('-') {
+                RED
+            } else if line.starts_with("@@") {
+                CYAN
+            } else {
+                Style::new()
+            };
+            writeln!(out, "         {style}{line}{style:#}")?;
+        }
+    }
+    Ok(())
+}
+
+fn warnings_text(warnings: &[Warning], out: &mut impl Write) -> io::Result<()> {
+    if !warnings.is_empty() {
+        writeln!(out)?;
+    }
+    for warning in warnings {
+        writeln!(
+            out,
+            "{YELLOW}warning:{YELLOW:#} {}: {}",
+            warning.object, warning.message
+        )?;
+    }
+    Ok(())
+}
+
+/// The JSON document `plan --format json` prints. Its shape is a documented contract
+/// (README, "JSON plan"); `format_version` changes if a field ever changes meaning.
+#[derive(Serialize)]
+struct PlanDocument<'p> {
+    format_version: u32,
+    in_sync: bool,
+    summary: std::collections::BTreeMap<Change, usize>,
+    actions: &'p [Action],
+    statements: &'p [Statement],
+    warnings: &'p [Warning],
+}
+
+/// The plan as one JSON document.
+pub fn plan_json(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
+    let document = PlanDocument {
+        format_version: 1,
+        in_sync: plan.is_empty(),
+        summary: plan.summary(),
+        actions: &plan.actions,
+        statements: &plan.statements,
+        warnings: &plan.warnings,
+    };
+    serde_json::to_writer_pretty(&mut *out, &document).map_err(io::Error::other)?;
+    writeln!(out)
+}
+
+/// One line per executed statement: phase, object, what, and how long it took.
+pub fn statement_done(
+    statement: &Statement,
+    took: Duration,
+    out: &mut impl Write,
+) -> io::Result<()> {
+    let (verb, style) = match statement.phase {
+        Phase::Drop => ("dropped", RED),
+        Phase::Create => ("created", GREEN),
+        Phase::Index => ("index", YELLOW),
+        Phase::Grant => ("grant", YELLOW),
+        Phase::Comment => ("comment", YELLOW),
+        Phase::Owner => ("owner", YELLOW),
+        Phase::Refresh => ("refreshed", CYAN),
+    };
+    let what = match statement.phase {
+        Phase::Drop | Phase::Create | Phase::Refresh => String::new(),
+        _ => format!("  {DIM}{}{DIM:#}", first_line(&statement.sql)),
+    };
+    writeln!(
+        out,
+        "{style}{verb:<9}{style:#} {}{what}  {DIM}{}{DIM:#}",
+        statement.object,
+        format_duration(took)
+    )
+}
+
+/// The closing line of a reconcile.
+pub fn reconcile_done(plan: &Plan, took: Duration, out: &mut impl Write) -> io::Result<()> {
+    if plan.is_empty() {
+        writeln!(
+            out,
+            "{BOLD}In sync:{BOLD:#} {} declared object{}, nothing to do ({}).",
+            plan.declared,
+            if plan.declared == 1 { "" } else { "s" },
+            format_duration(took)
+        )?;
+    } else {
+        let summary: Vec<String> = plan
+            .summary()
+            .iter()
+            .map(|(change, count)| format!("{count} {}", past(*change)))
+            .collect();
+        writeln!(
+            out,
+            "{BOLD}Reconciled:{BOLD:#} {} in {}.",
+            summary.join(", "),
+            format_duration(took)
+        )?;
+    }
+    warnings_text(&plan.warnings, out)
+}
+
+fn past(change: Change) -> &'static str {
+    match change {
+        Change::Drop => "dropped",
+        Change::Forget => "forgotten",
+        Change::Create => "created",
+        Change::Replace => "replaced",
+        Change::Rebuild => "rebuilt",
+        Change::Alter => "altered",
+        Change::Refresh => "refreshed",
+    }
+}
+
+fn first_line(sql: &str) -> &str {
+    sql.lines().next().unwrap_or("")
+}
+
+/// `850 µs`, `12 ms`, `3.4 s`.
+pub fn format_duration(duration: Duration) -> String {
+    let micros = duration.as_micros();
+    if micros < 1_000 {
+        format!("{micros} µs")
+    } else if micros < 10_000_000 {
+        format!("{} ms", micros / 1_000)
+    } else {
+        format!("{:.1} s", duration.as_secs_f64())
+    }
+}

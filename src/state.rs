@@ -1,0 +1,255 @@
+//! viewkeeper's own schema: which objects it manages, what it applied, and refresh history.
+//!
+//! The schema is created on first use by `reconcile`, idempotently, inside the same
+//! transaction as the DDL it describes, so the record can never disagree with the database.
+//! `plan` only reads: a missing schema simply means nothing is managed yet.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio_postgres::GenericClient;
+
+use crate::name::QualifiedName;
+use crate::project::Kind;
+use crate::sql::quote_ident;
+
+/// Table of managed objects, inside the configured state schema.
+pub const OBJECTS_TABLE: &str = "managed_object";
+/// Table of refreshes, inside the configured state schema.
+pub const REFRESH_TABLE: &str = "refresh_log";
+
+/// What viewkeeper recorded about one object the last time it applied it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedObject {
+    pub name: QualifiedName,
+    pub kind: Kind,
+    /// The declared query as applied (normalised text).
+    pub query: String,
+    pub query_sha256: String,
+    /// `pg_get_viewdef` right after viewkeeper applied it: a different live definition means
+    /// someone changed the object outside viewkeeper.
+    pub applied_definition: String,
+    pub applied_indexes: Vec<AppliedIndex>,
+    pub applied_at: String,
+}
+
+/// An index as viewkeeper created it: the statement it ran and what PostgreSQL reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedIndex {
+    pub name: String,
+    pub sql: String,
+    pub definition: String,
+}
+
+/// Everything in the state table, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct State {
+    pub objects: BTreeMap<QualifiedName, ManagedObject>,
+}
+
+/// SHA-256 of a declared query, stored to detect changes without comparing long texts.
+pub fn query_hash(kind: Kind, query: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(kind.keyword().as_bytes());
+    hasher.update(b"\n");
+    hasher.update(query.as_bytes());
+    format!("{:x}", hasher.finalize())
+}
+
+/// `"schema"."table"` for a state table.
+pub(crate) fn table(schema: &str, table: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(table))
+}
+
+/// DDL creating the state schema and its tables when missing.
+pub(crate) fn ensure_schema_sql(schema: &str) -> String {
+    let objects = table(schema, OBJECTS_TABLE);
+    let refreshes = table(schema, REFRESH_TABLE);
+    format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema};
+CREATE TABLE IF NOT EXISTS {objects} (
+    schema_name text NOT NULL,
+    object_name text NOT NULL,
+    kind text NOT NULL,
+    query text NOT NULL,
+    query_sha256 text NOT NULL,
+    applied_definition text NOT NULL,
+    applied_indexes jsonb NOT NULL DEFAULT '[]',
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (schema_name, object_name)
+);
+CREATE TABLE IF NOT EXISTS {refreshes} (
+    id bigserial PRIMARY KEY,
+    schema_name text NOT NULL,
+    object_name text NOT NULL,
+    started_at timestamptz NOT NULL,
+    duration_ms bigint NOT NULL,
+    concurrent boolean NOT NULL,
+    outcome text NOT NULL,
+    error text
+);
+CREATE INDEX IF NOT EXISTS refresh_log_object_idx ON {refreshes} (schema_name, object_name, started_at);",
+        schema = quote_ident(schema)
+    )
+}
+
+/// Reads the state table; call only when it exists.
+pub(crate) async fn read(
+    client: &impl GenericClient,
+    schema: &str,
+) -> Result<State, tokio_postgres::Error> {
+    // language=SQL
+    let sql = format!(
+        "SELECT schema_name, object_name, kind, query, query_sha256, applied_definition,
+                applied_indexes::text, applied_at::text
+         FROM {} ORDER BY schema_name, object_name",
+        table(schema, OBJECTS_TABLE)
+    );
+    let rows = client.query(&sql, &[]).await?;
+    let mut state = State::default();
+    for row in rows {
+        let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
+        let kind = if row.get::<_, String>(2) == Kind::MaterializedView.keyword() {
+            Kind::MaterializedView
+        } else {
+            Kind::View
+        };
+        // A hand-edited or future-format index list only costs a rebuild of those indexes.
+        let applied_indexes = serde_json::from_str(&row.get::<_, String>(6)).unwrap_or_default();
+        state.objects.insert(
+            name.clone(),
+            ManagedObject {
+                name,
+                kind,
+                query: row.get(3),
+                query_sha256: row.get(4),
+                applied_definition: row.get(5),
+                applied_indexes,
+                applied_at: row.get(7),
+            },
+        );
+    }
+    Ok(state)
+}
+
+/// One object's new record, written after its DDL ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub name: QualifiedName,
+    pub kind: Kind,
+    pub query: String,
+    /// `(index name, statement)` for each declared index.
+    pub indexes: Vec<(String, String)>,
+}
+
+/// Writes `records` (reading back what PostgreSQL now reports for each) and deletes
+/// `forget`, in two statements whatever the number of objects.
+pub(crate) async fn write(
+    client: &impl GenericClient,
+    schema: &str,
+    records: &[Record],
+    forget: &[QualifiedName],
+) -> Result<(), tokio_postgres::Error> {
+    let objects = table(schema, OBJECTS_TABLE);
+    if !forget.is_empty() {
+        let schemas: Vec<&str> = forget.iter().map(|n| n.schema.as_str()).collect();
+        let names: Vec<&str> = forget.iter().map(|n| n.name.as_str()).collect();
+        // language=SQL
+        let sql = format!(
+            "DELETE FROM {objects} o USING unnest($1::text[], $2::text[]) AS f(s, n)
+             WHERE o.schema_name = f.s AND o.object_name = f.n"
+        );
+        client.execute(&sql, &[&schemas, &names]).await?;
+    }
+    if records.is_empty() {
+        return Ok(());
+    }
+    let schemas: Vec<&str> = records.iter().map(|r| r.name.schema.as_str()).collect();
+    let names: Vec<&str> = records.iter().map(|r| r.name.name.as_str()).collect();
+    let kinds: Vec<&str> = records.iter().map(|r| r.kind.keyword()).collect();
+    let queries: Vec<&str> = records.iter().map(|r| r.query.as_str()).collect();
+    let hashes: Vec<String> = records
+        .iter()
+        .map(|r| query_hash(r.kind, &r.query))
+        .collect();
+    let index_lists: Vec<String> = records
+        .iter()
+        .map(|r| {
+            let list: Vec<serde_json::Value> = r
+                .indexes
+                .iter()
+                .map(|(name, sql)| serde_json::json!({ "name": name, "sql": sql }))
+                .collect();
+            serde_json::Value::Array(list).to_string()
+        })
+        .collect();
+    // The definitions PostgreSQL reports now, read in the same statement that stores them.
+    // language=SQL
+    let sql = format!(
+        "INSERT INTO {objects} AS o (schema_name, object_name, kind, query, query_sha256,
+                                     applied_definition, applied_indexes, applied_at)
+         SELECT r.s, r.n, r.kind, r.query, r.sha, pg_get_viewdef(c.oid),
+                coalesce((SELECT jsonb_agg(jsonb_build_object(
+                              'name', i->>'name', 'sql', i->>'sql',
+                              'definition', pg_get_indexdef(ic.oid)))
+                          FROM jsonb_array_elements(r.indexes::jsonb) AS i
+                          JOIN pg_class ic ON ic.relnamespace = c.relnamespace
+                                          AND ic.relname = i->>'name'
+                                          AND ic.relkind = 'i'), '[]'::jsonb),
+                now()
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+              AS r(s, n, kind, query, sha, indexes)
+         JOIN pg_namespace ns ON ns.nspname = r.s
+         JOIN pg_class c ON c.relnamespace = ns.oid AND c.relname = r.n
+         ON CONFLICT (schema_name, object_name) DO UPDATE SET
+             kind = excluded.kind, query = excluded.query, query_sha256 = excluded.query_sha256,
+             applied_definition = excluded.applied_definition,
+             applied_indexes = excluded.applied_indexes, applied_at = excluded.applied_at"
+    );
+    client
+        .execute(
+            &sql,
+            &[&schemas, &names, &kinds, &queries, &hashes, &index_lists],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Appends one refresh to the history (the caller checks the schema exists).
+pub(crate) async fn log_refresh(
+    client: &impl GenericClient,
+    schema: &str,
+    name: &QualifiedName,
+    started_at: std::time::SystemTime,
+    duration: std::time::Duration,
+    concurrently: bool,
+    error: Option<&str>,
+) -> Result<(), tokio_postgres::Error> {
+    let started = started_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+    let outcome = if error.is_some() { "failed" } else { "ok" };
+    // language=SQL
+    let sql = format!(
+        "INSERT INTO {} (schema_name, object_name, started_at, duration_ms, concurrent, outcome, error)
+         VALUES ($1, $2, to_timestamp($3), $4, $5, $6, $7)",
+        table(schema, REFRESH_TABLE)
+    );
+    client
+        .execute(
+            &sql,
+            &[
+                &name.schema,
+                &name.name,
+                &started,
+                &millis,
+                &concurrently,
+                &outcome,
+                &error,
+            ],
+        )
+        .await?;
+    Ok(())
+}
