@@ -102,6 +102,7 @@ fn parse_declaration(
     };
 
     let mut builder = Builder::new(kind, name, node.span());
+    builder.name_span = name_span;
     match node.children() {
         Some(children) => {
             for child in children.nodes() {
@@ -123,6 +124,7 @@ struct Builder {
     kind: Kind,
     name: QualifiedName,
     span: SourceSpan,
+    name_span: SourceSpan,
     depends_on: Vec<Dependency>,
     query: Option<(QueryText, SourceSpan)>,
     indexes: Vec<Index>,
@@ -147,6 +149,7 @@ impl Builder {
             kind,
             name,
             span,
+            name_span: span,
             depends_on: Vec::new(),
             query: None,
             indexes: Vec::new(),
@@ -502,6 +505,7 @@ impl Builder {
             refresh: self.refresh,
             file: Arc::clone(file),
             span: self.span,
+            name_span: self.name_span,
         })
     }
 }

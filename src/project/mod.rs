@@ -85,6 +85,8 @@ pub struct Declaration {
     /// The file and the span of the whole node, for diagnostics.
     pub file: Arc<SourceFile>,
     pub span: SourceSpan,
+    /// The span of the name argument.
+    pub name_span: SourceSpan,
 }
 
 /// A `depends-on` entry.
