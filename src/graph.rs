@@ -103,14 +103,21 @@ impl DependencyGraph {
         }
     }
 
-    /// Every cycle, each as a path in dependency order that starts at its smallest name.
+    /// Every cycle, each as a path that starts at its smallest name, each element depending
+    /// on the next (`a -> b -> c` reads "a depends on b, which depends on c").
     pub fn cycles(&self) -> Vec<Vec<QualifiedName>> {
         let mut cycles: Vec<Vec<QualifiedName>> = tarjan_scc(&self.graph)
             .into_iter()
             .filter(|component| {
                 component.len() > 1 || self.graph.contains_edge(component[0], component[0])
             })
-            .map(|component| self.cycle_path(&component))
+            .map(|component| {
+                // Edges run dependency → dependent; reverse to read as "depends on",
+                // keeping the smallest name first.
+                let mut path = self.cycle_path(&component);
+                path[1..].reverse();
+                path
+            })
             .collect();
         cycles.sort();
         cycles
@@ -226,14 +233,15 @@ mod tests {
         graph.add_edge(&n("b"), &n("c"));
         graph.add_edge(&n("c"), &n("a"));
         graph.add_edge(&n("x"), &n("x"));
+        // b reads a, c reads b, a reads c: a depends on c, which depends on b.
         assert_eq!(
             graph.cycles(),
-            vec![vec![n("a"), n("b"), n("c")], vec![n("x")]]
+            vec![vec![n("a"), n("c"), n("b")], vec![n("x")]]
         );
         let error = graph.topological_order().expect_err("cyclic");
         assert_eq!(
             error.to_string(),
-            "circular dependency: public.a -> public.b -> public.c -> public.a"
+            "circular dependency: public.a -> public.c -> public.b -> public.a"
         );
     }
 

@@ -2,6 +2,8 @@
 
 use std::process::ExitCode;
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -13,6 +15,11 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Long lines stay whole when piped, so messages can be searched and parsed.
+    let wrap = std::io::stderr().is_terminal();
+    let _ = miette::set_hook(Box::new(move |_| {
+        Box::new(miette::MietteHandlerOpts::new().wrap_lines(wrap).build())
+    }));
     match viewkeeper::run(cli) {
         Ok(status) => status.into(),
         Err(error) => {

@@ -45,7 +45,7 @@ impl Config {
             Err(error) => {
                 problems.push(Problem::in_file(
                     &path,
-                    format!("cannot read {}: {error}", path.display()),
+                    format!("cannot read the file: {error}"),
                 ));
                 return config;
             }

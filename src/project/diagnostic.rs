@@ -77,7 +77,7 @@ impl Problem {
     /// A problem with a path but no position inside it (an unreadable file, a missing folder).
     pub(crate) fn in_file(path: &Path, message: impl Into<String>) -> Self {
         Self {
-            message: message.into(),
+            message: format!("{}: {}", path.display(), message.into()),
             source_code: None,
             span: None,
             label: String::new(),

@@ -199,7 +199,7 @@ impl Project {
                 Err(error) => {
                     problems.push(Problem::in_file(
                         &path,
-                        format!("cannot read {}: {error}", path.display()),
+                        format!("cannot read the file: {error}"),
                     ));
                     continue;
                 }
@@ -207,11 +207,11 @@ impl Project {
             let file = Arc::new(SourceFile::new(display_path(&path), text));
             for declaration in declaration::parse_file(&file, &config, &mut problems) {
                 if let Some(first) = declarations.get(&declaration.name) {
-                    let (line, col) = first.file.line_col(first.span.offset());
+                    let (line, col) = first.file.line_col(first.name_span.offset());
                     problems.push(
                         Problem::at(
                             &declaration.file,
-                            declaration.span,
+                            declaration.name_span,
                             format!("`{}` is declared twice", declaration.name),
                             "second declaration",
                         )
