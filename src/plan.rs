@@ -109,6 +109,8 @@ pub enum Phase {
 pub struct Statement {
     pub phase: Phase,
     pub object: QualifiedName,
+    /// A few words for progress output: `index sales_summary_key`, `grant SELECT to reporting`.
+    pub summary: String,
     pub sql: String,
     /// For statements that embed a declared query: where it starts in `sql` (in characters)
     /// and where it came from, so an error position maps back to the declaration file.
@@ -284,11 +286,21 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
                 details: Vec::new(),
             });
             plan.forget.push(name.clone());
-            plan.push(Phase::Drop, name, drop_sql(kind, name));
+            plan.push(
+                Phase::Drop,
+                name,
+                format!("drop {}", kind.words()),
+                drop_sql(kind, name),
+            );
         } else if rebuilt.contains(name)
             && let Some(live) = catalog.relations.get(name)
         {
-            plan.push(Phase::Drop, name, drop_sql(live.kind, name));
+            plan.push(
+                Phase::Drop,
+                name,
+                format!("drop {}", live.kind.words()),
+                drop_sql(live.kind, name),
+            );
         }
     }
     for managed in &undeclared {
@@ -376,6 +388,7 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
         plan.push(
             Phase::Refresh,
             &declaration.name,
+            "refresh".to_owned(),
             format!("REFRESH MATERIALIZED VIEW {}", declaration.name.to_sql()),
         );
     }
@@ -580,10 +593,11 @@ fn record(declaration: &Declaration) -> Record {
 }
 
 impl Plan {
-    fn push(&mut self, phase: Phase, object: &QualifiedName, sql: String) {
+    fn push(&mut self, phase: Phase, object: &QualifiedName, summary: String, sql: String) {
         self.statements.push(Statement {
             phase,
             object: object.clone(),
+            summary,
             sql,
             query: None,
         });
@@ -601,6 +615,7 @@ impl Plan {
         self.statements.push(Statement {
             phase: Phase::Create,
             object: name.clone(),
+            summary: format!("create {}", declaration.kind.words()),
             sql: format!("{prefix}{}{suffix}", declaration.query.text),
             query: Some(EmbeddedQuery {
                 offset_chars: prefix.chars().count(),
@@ -609,12 +624,18 @@ impl Plan {
             }),
         });
         for index in &declaration.indexes {
-            self.push(Phase::Index, name, index_sql(name, index));
+            self.push(
+                Phase::Index,
+                name,
+                format!("index {}", index.name),
+                index_sql(name, index),
+            );
         }
         for (grantee, privileges) in grouped(&declared_grants(declaration, server_version)) {
             self.push(
                 Phase::Grant,
                 name,
+                format!("grant {} to {grantee}", privileges.join(", ")),
                 grant_sql(name, &grantee, &privileges, true),
             );
         }
@@ -622,11 +643,17 @@ impl Plan {
             self.push(
                 Phase::Comment,
                 name,
+                "comment".to_owned(),
                 comment_sql(declaration.kind, name, Some(comment)),
             );
         }
         if let Some(owner) = &declaration.owner {
-            self.push(Phase::Owner, name, owner_sql(declaration.kind, name, owner));
+            self.push(
+                Phase::Owner,
+                name,
+                format!("owner {owner}"),
+                owner_sql(declaration.kind, name, owner),
+            );
         }
     }
 
@@ -664,12 +691,17 @@ impl Plan {
             };
             if let Some(verdict) = verdict {
                 if live.indexes.contains_key(&index.name) {
-                    self.push(Phase::Index, name, drop_index_sql(name, &index.name));
+                    self.push(
+                        Phase::Index,
+                        name,
+                        format!("drop index {}", index.name),
+                        drop_index_sql(name, &index.name),
+                    );
                     details.push(format!("recreate index {} ({verdict})", index.name));
                 } else {
                     details.push(format!("create index {} ({verdict})", index.name));
                 }
-                self.push(Phase::Index, name, sql);
+                self.push(Phase::Index, name, format!("index {}", index.name), sql);
             }
         }
         for index_name in live.indexes.keys() {
@@ -678,7 +710,12 @@ impl Plan {
                 .iter()
                 .any(|index| &index.name == index_name)
             {
-                self.push(Phase::Index, name, drop_index_sql(name, index_name));
+                self.push(
+                    Phase::Index,
+                    name,
+                    format!("drop index {index_name}"),
+                    drop_index_sql(name, index_name),
+                );
                 details.push(format!("drop index {index_name} (not declared)"));
             }
         }
@@ -689,30 +726,36 @@ impl Plan {
         let to_grant: BTreeSet<(Grantee, String)> =
             declared.difference(&live.grants).cloned().collect();
         for (grantee, privileges) in grouped(&to_revoke) {
-            details.push(format!("revoke {} from {grantee}", privileges.join(", ")));
+            let summary = format!("revoke {} from {grantee}", privileges.join(", "));
+            details.push(summary.clone());
             self.push(
                 Phase::Grant,
                 name,
+                summary,
                 grant_sql(name, &grantee, &privileges, false),
             );
         }
         for (grantee, privileges) in grouped(&to_grant) {
-            details.push(format!("grant {} to {grantee}", privileges.join(", ")));
+            let summary = format!("grant {} to {grantee}", privileges.join(", "));
+            details.push(summary.clone());
             self.push(
                 Phase::Grant,
                 name,
+                summary,
                 grant_sql(name, &grantee, &privileges, true),
             );
         }
 
         if declaration.comment != live.comment {
-            details.push(match &declaration.comment {
+            let summary = match &declaration.comment {
                 Some(comment) => format!("set comment {}", quote_literal(comment)),
                 None => "remove comment".to_owned(),
-            });
+            };
+            details.push(summary.clone());
             self.push(
                 Phase::Comment,
                 name,
+                summary,
                 comment_sql(declaration.kind, name, declaration.comment.as_deref()),
             );
         }
@@ -720,8 +763,14 @@ impl Plan {
         if let Some(owner) = &declaration.owner
             && owner != &live.owner
         {
-            details.push(format!("change owner from {} to {owner}", live.owner));
-            self.push(Phase::Owner, name, owner_sql(declaration.kind, name, owner));
+            let summary = format!("change owner from {} to {owner}", live.owner);
+            details.push(summary.clone());
+            self.push(
+                Phase::Owner,
+                name,
+                summary,
+                owner_sql(declaration.kind, name, owner),
+            );
         }
         details
     }

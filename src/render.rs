@@ -124,29 +124,23 @@ pub fn plan_json(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
     writeln!(out)
 }
 
-/// One line per executed statement: phase, object, what, and how long it took.
+/// One line per executed statement: what was done to which object, and how long it took.
 pub fn statement_done(
     statement: &Statement,
     took: Duration,
     out: &mut impl Write,
 ) -> io::Result<()> {
-    let (verb, style) = match statement.phase {
-        Phase::Drop => ("dropped", RED),
-        Phase::Create => ("created", GREEN),
-        Phase::Index => ("index", YELLOW),
-        Phase::Grant => ("grant", YELLOW),
-        Phase::Comment => ("comment", YELLOW),
-        Phase::Owner => ("owner", YELLOW),
-        Phase::Refresh => ("refreshed", CYAN),
-    };
-    let what = match statement.phase {
-        Phase::Drop | Phase::Create | Phase::Refresh => String::new(),
-        _ => format!("  {DIM}{}{DIM:#}", first_line(&statement.sql)),
+    let style = match statement.phase {
+        Phase::Drop => RED,
+        Phase::Create => GREEN,
+        Phase::Refresh => CYAN,
+        Phase::Index | Phase::Grant | Phase::Comment | Phase::Owner => YELLOW,
     };
     writeln!(
         out,
-        "{style}{verb:<9}{style:#} {}{what}  {DIM}{}{DIM:#}",
-        statement.object,
+        "  {:<28} {style}{}{style:#}  {DIM}{}{DIM:#}",
+        statement.object.to_string(),
+        statement.summary,
         format_duration(took)
     )
 }
@@ -187,10 +181,6 @@ fn past(change: Change) -> &'static str {
         Change::Alter => "altered",
         Change::Refresh => "refreshed",
     }
-}
-
-fn first_line(sql: &str) -> &str {
-    sql.lines().next().unwrap_or("")
 }
 
 /// `850 µs`, `12 ms`, `3.4 s`.
