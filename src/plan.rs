@@ -779,18 +779,7 @@ impl Plan {
 /// The `(grantee, privilege)` pairs a declaration asks for, with `ALL` spelled out for the
 /// server's version (PostgreSQL 17 added MAINTAIN).
 fn declared_grants(declaration: &Declaration, server_version: i32) -> BTreeSet<(Grantee, String)> {
-    let mut all = vec![
-        "SELECT",
-        "INSERT",
-        "UPDATE",
-        "DELETE",
-        "TRUNCATE",
-        "REFERENCES",
-        "TRIGGER",
-    ];
-    if server_version >= 170_000 {
-        all.push("MAINTAIN");
-    }
+    let all = crate::project::all_privileges(server_version);
     let mut pairs = BTreeSet::new();
     for grant in &declaration.grants {
         for privilege in &grant.privileges {

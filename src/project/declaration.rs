@@ -17,8 +17,9 @@ use crate::name::{QualifiedName, is_plain_identifier, parse_identifier};
 /// Unqualified names in declarations live in this schema.
 const DEFAULT_SCHEMA: &str = "public";
 
-/// Privileges `grant` accepts on views and materialized views.
-pub(crate) const PRIVILEGES: &[&str] = &[
+/// Privileges `grant` accepts on views and materialized views: the table privileges
+/// (`MAINTAIN` needs PostgreSQL 17) and `ALL`.
+const PRIVILEGES: &[&str] = &[
     "SELECT",
     "INSERT",
     "UPDATE",
@@ -29,6 +30,16 @@ pub(crate) const PRIVILEGES: &[&str] = &[
     "MAINTAIN",
     "ALL",
 ];
+
+/// The privileges `ALL` grants on a relation of a server with this `server_version_num`.
+pub(crate) fn all_privileges(server_version: i32) -> &'static [&'static str] {
+    // PRIVILEGES without ALL; MAINTAIN only from PostgreSQL 17 on.
+    if server_version >= 170_000 {
+        &PRIVILEGES[..8]
+    } else {
+        &PRIVILEGES[..7]
+    }
+}
 
 const VIEW_CHILDREN: &[&str] = &[
     "depends-on",
@@ -642,6 +653,13 @@ mod tests {
             normalise_query("SELECT 1\r\nFROM t ;"),
             ("SELECT 1\nFROM t".to_owned(), 0)
         );
+    }
+
+    #[test]
+    fn all_privileges_follow_the_server_version() {
+        assert_eq!(all_privileges(150_000).last(), Some(&"TRIGGER"));
+        assert_eq!(all_privileges(170_000).last(), Some(&"MAINTAIN"));
+        assert!(!all_privileges(170_000).contains(&"ALL"));
     }
 
     #[test]

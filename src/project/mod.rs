@@ -18,6 +18,7 @@ use miette::SourceSpan;
 use serde::Serialize;
 
 pub use config::Config;
+pub(crate) use declaration::all_privileges;
 pub use diagnostic::{Problem, Problems, SourceFile};
 
 use crate::graph::DependencyGraph;
