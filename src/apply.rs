@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use miette::{Diagnostic, NamedSource, SourceSpan};
 use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
-use tokio_postgres::error::ErrorPosition;
+use tokio_postgres::error::{ErrorPosition, SqlState};
 
 use crate::catalog::{self, Catalog};
 use crate::db::describe;
-use crate::plan::{self, EmbeddedQuery, Plan, PlanError, Statement};
+use crate::name::QualifiedName;
+use crate::plan::{self, EmbeddedQuery, Phase, Plan, PlanError, Statement};
 use crate::project::Project;
 use crate::state;
 
@@ -127,7 +128,7 @@ pub async fn reconcile(
         let statement_started = Instant::now();
         if let Err(error) = transaction.batch_execute(&statement.sql).await {
             return Err(ApplyError::Statement(Box::new(statement_error(
-                statement, &error,
+                &plan, statement, &error,
             ))));
         }
         on_statement(statement, statement_started.elapsed());
@@ -170,7 +171,11 @@ fn database(context: &'static str) -> impl Fn(tokio_postgres::Error) -> ApplyErr
     }
 }
 
-fn statement_error(statement: &Statement, error: &tokio_postgres::Error) -> StatementError {
+fn statement_error(
+    plan: &Plan,
+    statement: &Statement,
+    error: &tokio_postgres::Error,
+) -> StatementError {
     let message = describe(error);
     let position = match error.as_db_error().and_then(|db| db.position()) {
         Some(ErrorPosition::Original(position)) => Some(*position as usize),
@@ -187,11 +192,19 @@ fn statement_error(statement: &Statement, error: &tokio_postgres::Error) -> Stat
             query.origin.first_line
         )
     });
-    let help = match (&spot, &declared_in) {
-        (_, Some(_)) => {
+    let help = match (
+        missing_declared_dependency(plan, statement, error),
+        &declared_in,
+    ) {
+        (Some(missing), _) => format!(
+            "{} reads {missing}, which is declared but created after it: add `depends-on \"{missing}\"` \
+             to its declaration so it is created first; the transaction was rolled back and nothing changed",
+            statement.object
+        ),
+        (None, Some(_)) => {
             "fix the declared query; the transaction was rolled back and nothing changed".to_owned()
         }
-        _ => format!(
+        (None, None) => format!(
             "the failing statement was:\n{}\nthe transaction was rolled back and nothing changed",
             statement.sql
         ),
@@ -214,6 +227,31 @@ fn statement_error(statement: &Statement, error: &tokio_postgres::Error) -> Stat
             help,
         },
     }
+}
+
+/// For `relation "x" does not exist` while creating a view: the declared object `x` that
+/// the plan creates later, because no `depends-on` told it to come first.
+fn missing_declared_dependency(
+    plan: &Plan,
+    statement: &Statement,
+    error: &tokio_postgres::Error,
+) -> Option<QualifiedName> {
+    if error.code() != Some(&SqlState::UNDEFINED_TABLE) {
+        return None;
+    }
+    let message = error.as_db_error()?.message();
+    let quoted = message
+        .strip_prefix("relation \"")?
+        .strip_suffix("\" does not exist")?;
+    let missing = QualifiedName::parse(quoted, "public").ok()?;
+    let position = plan
+        .statements
+        .iter()
+        .position(|s| std::ptr::eq(s, statement))?;
+    plan.statements[position..]
+        .iter()
+        .any(|later| later.phase == Phase::Create && later.object == missing)
+        .then_some(missing)
 }
 
 /// A spot in a declaration file.

@@ -361,6 +361,10 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
                 continue;
             }
         };
+        // A rebuilt object's query is unchanged, so what the catalog says it reads still holds.
+        if change == Change::Rebuild {
+            warn_about_dependencies(&mut plan, declaration, catalog);
+        }
         plan.actions.push(Action {
             change,
             object: name.clone(),

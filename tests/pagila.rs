@@ -7,7 +7,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::{TestDb, project, test_db, viewkeeper};
+use support::{TestDb, project, test_db};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -94,17 +94,10 @@ fn unmanaged_oids(db: &TestDb) -> Vec<i64> {
         .collect()
 }
 
+/// Exit code and everything printed.
 fn run(db: &TestDb, dir: &Path, args: &[&str]) -> (i32, String) {
-    let output = viewkeeper(db, dir)
-        .args(args)
-        .output()
-        .expect("run viewkeeper");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.code().unwrap_or(-1), text)
+    let (code, stdout, stderr) = support::run(db, dir, args);
+    (code, format!("{stdout}{stderr}"))
 }
 
 fn assert_restored(db: &TestDb) {

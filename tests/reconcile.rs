@@ -4,9 +4,7 @@
 
 mod support;
 
-use std::path::Path;
-
-use support::{TestDb, project, test_db, viewkeeper};
+use support::{TestDb, ensure_role, exists, oid, project, reconcile, run, test_db};
 
 const SUMMARY: &str = r#"
 materialized-view "public.sales_summary" {
@@ -50,9 +48,9 @@ view "public.top_sellers" {
 /// A database with the invoices table, some rows and the `reporting` role.
 fn invoices_db() -> TestDb {
     let db = test_db();
+    ensure_role(&db, "reporting");
     db.batch(
-        "DO $$ BEGIN CREATE ROLE reporting NOLOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
-         CREATE TABLE invoices_invoice (
+        "CREATE TABLE invoices_invoice (
              id serial PRIMARY KEY,
              seller_no integer NOT NULL,
              invoice_date date NOT NULL,
@@ -70,34 +68,6 @@ fn invoices_project(top_sellers: &str, summary: &str) -> tempfile::TempDir {
         ("views/sales_by_seller.sql", BY_SELLER_SQL),
         ("views/reports.kdl", top_sellers),
     ])
-}
-
-fn run(db: &TestDb, dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let output = viewkeeper(db, dir)
-        .args(args)
-        .output()
-        .expect("run viewkeeper");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
-fn reconcile(db: &TestDb, dir: &Path) -> String {
-    let (code, stdout, stderr) = run(db, dir, &["reconcile"]);
-    assert_eq!(code, 0, "reconcile failed:\n{stdout}\n{stderr}");
-    stdout
-}
-
-fn oid(db: &TestDb, relation: &str) -> i64 {
-    db.scalar_i64(&format!("SELECT '{relation}'::regclass::oid::int8"))
-}
-
-fn exists(db: &TestDb, relation: &str) -> bool {
-    db.scalar_i64(&format!(
-        "SELECT count(*) FROM pg_class WHERE oid = to_regclass('{relation}')"
-    )) == 1
 }
 
 fn assert_everything_in_place(db: &TestDb) {

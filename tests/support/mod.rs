@@ -250,6 +250,46 @@ pub(crate) fn viewkeeper(db: &TestDb, project: &Path) -> assert_cmd::Command {
     cmd
 }
 
+/// Runs viewkeeper with `args` in `project`: exit code, stdout and stderr.
+pub(crate) fn run(db: &TestDb, project: &Path, args: &[&str]) -> (i32, String, String) {
+    let output = viewkeeper(db, project)
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| panic!("could not run viewkeeper: {err}"));
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `viewkeeper reconcile`, which must succeed; returns its stdout.
+pub(crate) fn reconcile(db: &TestDb, project: &Path) -> String {
+    let (code, stdout, stderr) = run(db, project, &["reconcile"]);
+    assert_eq!(code, 0, "reconcile failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+/// Creates a role unless it exists: roles are cluster-wide, shared by every test.
+pub(crate) fn ensure_role(db: &TestDb, role: &str) {
+    db.batch(&format!(
+        "DO $$ BEGIN CREATE ROLE {role} NOLOGIN; \
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;"
+    ));
+}
+
+/// The OID of `relation` (which must exist).
+pub(crate) fn oid(db: &TestDb, relation: &str) -> i64 {
+    db.scalar_i64(&format!("SELECT '{relation}'::regclass::oid::int8"))
+}
+
+/// Whether `relation` exists.
+pub(crate) fn exists(db: &TestDb, relation: &str) -> bool {
+    db.scalar_i64(&format!(
+        "SELECT count(*) FROM pg_class WHERE oid = to_regclass('{relation}')"
+    )) == 1
+}
+
 async fn connect(url: &str) -> Client {
     let (client, connection) = tokio_postgres::connect(url, NoTls)
         .await
