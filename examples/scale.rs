@@ -1,0 +1,502 @@
+//! How viewkeeper scales with the number of declared objects.
+//!
+//! For each N (default 100 and 1000), on one throwaway cluster ([`Sandbox`]) with one database
+//! per N holding a 10,000-row `invoices_invoice` table, this writes a project declaring N
+//! objects in a binary dependency tree (node i > 0 reads node (i-1)/2, node 0 reads the
+//! table; every 10th node is a materialized view with a unique index, the rest are views) and
+//! measures, with wall time and catalog queries issued:
+//!
+//! - the first reconcile, which creates, indexes and fills everything;
+//! - the floor for that: the very same DDL run by the server alone, `psql -X -q -1 -f`, into
+//!   a fresh database with the same table, and the ratio between the two;
+//! - a no-op plan (`catalog::introspect` + `plan::plan` on the in-sync database) and a no-op
+//!   reconcile, median of several runs;
+//! - a reconcile after the query of one leaf changes (median of a few, alternating two
+//!   variants of that leaf's query);
+//! - the process's peak RSS (`VmHWM`).
+//!
+//! Under the table, one line per N says where the first reconcile's time went (per statement
+//! phase, and the rest), splits the no-op plan into introspection and planning, and times a
+//! no-op plan on a new connection, as `viewkeeper plan` runs it (cold backend caches).
+//!
+//! Run it with `cargo run --release --example scale`, or choose the sizes:
+//! `cargo run --release --example scale -- 100 1000 3000`. PostgreSQL's server binaries
+//! must be installed (see [`Sandbox::start`]); `psql` is taken from the same folder, or PATH.
+
+use std::collections::BTreeMap;
+use std::error::Error;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+use viewkeeper::apply::{self, dependency_names};
+use viewkeeper::catalog;
+use viewkeeper::plan::{self, Phase};
+use viewkeeper::project::Project;
+use viewkeeper::sandbox::Sandbox;
+
+type BoxError = Box<dyn Error>;
+
+/// Sizes measured when none are given on the command line.
+const DEFAULT_SIZES: &[usize] = &[100, 1000];
+/// Runs of each no-op measurement; the median is reported.
+const NOOP_RUNS: usize = 5;
+/// Runs of the leaf-change measurement; the median is reported.
+const LEAF_RUNS: usize = 3;
+/// Rows in the base table.
+const ROWS: u32 = 10_000;
+
+// language=SQL
+const SETUP: &str = "
+CREATE TABLE invoices_invoice (
+    id serial PRIMARY KEY,
+    seller_no integer NOT NULL,
+    invoice_date date NOT NULL,
+    invoice_amt numeric(13,2) NOT NULL
+);
+INSERT INTO invoices_invoice (seller_no, invoice_date, invoice_amt)
+SELECT 1 + i % 25, DATE '2024-01-01' - (i % 90), round((10 + (i * 7919) % 990)::numeric, 2)
+FROM generate_series(1, $ROWS) AS i;
+ANALYZE invoices_invoice;";
+
+/// One row of the table.
+struct Measurement {
+    n: usize,
+    materialized: usize,
+    first: Duration,
+    first_queries: usize,
+    first_statements: usize,
+    /// Time in each phase of the first reconcile's statements.
+    first_phases: BTreeMap<Phase, Duration>,
+    psql: Duration,
+    noop_plan: Duration,
+    /// The introspection part of the no-op plan (the rest is `plan::plan`).
+    noop_introspect: Duration,
+    noop_plan_queries: usize,
+    /// A no-op plan on a new connection each time, as `viewkeeper plan` runs: connecting
+    /// and the new backend's cold catalog caches included.
+    noop_plan_cold: Duration,
+    noop_reconcile: Duration,
+    noop_reconcile_queries: usize,
+    leaf: Duration,
+    leaf_queries: usize,
+    leaf_statements: usize,
+    peak_rss_kib: Option<u64>,
+}
+
+fn main() -> Result<(), BoxError> {
+    let sizes = sizes()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let sandbox = Sandbox::start()?;
+    let psql = psql_path(&sandbox);
+    let result = runtime.block_on(run(&sandbox, &psql, &sizes));
+    sandbox.stop();
+    let (rows, server_version, psql_overhead) = result?;
+
+    println!();
+    println!(
+        "| N | first reconcile (ms) | psql -1 -f (ms) | ratio | no-op plan (ms) | no-op reconcile (ms) | leaf change (ms) | catalog queries (first / no-op plan / no-op reconcile / leaf) | peak RSS (MiB) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|:---:|---:|");
+    for m in &rows {
+        println!(
+            "| {} | {} | {} | {:.2}x | {} | {} | {} | {} / {} / {} / {} | {} |",
+            m.n,
+            ms(m.first),
+            ms(m.psql),
+            m.first.as_secs_f64() / m.psql.as_secs_f64(),
+            ms(m.noop_plan),
+            ms(m.noop_reconcile),
+            ms(m.leaf),
+            m.first_queries,
+            m.noop_plan_queries,
+            m.noop_reconcile_queries,
+            m.leaf_queries,
+            m.peak_rss_kib.map_or_else(
+                || "?".to_owned(),
+                |kib| format!("{:.1}", kib as f64 / 1024.0)
+            ),
+        );
+    }
+    println!();
+    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    println!(
+        "Machine: {cpus} CPUs (nproc); PostgreSQL {server_version} (sandbox, fsync=off); \
+         {ROWS} base rows; no-op figures are medians of {NOOP_RUNS} runs, leaf change of {LEAF_RUNS}."
+    );
+    println!(
+        "psql -1 -f includes starting psql and connecting: {} ms for an empty file.",
+        ms(psql_overhead)
+    );
+    for m in &rows {
+        let phases: Vec<String> = m
+            .first_phases
+            .iter()
+            .map(|(phase, time)| format!("{phase:?} {} ms", ms(*time)))
+            .collect();
+        let in_statements: Duration = m.first_phases.values().sum();
+        println!(
+            "N={}: {} objects ({} materialized); first reconcile ran {} statements: {} \
+             (sum {} ms), the rest (introspection, plan, state schema and records, commit) {} ms; \
+             no-op plan = introspection {} ms + planning {} ms, or {} ms on a new connection \
+             (as `viewkeeper plan` runs); \
+             the leaf change ran {} statements.",
+            m.n,
+            m.n,
+            m.materialized,
+            m.first_statements,
+            phases.join(", "),
+            ms(in_statements),
+            ms(m.first.saturating_sub(in_statements)),
+            ms(m.noop_introspect),
+            ms(m.noop_plan.saturating_sub(m.noop_introspect)),
+            ms(m.noop_plan_cold),
+            m.leaf_statements,
+        );
+    }
+    Ok(())
+}
+
+/// The sizes to measure: the command-line arguments, or [`DEFAULT_SIZES`].
+fn sizes() -> Result<Vec<usize>, BoxError> {
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|arg| {
+            arg.parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| format!("expected positive object counts, got `{arg}`"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(if sizes.is_empty() {
+        DEFAULT_SIZES.to_vec()
+    } else {
+        sizes
+    })
+}
+
+/// Measures every size; returns the rows, the server version and psql's own overhead.
+async fn run(
+    sandbox: &Sandbox,
+    psql: &Path,
+    sizes: &[usize],
+) -> Result<(Vec<Measurement>, String, Duration), BoxError> {
+    let admin = viewkeeper::db::connect(&sandbox.url("postgres"), &["public".to_owned()]).await?;
+    let server_version: String = admin
+        .query_one("SHOW server_version", &[])
+        .await
+        .map_err(sql)?
+        .get(0);
+
+    let scratch = tempfile::tempdir()?;
+    let empty_sql = scratch.path().join("empty.sql");
+    std::fs::write(&empty_sql, "")?;
+    let psql_overhead = median(
+        (0..3)
+            .map(|_| run_psql(psql, &sandbox.url("postgres"), &empty_sql))
+            .collect::<Result<_, _>>()?,
+    );
+
+    let mut rows = Vec::new();
+    for &n in sizes {
+        eprintln!("N={n}: measuring…");
+        rows.push(measure(sandbox, &admin, psql, scratch.path(), n).await?);
+    }
+    Ok((rows, server_version, psql_overhead))
+}
+
+async fn measure(
+    sandbox: &Sandbox,
+    admin: &Client,
+    psql: &Path,
+    scratch: &Path,
+    n: usize,
+) -> Result<Measurement, BoxError> {
+    let database = format!("scale_{n}");
+    let floor_database = format!("scale_{n}_psql");
+    for name in [&database, &floor_database] {
+        // Names made of [a-z0-9_]: no quoting needed.
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+            .await
+            .map_err(sql)?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE template0"))
+            .await
+            .map_err(sql)?;
+    }
+
+    let project_dir = tempfile::tempdir()?;
+    let tree = project_dir.path().join("views").join("tree.kdl");
+    std::fs::create_dir_all(project_dir.path().join("views"))?;
+    std::fs::write(&tree, declarations(n, 0))?;
+    let project = Project::load(project_dir.path()).map_err(report)?;
+    let search_path = &project.config.search_path;
+    let state_schema = &project.config.state_schema;
+    let materialized = (0..n).filter(|&i| is_materialized(i)).count();
+
+    let setup = SETUP.replace("$ROWS", &ROWS.to_string());
+    let mut client = viewkeeper::db::connect(&sandbox.url(&database), search_path).await?;
+    client.batch_execute(&setup).await.map_err(sql)?;
+    let floor = viewkeeper::db::connect(&sandbox.url(&floor_database), search_path).await?;
+    floor.batch_execute(&setup).await.map_err(sql)?;
+
+    // The floor's SQL: what viewkeeper plans against a database holding only the table.
+    let floor_catalog = catalog::introspect(&floor, &dependency_names(&project), state_schema)
+        .await
+        .map_err(sql)?;
+    let floor_plan = plan::plan(&project, &floor_catalog).map_err(report)?;
+    let mut floor_sql = String::new();
+    for statement in &floor_plan.statements {
+        writeln!(floor_sql, "{};", statement.sql)?;
+    }
+    drop(floor);
+    let floor_file = scratch.join(format!("floor_{n}.sql"));
+    std::fs::write(&floor_file, floor_sql)?;
+
+    // First reconcile: creates everything.
+    let mut first_phases: BTreeMap<Phase, Duration> = BTreeMap::new();
+    let started = Instant::now();
+    let reconciled = apply::reconcile(&mut client, &project, |statement, took| {
+        *first_phases.entry(statement.phase).or_default() += took;
+    })
+    .await
+    .map_err(report)?;
+    let first = started.elapsed();
+    let first_queries = reconciled.catalog_queries;
+    let first_statements = reconciled.plan.statements.len();
+    if first_statements != floor_plan.statements.len() {
+        return Err(format!(
+            "the first reconcile ran {first_statements} statements, the floor's plan has {}",
+            floor_plan.statements.len()
+        )
+        .into());
+    }
+
+    let psql_time = run_psql(psql, &sandbox.url(&floor_database), &floor_file)?;
+
+    // No-op plan: introspect and plan against the in-sync database.
+    let mut plan_times = Vec::new();
+    let mut introspect_times = Vec::new();
+    let mut noop_plan_queries = 0;
+    for _ in 0..NOOP_RUNS {
+        let started = Instant::now();
+        let catalog = catalog::introspect(&client, &dependency_names(&project), state_schema)
+            .await
+            .map_err(sql)?;
+        introspect_times.push(started.elapsed());
+        let plan = plan::plan(&project, &catalog).map_err(report)?;
+        plan_times.push(started.elapsed());
+        noop_plan_queries = catalog.queries_issued;
+        if !plan.is_empty() {
+            return Err(format!(
+                "N={n}: the plan after the first reconcile is not empty: {} actions",
+                plan.actions.len()
+            )
+            .into());
+        }
+    }
+
+    // The same on a new connection each time.
+    let mut cold_times = Vec::new();
+    for _ in 0..NOOP_RUNS {
+        let started = Instant::now();
+        let fresh = viewkeeper::db::connect(&sandbox.url(&database), search_path).await?;
+        let catalog = catalog::introspect(&fresh, &dependency_names(&project), state_schema)
+            .await
+            .map_err(sql)?;
+        let plan = plan::plan(&project, &catalog).map_err(report)?;
+        cold_times.push(started.elapsed());
+        if !plan.is_empty() {
+            return Err(format!("N={n}: the plan on a new connection is not empty").into());
+        }
+    }
+
+    // No-op reconcile.
+    let mut reconcile_times = Vec::new();
+    let mut noop_reconcile_queries = 0;
+    for _ in 0..NOOP_RUNS {
+        let started = Instant::now();
+        let reconciled = apply::reconcile(&mut client, &project, |_, _| {})
+            .await
+            .map_err(report)?;
+        reconcile_times.push(started.elapsed());
+        noop_reconcile_queries = reconciled.catalog_queries;
+        if !reconciled.plan.is_empty() {
+            return Err(format!("N={n}: a no-op reconcile did something").into());
+        }
+    }
+
+    // One leaf's query changes: rewrite the file, reload, reconcile.
+    let mut leaf_times = Vec::new();
+    let mut leaf_queries = 0;
+    let mut leaf_statements = 0;
+    for run in 0..LEAF_RUNS {
+        std::fs::write(&tree, declarations(n, run % 2 + 1))?;
+        let edited = Project::load(project_dir.path()).map_err(report)?;
+        let started = Instant::now();
+        let reconciled = apply::reconcile(&mut client, &edited, |_, _| {})
+            .await
+            .map_err(report)?;
+        leaf_times.push(started.elapsed());
+        leaf_queries = reconciled.catalog_queries;
+        leaf_statements = reconciled.plan.statements.len();
+        if reconciled.plan.actions.len() != 1 {
+            return Err(format!(
+                "N={n}: a leaf edit should change one object, the plan has {} actions",
+                reconciled.plan.actions.len()
+            )
+            .into());
+        }
+    }
+    drop(client);
+
+    for name in [&database, &floor_database] {
+        admin
+            .batch_execute(&format!("DROP DATABASE {name}"))
+            .await
+            .map_err(sql)?;
+    }
+
+    Ok(Measurement {
+        n,
+        materialized,
+        first,
+        first_queries,
+        first_statements,
+        first_phases,
+        psql: psql_time,
+        noop_plan: median(plan_times),
+        noop_introspect: median(introspect_times),
+        noop_plan_cold: median(cold_times),
+        noop_plan_queries,
+        noop_reconcile: median(reconcile_times),
+        noop_reconcile_queries,
+        leaf: median(leaf_times),
+        leaf_queries,
+        leaf_statements,
+        peak_rss_kib: peak_rss_kib(),
+    })
+}
+
+/// Every 10th node (0, 10, 20, …) is a materialized view.
+fn is_materialized(i: usize) -> bool {
+    i.is_multiple_of(10)
+}
+
+/// `tree.kdl` for `n` objects. `leaf_variant` > 0 edits the query of the last node, a leaf.
+///
+/// Every node exposes `seller_no, invoice_date, invoice_amt`, so any node can read any other.
+/// Materialized views sum by seller and day, unique on that pair; views filter.
+fn declarations(n: usize, leaf_variant: usize) -> String {
+    let mut kdl = String::new();
+    for i in 0..n {
+        let parent = if i == 0 {
+            "public.invoices_invoice".to_owned()
+        } else {
+            format!("public.{}", node_name((i - 1) / 2))
+        };
+        let mut query = if is_materialized(i) {
+            format!(
+                "SELECT seller_no, invoice_date, sum(invoice_amt)::numeric(13,2) AS invoice_amt \
+                 FROM {parent} GROUP BY seller_no, invoice_date"
+            )
+        } else {
+            format!(
+                "SELECT seller_no, invoice_date, invoice_amt FROM {parent} WHERE invoice_amt >= {}",
+                i % 7
+            )
+        };
+        if i == n - 1 && leaf_variant > 0 {
+            query = format!(
+                "SELECT * FROM ({query}) AS q LIMIT {}",
+                1_000_000 + leaf_variant
+            );
+        }
+        let keyword = if is_materialized(i) {
+            "materialized-view"
+        } else {
+            "view"
+        };
+        let _ = writeln!(kdl, "{keyword} \"public.{}\" {{", node_name(i));
+        let _ = writeln!(kdl, "    depends-on \"{parent}\"");
+        let _ = writeln!(kdl, "    query \"{query}\"");
+        if is_materialized(i) {
+            let _ = writeln!(kdl, "    index \"seller_no\" \"invoice_date\" unique=#true");
+        }
+        let _ = writeln!(kdl, "}}");
+    }
+    kdl
+}
+
+fn node_name(i: usize) -> String {
+    format!("node_{i:05}")
+}
+
+/// `psql` next to the server binaries, else whatever PATH finds.
+fn psql_path(sandbox: &Sandbox) -> PathBuf {
+    let beside = sandbox.bindir().join("psql");
+    if beside.is_file() {
+        beside
+    } else {
+        PathBuf::from("psql")
+    }
+}
+
+/// Runs `file` in one transaction with psql; returns the wall time, start to exit.
+fn run_psql(psql: &Path, url: &str, file: &Path) -> Result<Duration, BoxError> {
+    let started = Instant::now();
+    let output = Command::new(psql)
+        .args(["-X", "-q", "-1", "-v", "ON_ERROR_STOP=1", "-d", url, "-f"])
+        .arg(file)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|error| format!("cannot run {}: {error}", psql.display()))?;
+    let took = started.elapsed();
+    if !output.status.success() {
+        return Err(format!(
+            "psql failed ({}) on {}: {}",
+            output.status,
+            file.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )
+        .into());
+    }
+    Ok(took)
+}
+
+/// The process's peak resident set size, from `/proc/self/status`.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times.get(times.len() / 2).copied().unwrap_or_default()
+}
+
+fn ms(duration: Duration) -> String {
+    format!("{:.1}", duration.as_secs_f64() * 1000.0)
+}
+
+/// PostgreSQL's message, detail and hint.
+fn sql(error: tokio_postgres::Error) -> BoxError {
+    viewkeeper::db::describe(&error).into()
+}
+
+/// A diagnostic with its labels and help, as the CLI would print it.
+fn report(error: impl miette::Diagnostic + Send + Sync + 'static) -> BoxError {
+    format!("{:?}", miette::Report::new(error)).into()
+}
