@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tokio_postgres::GenericClient;
 
+use crate::graph::DependencyGraph;
 use crate::name::QualifiedName;
-use crate::project::{Grantee, Kind};
+use crate::project::{Grantee, Kind, Project};
 use crate::state::{self, State};
 
 /// What the database holds right now.
@@ -58,6 +59,27 @@ impl Catalog {
             .filter(|(_, reads)| reads.contains(name))
             .map(|(reader, _)| reader)
             .collect()
+    }
+
+    /// Adds an edge for every relation a node of `graph` really reads, when that relation is
+    /// a node too: the order of work follows the catalog even where `depends-on` is silent.
+    pub fn add_reads(&self, graph: &mut DependencyGraph) {
+        for (reader, reads) in &self.reads {
+            if graph.contains(reader) {
+                for read in reads {
+                    if graph.contains(read) && read != reader {
+                        graph.add_edge(read, reader);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The declared graph plus the catalog's edges between declared objects.
+    pub fn graph_of(&self, project: &Project) -> DependencyGraph {
+        let mut graph = project.graph();
+        self.add_reads(&mut graph);
+        graph
     }
 
     /// True when `name` is any relation the catalog knows (view, table, …).

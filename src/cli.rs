@@ -58,11 +58,34 @@ pub enum Command {
         #[arg(long)]
         downstream: bool,
     },
+    /// Refresh materialized views on the schedules their declarations give, until stopped
+    /// (SIGINT/SIGTERM: let a running refresh finish, then exit 0; SIGHUP: re-read the files).
+    Schedule {
+        /// Print SQL registering the schedules with pg_cron instead of running them.
+        #[arg(long, value_enum, value_name = "TARGET")]
+        emit: Option<Emit>,
+        /// After SIGINT/SIGTERM, how long a running refresh may go on before it is cancelled.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
+    },
+    /// Show every managed object: in sync or not, last refresh, its age, next due, last error.
+    Status {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// Run the invoices demo end to end on a throwaway PostgreSQL server.
     Demo,
 }
 
-/// Plan output formats.
+/// What `schedule --emit` can print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Emit {
+    /// SQL for the pg_cron extension (`cron.schedule`).
+    PgCron,
+}
+
+/// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     Text,

@@ -1,19 +1,20 @@
 //! What each command does, at the IO edge: load, connect, call the pure stages, print.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::Path;
 use std::time::Instant;
 
 use crate::apply::{self, dependency_names};
 use crate::catalog;
-use crate::cli::{Cli, Command, Format};
+use crate::cli::{Cli, Command, Emit, Format};
 use crate::db;
 use crate::error::Error;
 use crate::name::QualifiedName;
 use crate::plan;
 use crate::project::Project;
-use crate::refresh::{self, Outcome};
+use crate::refresh::{self, schedule::Event as ScheduleEvent};
 use crate::render;
+use crate::state;
 
 /// How a successful command ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +58,8 @@ async fn dispatch(cli: Cli) -> Result<Status, Error> {
         Command::Refresh { views, downstream } => {
             refresh(&cli.project, url, &views, downstream).await
         }
+        Command::Schedule { emit, grace } => schedule(&cli.project, url, emit, grace).await,
+        Command::Status { format } => status(&cli.project, url, format).await,
         Command::Demo => crate::demo::run().await,
     }
 }
@@ -176,29 +179,18 @@ async fn refresh(
     let mut client = connect(url, &project).await?;
     let mut out = stdout();
     let started = Instant::now();
+    let mut spinner = Spinner::none();
     let count = refresh::refresh(
         &mut client,
         &project,
         &names,
         downstream,
-        |target, outcome| {
-            let line = match outcome {
-                Outcome::Refreshed(took) => format!(
-                    "refreshed {}{}  {}",
-                    target.name,
-                    if target.concurrently {
-                        " (concurrently)"
-                    } else {
-                        ""
-                    },
-                    render::format_duration(*took)
-                ),
-                Outcome::Failed(message) => format!("failed    {}: {message}", target.name),
-                Outcome::Skipped(upstream) => {
-                    format!("skipped   {}: {upstream} failed", target.name)
-                }
-            };
-            let _ = writeln!(out, "{line}");
+        |event| match event {
+            refresh::Event::Started(target) => spinner = Spinner::start(&target.name),
+            refresh::Event::Finished(target, outcome) => {
+                std::mem::replace(&mut spinner, Spinner::none()).finish();
+                let _ = writeln!(out, "{}", render::refresh_outcome(target, outcome));
+            }
         },
     )
     .await?;
@@ -209,6 +201,120 @@ async fn refresh(
         render::format_duration(started.elapsed())
     ))?;
     Ok(Status::Done)
+}
+
+async fn schedule(
+    root: &Path,
+    url: Option<&str>,
+    emit: Option<Emit>,
+    grace: std::time::Duration,
+) -> Result<Status, Error> {
+    if let Some(Emit::PgCron) = emit {
+        let project = Project::load(root)?;
+        let sql = refresh::pg_cron::emit(&project)?;
+        ignore_broken_pipe(stdout().write_all(sql.as_bytes()))?;
+        return Ok(Status::Done);
+    }
+    let url = url.ok_or(db::ConnectError::MissingUrl)?;
+    let mut out = stdout();
+    let mut spinner = Spinner::none();
+    let options = refresh::schedule::Options { grace };
+    refresh::schedule::run(root, url, &options, |event| {
+        let line = match event {
+            ScheduleEvent::Started(target) => {
+                spinner = Spinner::start(&target.name);
+                return;
+            }
+            ScheduleEvent::Finished(target, outcome, retry_at) => {
+                std::mem::replace(&mut spinner, Spinner::none()).finish();
+                if matches!(outcome, refresh::Outcome::Skipped(_)) {
+                    tracing::debug!("{}", render::refresh_outcome(target, outcome));
+                    return;
+                }
+                match retry_at {
+                    Some(at) => format!(
+                        "{}; retrying at {}",
+                        render::refresh_outcome(target, outcome),
+                        at.format("%H:%M:%S")
+                    ),
+                    None => render::refresh_outcome(target, outcome),
+                }
+            }
+            ScheduleEvent::Problem(message) => format!("problem: {message}"),
+            ScheduleEvent::Stopping => "stopping".to_owned(),
+        };
+        let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
+        let _ = writeln!(out, "{now} {line}");
+        let _ = out.flush();
+    })
+    .await?;
+    Ok(Status::Done)
+}
+
+async fn status(root: &Path, url: Option<&str>, format: Format) -> Result<Status, Error> {
+    let project = Project::load(root)?;
+    let client = connect(url, &project).await?;
+    let schema = &project.config.state_schema;
+    let catalog_error = |error: tokio_postgres::Error| Error::Catalog(db::describe(&error));
+    let catalog = catalog::introspect(&client, &dependency_names(&project), schema)
+        .await
+        .map_err(catalog_error)?;
+    let history = if catalog.state.is_some() {
+        state::read_history(&client, schema, None)
+            .await
+            .map_err(catalog_error)?
+    } else {
+        Default::default()
+    };
+    let now: chrono::DateTime<chrono::Utc> = client
+        .query_one("SELECT clock_timestamp()", &[])
+        .await
+        .map_err(catalog_error)?
+        .get(0);
+    let plan = plan::plan(&project, &catalog);
+    let rows = crate::status::status(
+        &project,
+        &catalog,
+        plan.as_ref().map_err(ToString::to_string),
+        &history,
+        now,
+    );
+    let mut out = stdout();
+    ignore_broken_pipe(match format {
+        Format::Text => render::status_text(&rows, now, &mut out),
+        Format::Json => render::status_json(&rows, &mut out),
+    })?;
+    Ok(Status::Done)
+}
+
+/// A spinner with the elapsed time while a refresh runs, when stdout is a terminal.
+struct Spinner(Option<indicatif::ProgressBar>);
+
+impl Spinner {
+    fn none() -> Self {
+        Spinner(None)
+    }
+
+    fn start(name: &QualifiedName) -> Self {
+        if !io::stdout().is_terminal() {
+            return Spinner(None);
+        }
+        let bar = indicatif::ProgressBar::new_spinner();
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{spinner} refreshing {msg} {elapsed}")
+        {
+            bar.set_style(style);
+        }
+        bar.set_message(name.to_string());
+        bar.enable_steady_tick(std::time::Duration::from_millis(100));
+        Spinner(Some(bar))
+    }
+
+    fn finish(self) {
+        if let Some(bar) = self.0 {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 async fn connect(url: Option<&str>, project: &Project) -> Result<tokio_postgres::Client, Error> {

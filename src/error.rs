@@ -30,6 +30,9 @@ pub enum Error {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Refresh(#[from] RefreshError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    PgCron(#[from] crate::refresh::pg_cron::PgCronError),
     #[error("invalid view name `{name}`: {message}")]
     InvalidName { name: String, message: String },
     #[error(transparent)]

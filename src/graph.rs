@@ -169,6 +169,22 @@ impl DependencyGraph {
         &self,
         roots: impl IntoIterator<Item = &'a QualifiedName>,
     ) -> BTreeSet<QualifiedName> {
+        self.closure(roots, Direction::Outgoing)
+    }
+
+    /// `roots` and everything they depend on, transitively.
+    pub fn with_dependencies<'a>(
+        &self,
+        roots: impl IntoIterator<Item = &'a QualifiedName>,
+    ) -> BTreeSet<QualifiedName> {
+        self.closure(roots, Direction::Incoming)
+    }
+
+    fn closure<'a>(
+        &self,
+        roots: impl IntoIterator<Item = &'a QualifiedName>,
+        direction: Direction,
+    ) -> BTreeSet<QualifiedName> {
         let mut seen = BTreeSet::new();
         let mut pending: Vec<NodeIndex> = roots
             .into_iter()
@@ -176,7 +192,7 @@ impl DependencyGraph {
             .collect();
         while let Some(index) = pending.pop() {
             if seen.insert(self.graph[index].clone()) {
-                pending.extend(self.graph.neighbors_directed(index, Direction::Outgoing));
+                pending.extend(self.graph.neighbors_directed(index, direction));
             }
         }
         seen

@@ -21,5 +21,6 @@ pub mod render;
 pub mod sandbox;
 mod sql;
 pub mod state;
+pub mod status;
 
 pub use commands::{Status, run};

@@ -243,15 +243,7 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
     for name in &to_drop {
         graph.add_node(name);
     }
-    for (reader, reads) in &catalog.reads {
-        if graph.contains(reader) {
-            for read in reads {
-                if graph.contains(read) && read != reader {
-                    graph.add_edge(read, reader);
-                }
-            }
-        }
-    }
+    catalog.add_reads(&mut graph);
     let order = graph.topological_order()?;
 
     mark_rebuilds(&graph, &order, &mut statuses);

@@ -10,7 +10,11 @@ use std::time::Duration;
 use anstyle::{AnsiColor, Style};
 use serde::Serialize;
 
+use chrono::{DateTime, Utc};
+
 use crate::plan::{Action, Change, Phase, Plan, Statement, Warning};
+use crate::refresh::{Outcome, RefreshTarget, Skip};
+use crate::status::ObjectStatus;
 
 const BOLD: Style = Style::new().bold();
 const DIM: Style = Style::new().dimmed();
@@ -193,4 +197,127 @@ pub fn format_duration(duration: Duration) -> String {
     } else {
         format!("{:.1} s", duration.as_secs_f64())
     }
+}
+
+/// One line about a finished refresh.
+pub fn refresh_outcome(target: &RefreshTarget, outcome: &Outcome) -> String {
+    let name = &target.name;
+    match outcome {
+        Outcome::Refreshed {
+            took, concurrently, ..
+        } => format!(
+            "refreshed {name}{} in {}",
+            if *concurrently { " (concurrently)" } else { "" },
+            format_duration(*took)
+        ),
+        Outcome::Failed(message) => format!("failed    {name}: {message}"),
+        Outcome::Skipped(skip) => {
+            let why = match skip {
+                Skip::UpstreamFailed(upstream) => format!("{upstream} failed"),
+                Skip::Busy => "another process is refreshing it".to_owned(),
+                Skip::Reconciling => "a reconcile is running".to_owned(),
+                Skip::NoLongerDue => "another process just refreshed it".to_owned(),
+                Skip::Missing => "not in the database".to_owned(),
+            };
+            format!("skipped   {name}: {why}")
+        }
+    }
+}
+
+/// The status table: one row per object, widths fitted to the content.
+pub fn status_text(
+    rows: &[ObjectStatus],
+    now: DateTime<Utc>,
+    out: &mut impl Write,
+) -> io::Result<()> {
+    if rows.is_empty() {
+        return writeln!(out, "Nothing declared or managed.");
+    }
+    let time = |at: Option<DateTime<Utc>>| {
+        at.map_or_else(
+            || "-".to_owned(),
+            |at| at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        )
+    };
+    const HEADERS: [&str; 7] = [
+        "OBJECT",
+        "KIND",
+        "REFRESH POLICY",
+        "LAST REFRESH (UTC)",
+        "AGE",
+        "NEXT DUE (UTC)",
+        "STATE",
+    ];
+    let table: Vec<[String; 7]> = rows
+        .iter()
+        .map(|row| {
+            let state = match (&row.last_error, &row.reason) {
+                (Some(error), _) => format!("refresh failed: {error}"),
+                (None, Some(reason)) => format!("{}: {reason}", row.sync),
+                (None, None) => row.sync.clone(),
+            };
+            let policy = match (&row.policy, row.populated) {
+                (Some(policy), _) => policy.clone(),
+                (None, Some(false)) => "none (no data)".to_owned(),
+                (None, _) => "-".to_owned(),
+            };
+            let age = row.age_seconds.map_or_else(
+                || "-".to_owned(),
+                |seconds| {
+                    humantime::format_duration(Duration::from_secs(seconds.unsigned_abs()))
+                        .to_string()
+                },
+            );
+            [
+                row.object.to_string(),
+                row.kind.words().to_owned(),
+                policy,
+                time(row.last_refresh),
+                age,
+                time(row.next_due),
+                state,
+            ]
+        })
+        .collect();
+    let mut widths = HEADERS.map(str::len);
+    for cells in &table {
+        for (width, cell) in widths.iter_mut().zip(cells) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; 7]| {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        text
+    };
+    writeln!(out, "{BOLD}{}{BOLD:#}", line(HEADERS))?;
+    for (row, cells) in rows.iter().zip(&table) {
+        let style = if row.last_error.is_some() {
+            RED
+        } else if row.sync != "in-sync" {
+            YELLOW
+        } else {
+            Style::new()
+        };
+        let cells: [&str; 7] = std::array::from_fn(|i| cells[i].as_str());
+        writeln!(out, "{style}{}{style:#}", line(cells))?;
+    }
+    writeln!(
+        out,
+        "{DIM}as of {} UTC{DIM:#}",
+        now.format("%Y-%m-%d %H:%M:%S")
+    )
+}
+
+/// The status rows as JSON: `{"format_version": 1, "objects": [...]}`.
+pub fn status_json(rows: &[ObjectStatus], out: &mut impl Write) -> io::Result<()> {
+    let document = serde_json::json!({ "format_version": 1, "objects": rows });
+    serde_json::to_writer_pretty(&mut *out, &document).map_err(io::Error::other)?;
+    writeln!(out)
 }

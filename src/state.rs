@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_postgres::GenericClient;
@@ -216,25 +217,21 @@ pub(crate) async fn write(
     Ok(())
 }
 
-/// Appends one refresh to the history (the caller checks the schema exists).
+/// Appends one refresh to the history (the caller checks the schema exists). Times are the
+/// server's, so several hosts running `schedule` agree on them.
 pub(crate) async fn log_refresh(
     client: &impl GenericClient,
     schema: &str,
     name: &QualifiedName,
-    started_at: std::time::SystemTime,
-    duration: std::time::Duration,
+    started_at: DateTime<Utc>,
     concurrently: bool,
     error: Option<&str>,
 ) -> Result<(), tokio_postgres::Error> {
-    let started = started_at
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
     let outcome = if error.is_some() { "failed" } else { "ok" };
     // language=SQL
     let sql = format!(
         "INSERT INTO {} (schema_name, object_name, started_at, duration_ms, concurrent, outcome, error)
-         VALUES ($1, $2, to_timestamp($3), $4, $5, $6, $7)",
+         VALUES ($1, $2, $3, (extract(epoch FROM clock_timestamp() - $3) * 1000)::int8, $4, $5, $6)",
         table(schema, REFRESH_TABLE)
     );
     client
@@ -243,8 +240,7 @@ pub(crate) async fn log_refresh(
             &[
                 &name.schema,
                 &name.name,
-                &started,
-                &millis,
+                &started_at,
                 &concurrently,
                 &outcome,
                 &error,
@@ -252,4 +248,85 @@ pub(crate) async fn log_refresh(
         )
         .await?;
     Ok(())
+}
+
+/// What the refresh history says about one materialized view.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RefreshHistory {
+    /// Start of the last successful refresh.
+    pub last_success: Option<DateTime<Utc>>,
+    /// Start of the last refresh, successful or not.
+    pub last_attempt: Option<DateTime<Utc>>,
+    /// How long the last refresh took.
+    pub last_duration_ms: Option<i64>,
+    /// The last refresh's error, when it failed.
+    pub last_error: Option<String>,
+    /// Failures since the last success.
+    pub consecutive_failures: u32,
+}
+
+/// The history of every view that has one (or only of `only`), in one query.
+pub(crate) async fn read_history(
+    client: &impl GenericClient,
+    schema: &str,
+    only: Option<&QualifiedName>,
+) -> Result<BTreeMap<QualifiedName, RefreshHistory>, tokio_postgres::Error> {
+    let log = table(schema, REFRESH_TABLE);
+    // language=SQL
+    let sql = format!(
+        "WITH latest AS (
+             SELECT DISTINCT ON (schema_name, object_name)
+                    schema_name, object_name, started_at, duration_ms, outcome, error
+             FROM {log}
+             WHERE $1::text IS NULL OR (schema_name = $1 AND object_name = $2)
+             ORDER BY schema_name, object_name, started_at DESC, id DESC),
+         last_ok AS (
+             SELECT schema_name, object_name, max(started_at) AS at
+             FROM {log}
+             WHERE outcome = 'ok' AND ($1::text IS NULL OR (schema_name = $1 AND object_name = $2))
+             GROUP BY schema_name, object_name)
+         SELECT l.schema_name, l.object_name, o.at, l.started_at, l.duration_ms,
+                CASE WHEN l.outcome = 'failed' THEN coalesce(l.error, 'failed') END,
+                (SELECT count(*) FROM {log} f
+                 WHERE f.schema_name = l.schema_name AND f.object_name = l.object_name
+                   AND f.outcome = 'failed' AND f.started_at > coalesce(o.at, '-infinity'))::int4
+         FROM latest l LEFT JOIN last_ok o USING (schema_name, object_name)"
+    );
+    let schema_filter = only.map(|name| name.schema.as_str());
+    let name_filter = only.map(|name| name.name.as_str());
+    let mut history = BTreeMap::new();
+    for row in client.query(&sql, &[&schema_filter, &name_filter]).await? {
+        let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
+        history.insert(
+            name,
+            RefreshHistory {
+                last_success: row.get(2),
+                last_attempt: row.get(3),
+                last_duration_ms: row.get(4),
+                last_error: row.get(5),
+                consecutive_failures: u32::try_from(row.get::<_, i32>(6)).unwrap_or(0),
+            },
+        );
+    }
+    Ok(history)
+}
+
+/// Keeps the newest `keep` refreshes of each view, so a one-second schedule does not grow
+/// the history without bound.
+pub(crate) async fn prune_history(
+    client: &impl GenericClient,
+    schema: &str,
+    keep: i64,
+) -> Result<u64, tokio_postgres::Error> {
+    let log = table(schema, REFRESH_TABLE);
+    // language=SQL
+    let sql = format!(
+        "DELETE FROM {log} WHERE id IN (
+             SELECT id FROM (
+                 SELECT id, row_number() OVER (PARTITION BY schema_name, object_name
+                                               ORDER BY started_at DESC, id DESC) AS position
+                 FROM {log}) ranked
+             WHERE position > $1)"
+    );
+    client.execute(&sql, &[&keep]).await
 }

@@ -19,6 +19,8 @@ pub struct Config {
     pub lock_timeout: Duration,
     /// Schemas in the `search_path` of every session, as SQL identifiers (already folded).
     pub search_path: Vec<String>,
+    /// `statement_timeout` for refreshes (a view's own `refresh statement-timeout=` wins).
+    pub statement_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -28,11 +30,18 @@ impl Default for Config {
             state_schema: "viewkeeper".to_owned(),
             lock_timeout: Duration::from_secs(5),
             search_path: vec!["public".to_owned()],
+            statement_timeout: None,
         }
     }
 }
 
-const KEYS: &[&str] = &["views-dir", "state-schema", "lock-timeout", "search-path"];
+const KEYS: &[&str] = &[
+    "views-dir",
+    "state-schema",
+    "lock-timeout",
+    "search-path",
+    "statement-timeout",
+];
 
 impl Config {
     /// Reads `viewkeeper.kdl` in `root` if it exists; problems go to `problems`.
@@ -85,8 +94,9 @@ impl Config {
                         reader.error(span, format!("invalid schema name: {error}"), "here")
                     }
                 },
-                "lock-timeout" => match parse_duration(&value) {
-                    Ok(timeout) => config.lock_timeout = timeout,
+                "lock-timeout" | "statement-timeout" => match parse_duration(&value) {
+                    Ok(duration) if key == "lock-timeout" => config.lock_timeout = duration,
+                    Ok(duration) => config.statement_timeout = Some(duration),
                     Err(error) => reader.error_with_help(
                         span,
                         format!("invalid duration `{value}`: {error}"),

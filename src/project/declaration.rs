@@ -10,7 +10,7 @@ use miette::SourceSpan;
 use super::reader::{NodeReader, parse_document};
 use super::{
     Config, Declaration, Dependency, Grant, Grantee, Index, Kind, Problem, Query, QueryOrigin,
-    RefreshPolicy, RefreshTrigger, SourceFile, display_path, parse_duration,
+    RefreshPolicy, RefreshTrigger, SourceFile, display_path,
 };
 use crate::name::{QualifiedName, is_plain_identifier, parse_identifier};
 
@@ -388,7 +388,14 @@ impl Builder {
     }
 
     fn refresh(&mut self, mut reader: NodeReader<'_, '_>) {
-        reader.allow_properties(&["every", "cron", "timezone", "concurrently", "with-upstream"]);
+        reader.allow_properties(&[
+            "every",
+            "cron",
+            "timezone",
+            "concurrently",
+            "with-upstream",
+            "statement-timeout",
+        ]);
         let span = reader.node.span();
         if !reader.arguments().is_empty() {
             reader.error(
@@ -402,6 +409,7 @@ impl Builder {
         let cron = reader.string_property("cron");
         let timezone = reader.string_property("timezone");
         let with_upstream = reader.bool_property("with-upstream").unwrap_or(false);
+        let statement_timeout = reader.duration_property("statement-timeout");
         let chosen =
             usize::from(every.is_some()) + usize::from(cron.is_some()) + usize::from(with_upstream);
         if chosen != 1 {
@@ -413,13 +421,34 @@ impl Builder {
             );
             return;
         }
-        if timezone.is_some() && cron.is_none() {
-            reader.error(span, "`timezone` applies only to cron= schedules", "here");
-        }
-        let trigger = if let Some((text, value_span)) = every {
-            match parse_duration(&text) {
-                Ok(duration) if !duration.is_zero() => RefreshTrigger::Every(duration),
-                Ok(_) => {
+        let timezone = match timezone {
+            Some((_, zone_span)) if cron.is_none() => {
+                reader.error(
+                    zone_span,
+                    "`timezone` applies only to cron= schedules",
+                    "here",
+                );
+                return;
+            }
+            Some((zone, zone_span)) => match zone.parse::<chrono_tz::Tz>() {
+                Ok(zone) => Some(zone),
+                Err(_) => {
+                    reader.error_with_help(
+                        zone_span,
+                        format!("unknown time zone `{zone}`"),
+                        "here",
+                        "use an IANA zone name such as \"Europe/Paris\" or \"America/New_York\"",
+                    );
+                    return;
+                }
+            },
+            None => None,
+        };
+        let trigger = if every.is_some() {
+            match reader.duration_property("every") {
+                Some(duration) if !duration.is_zero() => RefreshTrigger::Every(duration),
+                Some(_) => {
+                    let value_span = every.map_or(span, |(_, value_span)| value_span);
                     reader.error(
                         value_span,
                         "a refresh interval must be longer than zero",
@@ -427,22 +456,10 @@ impl Builder {
                     );
                     return;
                 }
-                Err(error) => {
-                    reader.error_with_help(
-                        value_span,
-                        format!("invalid duration `{text}`: {error}"),
-                        "here",
-                        "write durations such as 30s, 15m, 1h or 1d",
-                    );
-                    return;
-                }
+                None => return,
             }
         } else if let Some((expression, value_span)) = cron {
-            let parser = CronParser::builder()
-                .seconds(Seconds::Disallowed)
-                .year(Year::Disallowed)
-                .build();
-            if let Err(error) = parser.parse(&expression) {
+            if let Err(error) = parse_cron(&expression) {
                 reader.error_with_help(
                     value_span,
                     format!("invalid cron expression `{expression}`: {error}"),
@@ -453,7 +470,7 @@ impl Builder {
             }
             RefreshTrigger::Cron {
                 expression,
-                timezone: timezone.map(|(zone, _)| zone),
+                timezone,
             }
         } else {
             RefreshTrigger::WithUpstream
@@ -461,6 +478,7 @@ impl Builder {
         self.refresh = Some(RefreshPolicy {
             trigger,
             concurrently,
+            statement_timeout,
             span,
         });
     }
@@ -592,6 +610,15 @@ fn query_from_file(
             None
         }
     }
+}
+
+/// Parses a standard five-field cron expression (no seconds, no years).
+pub(crate) fn parse_cron(expression: &str) -> Result<croner::Cron, croner::errors::CronError> {
+    CronParser::builder()
+        .seconds(Seconds::Disallowed)
+        .year(Year::Disallowed)
+        .build()
+        .parse(expression)
 }
 
 /// Canonical query text (`\n` line endings, no leading blank lines, no trailing blanks or

@@ -18,7 +18,7 @@ use miette::SourceSpan;
 use serde::Serialize;
 
 pub use config::Config;
-pub(crate) use declaration::all_privileges;
+pub(crate) use declaration::{all_privileges, parse_cron};
 pub use diagnostic::{Problem, Problems, SourceFile};
 
 use crate::graph::DependencyGraph;
@@ -172,15 +172,19 @@ impl std::fmt::Display for Grantee {
 pub struct RefreshPolicy {
     pub trigger: RefreshTrigger,
     pub concurrently: bool,
+    /// `statement_timeout` for this view's refreshes, overriding the project's.
+    pub statement_timeout: Option<Duration>,
     pub span: SourceSpan,
 }
 
+/// What makes a refresh due.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefreshTrigger {
     Every(Duration),
+    /// A five-field cron expression, in UTC unless a time zone is given.
     Cron {
         expression: String,
-        timezone: Option<String>,
+        timezone: Option<chrono_tz::Tz>,
     },
     /// Right after any upstream materialized view is refreshed.
     WithUpstream,

@@ -178,6 +178,23 @@ impl<'a, 'p> NodeReader<'a, 'p> {
         }
     }
 
+    /// A duration property such as `"15m"`; reports unreadable ones.
+    pub(super) fn duration_property(&mut self, key: &str) -> Option<std::time::Duration> {
+        let (text, span) = self.string_property(key)?;
+        match super::parse_duration(&text) {
+            Ok(duration) => Some(duration),
+            Err(error) => {
+                self.error_with_help(
+                    span,
+                    format!("invalid duration `{text}`: {error}"),
+                    "here",
+                    "write durations such as 500ms, 30s, 15m, 1h or 1d",
+                );
+                None
+            }
+        }
+    }
+
     /// A boolean property (`#true` / `#false`).
     pub(super) fn bool_property(&mut self, key: &str) -> Option<bool> {
         let entry = self.node.entry(key)?;

@@ -1,0 +1,462 @@
+//! `viewkeeper schedule`: refreshes each managed materialized view when its declared policy
+//! says so, upstream before downstream.
+//!
+//! What is due is decided from the refresh history in the state schema and the server's
+//! clock, never from process memory, so any number of schedulers on any number of hosts can
+//! run against one database: the per-view advisory lock keeps two from refreshing one view
+//! at once, and the history re-read under that lock keeps two from refreshing one period.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use tokio::sync::watch;
+use tokio_postgres::{Client, NoTls};
+
+use super::{Outcome, RefreshTarget, Wait, refresh_one};
+use crate::apply::dependency_names;
+use crate::catalog::{self, Catalog};
+use crate::db;
+use crate::graph::DependencyGraph;
+use crate::name::QualifiedName;
+use crate::project::{Kind, Project, RefreshTrigger, parse_cron};
+use crate::state::{self, RefreshHistory};
+
+/// Longest wait between two retries of a failing refresh.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How often the declarations are re-read even without SIGHUP.
+const RELOAD_EVERY: Duration = Duration::from_secs(5);
+/// Longest sleep between two looks at the database.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// Refreshes kept in the history per view.
+const HISTORY_KEPT: i64 = 1000;
+
+/// How the scheduler behaves.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// After SIGINT/SIGTERM, how long a running refresh may take before it is cancelled.
+    pub grace: Duration,
+}
+
+/// What the scheduler reports as it goes.
+#[derive(Debug)]
+pub enum Event<'a> {
+    Started(&'a RefreshTarget),
+    Finished(&'a RefreshTarget, &'a Outcome, Option<DateTime<Utc>>),
+    /// Something went wrong outside a refresh (declarations, connection); it carries on.
+    Problem(String),
+    Stopping,
+}
+
+/// How long to wait after `failures` consecutive failures: 1 s, 2 s, 4 s, … up to 5 minutes.
+pub fn backoff(failures: u32) -> Duration {
+    let seconds = 1u64
+        .checked_shl(failures.saturating_sub(1))
+        .unwrap_or(u64::MAX);
+    Duration::from_secs(seconds).min(MAX_BACKOFF)
+}
+
+/// When a view's next refresh is due, or `None` while it waits for an upstream refresh.
+/// `upstream_success` is the latest successful refresh of any materialized view it reads,
+/// directly or through other views. Pure.
+pub fn next_due(
+    trigger: &RefreshTrigger,
+    history: &RefreshHistory,
+    upstream_success: Option<DateTime<Utc>>,
+) -> Option<DateTime<Utc>> {
+    let scheduled = match trigger {
+        RefreshTrigger::Every(interval) => Some(match history.last_success {
+            Some(last) => last + TimeDelta::from_std(*interval).unwrap_or(TimeDelta::MAX),
+            // Never refreshed by viewkeeper: refresh now to start the schedule.
+            None => DateTime::<Utc>::MIN_UTC,
+        }),
+        RefreshTrigger::Cron {
+            expression,
+            timezone,
+        } => match (history.last_success, parse_cron(expression)) {
+            (None, _) => Some(DateTime::<Utc>::MIN_UTC),
+            (Some(last), Ok(cron)) => {
+                let zone = timezone.unwrap_or(chrono_tz::UTC);
+                cron.find_next_occurrence(&last.with_timezone(&zone), false)
+                    .ok()
+                    .map(|next| next.with_timezone(&Utc))
+            }
+            (Some(_), Err(_)) => None,
+        },
+        RefreshTrigger::WithUpstream => match (upstream_success, history.last_success) {
+            (Some(upstream), Some(own)) if upstream > own => Some(upstream),
+            (Some(upstream), None) => Some(upstream),
+            _ => None,
+        },
+    }?;
+    if history.consecutive_failures > 0
+        && let Some(attempt) = history.last_attempt
+    {
+        let retry = attempt
+            + TimeDelta::from_std(backoff(history.consecutive_failures)).unwrap_or(TimeDelta::MAX);
+        return Some(scheduled.max(retry));
+    }
+    Some(scheduled)
+}
+
+/// A scheduled view and what decides its refreshes.
+#[derive(Debug, Clone)]
+pub struct Scheduled {
+    pub target: RefreshTarget,
+    pub trigger: RefreshTrigger,
+    /// Managed materialized views it reads, directly or through views.
+    pub upstream: Vec<QualifiedName>,
+}
+
+/// The managed materialized views with a refresh policy, upstream first. Pure.
+pub fn scheduled_views(project: &Project, catalog: &Catalog) -> Vec<Scheduled> {
+    let Some(state) = &catalog.state else {
+        return Vec::new();
+    };
+    let graph: DependencyGraph = catalog.graph_of(project);
+    let Ok(order) = graph.topological_order() else {
+        return Vec::new();
+    };
+    let is_managed_view = |name: &QualifiedName| {
+        project
+            .declarations
+            .get(name)
+            .is_some_and(|d| d.kind == Kind::MaterializedView)
+            && state.objects.contains_key(name)
+            && catalog.relations.contains_key(name)
+    };
+    order
+        .iter()
+        .filter(|name| is_managed_view(name))
+        .filter_map(|name| {
+            let declaration = project.declarations.get(name)?;
+            let policy = declaration.refresh.as_ref()?;
+            let upstream = graph
+                .with_dependencies([name])
+                .into_iter()
+                .filter(|other| other != name && is_managed_view(other))
+                .collect();
+            Some(Scheduled {
+                target: RefreshTarget::of(project, declaration),
+                trigger: policy.trigger.clone(),
+                upstream,
+            })
+        })
+        .collect()
+}
+
+/// The latest successful refresh among `upstream`.
+fn upstream_success(
+    upstream: &[QualifiedName],
+    history: &BTreeMap<QualifiedName, RefreshHistory>,
+) -> Option<DateTime<Utc>> {
+    upstream
+        .iter()
+        .filter_map(|name| history.get(name).and_then(|h| h.last_success))
+        .max()
+}
+
+/// Runs until SIGINT or SIGTERM: refreshes what is due, re-reads the declarations every few
+/// seconds and on SIGHUP, and on shutdown lets a running refresh finish within the grace
+/// period before cancelling it on the server.
+pub async fn run(
+    root: &Path,
+    url: &str,
+    options: &Options,
+    mut on_event: impl FnMut(Event<'_>),
+) -> Result<(), crate::error::Error> {
+    let mut project = Project::load(root)?;
+    let (shutdown, mut stopping) = watch::channel(false);
+    let (reload, mut reloading) = watch::channel(());
+    listen_for_signals(shutdown, reload)?;
+
+    let mut client: Option<Client> = None;
+    let mut last_reload = tokio::time::Instant::now();
+    let mut last_prune = None::<tokio::time::Instant>;
+    loop {
+        if *stopping.borrow() {
+            break;
+        }
+        if reloading.has_changed().unwrap_or(false) || last_reload.elapsed() >= RELOAD_EVERY {
+            reloading.mark_unchanged();
+            last_reload = tokio::time::Instant::now();
+            match Project::load(root) {
+                Ok(loaded) => project = loaded,
+                Err(problems) => on_event(Event::Problem(format!(
+                    "keeping the previous declarations: {:?}",
+                    miette::Report::new(problems)
+                ))),
+            }
+        }
+        let connected = match client.take() {
+            Some(connected) if !connected.is_closed() => connected,
+            _ => match connect(url, &project).await {
+                Ok(connected) => connected,
+                Err(error) => {
+                    on_event(Event::Problem(error.to_string()));
+                    sleep_or_stop(&mut stopping, Duration::from_secs(2)).await;
+                    continue;
+                }
+            },
+        };
+        let mut connected = connected;
+        let pass = run_pass(
+            &mut connected,
+            &project,
+            options,
+            &mut stopping,
+            &mut on_event,
+        )
+        .await;
+        let sleep = match pass {
+            Ok(sleep) => {
+                client = Some(connected);
+                sleep
+            }
+            Err(error) => {
+                on_event(Event::Problem(format!(
+                    "lost the database: {}",
+                    db::describe(&error)
+                )));
+                Duration::from_secs(2)
+            }
+        };
+        if let Some(connected) = &client
+            && last_prune.is_none_or(|at| at.elapsed() >= Duration::from_secs(300))
+        {
+            last_prune = Some(tokio::time::Instant::now());
+            if let Err(error) =
+                state::prune_history(connected, &project.config.state_schema, HISTORY_KEPT).await
+            {
+                tracing::debug!("cannot prune the refresh history: {}", db::describe(&error));
+            }
+        }
+        tokio::select! {
+            _ = sleep_or_stop(&mut stopping, sleep) => {}
+            _ = reloading.changed() => {}
+        }
+    }
+    on_event(Event::Stopping);
+    Ok(())
+}
+
+async fn connect(url: &str, project: &Project) -> Result<Client, crate::error::Error> {
+    let client = db::connect(url, &project.config.search_path).await?;
+    // A scheduler killed mid-refresh should not leave its backend refreshing for nothing:
+    // PostgreSQL 14+ notices the closed connection and aborts (older versions ignore it).
+    let _ = client
+        .batch_execute("SET client_connection_check_interval = 1000")
+        .await;
+    Ok(client)
+}
+
+/// One look at the database: refresh everything due, in order. Returns how long to sleep.
+async fn run_pass(
+    client: &mut Client,
+    project: &Project,
+    options: &Options,
+    stopping: &mut watch::Receiver<bool>,
+    on_event: &mut impl FnMut(Event<'_>),
+) -> Result<Duration, tokio_postgres::Error> {
+    let schema = &project.config.state_schema;
+    let catalog = catalog::introspect(&*client, &dependency_names(project), schema).await?;
+    if catalog.state.is_none() {
+        return Ok(MAX_SLEEP);
+    }
+    let views = scheduled_views(project, &catalog);
+    let mut history = state::read_history(&*client, schema, None).await?;
+    let mut now: DateTime<Utc> = client
+        .query_one("SELECT clock_timestamp()", &[])
+        .await?
+        .get(0);
+    let mut earliest: Option<DateTime<Utc>> = None;
+    for view in &views {
+        if *stopping.borrow() {
+            break;
+        }
+        let own = history.get(&view.target.name).cloned().unwrap_or_default();
+        let upstream = upstream_success(&view.upstream, &history);
+        let Some(due) = next_due(&view.trigger, &own, upstream) else {
+            continue;
+        };
+        if due > now {
+            earliest = Some(earliest.map_or(due, |e| e.min(due)));
+            continue;
+        }
+        let trigger = view.trigger.clone();
+        let still_due = move |fresh: &RefreshHistory, at: DateTime<Utc>| {
+            next_due(&trigger, fresh, upstream).is_some_and(|due| due <= at)
+        };
+        on_event(Event::Started(&view.target));
+        let outcome =
+            refresh_with_grace(client, schema, &view.target, &still_due, options, stopping).await?;
+        now = client
+            .query_one("SELECT clock_timestamp()", &[])
+            .await?
+            .get(0);
+        let retry_at = match &outcome {
+            Outcome::Refreshed { started_at, .. } => {
+                let entry = history.entry(view.target.name.clone()).or_default();
+                entry.last_success = Some(*started_at);
+                entry.last_attempt = Some(*started_at);
+                entry.consecutive_failures = 0;
+                entry.last_error = None;
+                None
+            }
+            Outcome::Failed(message) => {
+                let entry = history.entry(view.target.name.clone()).or_default();
+                entry.last_attempt = Some(now);
+                entry.consecutive_failures += 1;
+                entry.last_error = Some(message.clone());
+                next_due(&view.trigger, entry, upstream)
+            }
+            Outcome::Skipped(_) => None,
+        };
+        on_event(Event::Finished(&view.target, &outcome, retry_at));
+    }
+    let sleep = earliest
+        .and_then(|due| (due - now).to_std().ok())
+        .unwrap_or(MAX_SLEEP)
+        .clamp(Duration::from_millis(50), MAX_SLEEP);
+    Ok(sleep)
+}
+
+/// Runs one refresh; on shutdown, gives it `options.grace` to finish, then cancels it on
+/// the server so no backend is left working for a process that is gone.
+async fn refresh_with_grace(
+    client: &mut Client,
+    schema: &str,
+    target: &RefreshTarget,
+    still_due: &(dyn Fn(&RefreshHistory, DateTime<Utc>) -> bool + Sync),
+    options: &Options,
+    stopping: &mut watch::Receiver<bool>,
+) -> Result<Outcome, tokio_postgres::Error> {
+    let cancel = client.cancel_token();
+    let refresh = refresh_one(client, schema, target, true, Wait::Skip, Some(still_due));
+    let mut refresh = std::pin::pin!(refresh);
+    tokio::select! {
+        outcome = &mut refresh => return outcome,
+        _ = stopping.wait_for(|stop| *stop) => {}
+    }
+    match tokio::time::timeout(options.grace, &mut refresh).await {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            if let Err(error) = cancel.cancel_query(NoTls).await {
+                tracing::warn!("cannot cancel the refresh of {}: {error}", target.name);
+            }
+            refresh.await
+        }
+    }
+}
+
+async fn sleep_or_stop(stopping: &mut watch::Receiver<bool>, duration: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => {}
+        _ = stopping.wait_for(|stop| *stop) => {}
+    }
+}
+
+/// SIGINT and SIGTERM ask for a clean stop; SIGHUP for a reload of the declarations.
+fn listen_for_signals(
+    shutdown: watch::Sender<bool>,
+    reload: watch::Sender<()>,
+) -> Result<(), crate::error::Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let io = |source| crate::error::Error::Io {
+        context: "cannot listen for signals".to_owned(),
+        source,
+    };
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(io)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(io)?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(io)?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => { let _ = shutdown.send(true); }
+                _ = terminate.recv() => { let _ = shutdown.send(true); }
+                _ = hangup.recv() => { let _ = reload.send(()); }
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap_or_default()
+    }
+
+    fn history(success: Option<i64>, attempt: Option<i64>, failures: u32) -> RefreshHistory {
+        RefreshHistory {
+            last_success: success.map(at),
+            last_attempt: attempt.map(at),
+            consecutive_failures: failures,
+            ..RefreshHistory::default()
+        }
+    }
+
+    #[test]
+    fn every_is_due_one_interval_after_the_last_success() {
+        let every = RefreshTrigger::Every(Duration::from_secs(15));
+        assert_eq!(
+            next_due(&every, &history(Some(0), Some(0), 0), None),
+            Some(at(15))
+        );
+        assert_eq!(
+            next_due(&every, &history(None, None, 0), None),
+            Some(DateTime::<Utc>::MIN_UTC)
+        );
+    }
+
+    #[test]
+    fn failures_back_off_exponentially() {
+        let every = RefreshTrigger::Every(Duration::from_secs(1));
+        assert_eq!(
+            next_due(&every, &history(Some(0), Some(10), 1), None),
+            Some(at(11))
+        );
+        assert_eq!(
+            next_due(&every, &history(Some(0), Some(10), 3), None),
+            Some(at(14))
+        );
+        assert_eq!(backoff(40), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn cron_is_due_at_the_next_occurrence_in_its_zone() {
+        let cron = RefreshTrigger::Cron {
+            expression: "0 3 * * *".to_owned(),
+            timezone: Some(chrono_tz::Europe::Paris),
+        };
+        let last = DateTime::parse_from_rfc3339("2026-07-01T12:00:00Z")
+            .map(|t| t.with_timezone(&Utc))
+            .ok();
+        let history = RefreshHistory {
+            last_success: last,
+            last_attempt: last,
+            ..RefreshHistory::default()
+        };
+        let expected = DateTime::parse_from_rfc3339("2026-07-02T01:00:00Z")
+            .map(|t| t.with_timezone(&Utc))
+            .ok();
+        assert_eq!(next_due(&cron, &history, None), expected);
+    }
+
+    #[test]
+    fn with_upstream_waits_for_a_newer_upstream_refresh() {
+        let chained = RefreshTrigger::WithUpstream;
+        assert_eq!(
+            next_due(&chained, &history(Some(10), Some(10), 0), Some(at(5))),
+            None
+        );
+        assert_eq!(
+            next_due(&chained, &history(Some(10), Some(10), 0), Some(at(12))),
+            Some(at(12))
+        );
+        assert_eq!(next_due(&chained, &history(None, None, 0), None), None);
+    }
+}
