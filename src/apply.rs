@@ -126,7 +126,9 @@ pub async fn reconcile(
         .map_err(database("cannot create viewkeeper's state schema"))?;
     for statement in &plan.statements {
         let statement_started = Instant::now();
-        if let Err(error) = transaction.batch_execute(&statement.sql).await {
+        // The extended protocol runs exactly one statement: a declared query cannot smuggle
+        // in a second one (`SELECT …; DROP TABLE …`) or end the transaction early.
+        if let Err(error) = transaction.execute(&statement.sql, &[]).await {
             return Err(ApplyError::Statement(Box::new(statement_error(
                 &plan, statement, &error,
             ))));
@@ -266,6 +268,10 @@ struct Spot {
 /// Maps PostgreSQL's 1-based character position in the statement to the file and line of
 /// the declared query.
 fn locate(query: &EmbeddedQuery, position: usize) -> Option<Spot> {
+    let origin = &query.origin;
+    if !origin.exact {
+        return None;
+    }
     let index = position.checked_sub(1)?.checked_sub(query.offset_chars)?;
     let before: String = query.text.chars().take(index).collect();
     if before.chars().count() < index {
@@ -274,16 +280,16 @@ fn locate(query: &EmbeddedQuery, position: usize) -> Option<Spot> {
     let line_in_query = before.matches('\n').count();
     let column_in_line = before.rsplit('\n').next().map_or(0, |l| l.chars().count());
     let query_line = query.text.lines().nth(line_in_query)?;
-    let origin = &query.origin;
     let file = &origin.file;
     let line = origin.first_line + line_in_query;
     let file_line = file.text.lines().nth(line.checked_sub(1)?)?;
-    // Multi-line strings lose their indentation when KDL dedents them: the file line is
-    // the query line with that indentation in front.
+    // Multi-line strings lose their indentation when KDL dedents them, and query lines lose
+    // trailing blanks: the file line is the query line with that indentation in front.
     let column = match origin.first_column {
         Some(first) if line_in_query == 0 => first + column_in_line,
         _ => {
             file_line
+                .trim_end()
                 .chars()
                 .count()
                 .saturating_sub(query_line.chars().count())
@@ -291,7 +297,13 @@ fn locate(query: &EmbeddedQuery, position: usize) -> Option<Spot> {
                 + 1
         }
     };
-    let line_start: usize = file.text.lines().take(line - 1).map(|l| l.len() + 1).sum();
+    // Byte offsets from the text itself, so `\r\n` line ends count as two bytes.
+    let line_start: usize = file
+        .text
+        .split_inclusive('\n')
+        .take(line - 1)
+        .map(str::len)
+        .sum();
     let column_bytes: usize = file_line.chars().take(column - 1).map(char::len_utf8).sum();
     let token_len = file_line[column_bytes.min(file_line.len())..]
         .find(|c: char| c.is_whitespace() || c == ',' || c == ')')

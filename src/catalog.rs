@@ -23,6 +23,11 @@ pub struct Catalog {
     pub named_relations: BTreeMap<QualifiedName, char>,
     /// For each view or materialized view, the relations its query reads (`pg_depend`).
     pub reads: BTreeMap<QualifiedName, BTreeSet<QualifiedName>>,
+    /// The role this session runs as: the owner of everything it creates.
+    pub current_user: String,
+    /// Grants PostgreSQL adds by itself to relations `current_user` creates
+    /// (`ALTER DEFAULT PRIVILEGES`), by schema; `""` holds the ones for every schema.
+    pub default_grants: BTreeMap<String, BTreeSet<(Grantee, String)>>,
     /// viewkeeper's records; `None` when the state schema does not exist yet.
     pub state: Option<State>,
     /// How many queries introspection issued (constant, checked by tests and the benchmark).
@@ -92,8 +97,19 @@ impl Catalog {
 const SYSTEM_SCHEMAS: &[&str] = &["pg_catalog", "information_schema"];
 
 // language=SQL
-const SESSION: &str =
-    "SELECT current_setting('server_version_num')::int4, to_regclass($1) IS NOT NULL";
+const SESSION: &str = "SELECT current_setting('server_version_num')::int4, to_regclass($1) IS NOT NULL, current_user::text";
+
+// Default privileges of the current role on tables (views and materialized views count as
+// tables here), per schema or global (namespace 0).
+// language=SQL
+const DEFAULT_GRANTS: &str = "
+SELECT coalesce(n.nspname::text, ''), a.privilege_type::text,
+       CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee)::text END
+FROM pg_default_acl d
+LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace
+CROSS JOIN LATERAL aclexplode(d.defaclacl) a
+WHERE d.defaclrole = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+  AND d.defaclobjtype = 'r' AND a.grantee <> d.defaclrole";
 
 // language=SQL
 const RELATIONS: &str = "
@@ -166,6 +182,18 @@ pub async fn introspect(
     let session = client.query_one(SESSION, &[&state_table]).await?;
     catalog.server_version = session.get(0);
     let state_exists: bool = session.get(1);
+    catalog.current_user = session.get(2);
+
+    for row in client.query(DEFAULT_GRANTS, &[]).await? {
+        let grantee = row
+            .get::<_, Option<String>>(2)
+            .map_or(Grantee::Public, Grantee::Role);
+        catalog
+            .default_grants
+            .entry(row.get(0))
+            .or_default()
+            .insert((grantee, row.get(1)));
+    }
 
     let mut names_by_oid: BTreeMap<u32, QualifiedName> = BTreeMap::new();
     for row in client.query(RELATIONS, &[&excluded]).await? {
@@ -183,7 +211,9 @@ pub async fn introspect(
                 oid,
                 kind,
                 owner: row.get(4),
-                definition: row.get(5),
+                // NULL when the view was dropped while this query ran (migrations do not
+                // take viewkeeper's lock): an empty definition reads as drift, not a crash.
+                definition: row.get::<_, Option<String>>(5).unwrap_or_default(),
                 populated: row.get(6),
                 comment: row.get(7),
                 indexes: BTreeMap::new(),
@@ -199,7 +229,7 @@ pub async fn introspect(
         relation.indexes.insert(
             row.get(1),
             LiveIndex {
-                definition: row.get(2),
+                definition: row.get::<_, Option<String>>(2).unwrap_or_default(),
                 unique: row.get(3),
             },
         );

@@ -57,55 +57,44 @@ pub async fn connect(url: &str, search_path: &[String]) -> Result<Client, Connec
     Ok(client)
 }
 
-/// The URL with any password replaced by `***`, for every message and log line.
+/// The connection target for messages and logs, rebuilt from the parsed settings so no
+/// form of connection string (URL, multi-host, socket, `key=value`, quoted values) can leak
+/// its password: a password shows as `***`, and a string that cannot be parsed as a whole
+/// shows as `<database URL>`.
 pub fn mask_password(url: &str) -> String {
-    if let Ok(mut parsed) = url::Url::parse(url)
-        && matches!(parsed.scheme(), "postgres" | "postgresql")
-    {
-        if parsed.password().is_some() && parsed.set_password(Some("***")).is_err() {
-            return "<database URL>".to_owned();
+    let Ok(config) = tokio_postgres::Config::from_str(url) else {
+        return "<database URL>".to_owned();
+    };
+    let mut text = String::from("postgresql://");
+    if let Some(user) = config.get_user() {
+        text.push_str(user);
+        if config.get_password().is_some() {
+            text.push_str(":***");
         }
-        // Query parameters may also carry a password (`?password=…`).
-        let pairs: Vec<(String, String)> = parsed
-            .query_pairs()
-            .map(|(k, v)| {
-                let v = if k == "password" {
-                    "***".to_owned()
-                } else {
-                    v.into_owned()
-                };
-                (k.into_owned(), v)
-            })
-            .collect();
-        if !pairs.is_empty() {
-            parsed.query_pairs_mut().clear().extend_pairs(pairs);
-        }
-        return parsed.to_string();
+        text.push('@');
     }
-    // key=value form: mask the value of `password`, quoted or not.
-    let mut masked = String::new();
-    let mut rest = url;
-    while let Some(start) = rest.find("password") {
-        let (before, after) = rest.split_at(start);
-        masked.push_str(before);
-        let after_key = &after["password".len()..];
-        let trimmed = after_key.trim_start();
-        if let Some(value) = trimmed.strip_prefix('=') {
-            let value = value.trim_start();
-            let end = if let Some(quoted) = value.strip_prefix('\'') {
-                quoted.find('\'').map_or(value.len(), |i| i + 2)
-            } else {
-                value.find(char::is_whitespace).unwrap_or(value.len())
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let host = match host {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
             };
-            masked.push_str("password=***");
-            rest = &value[end..];
-        } else {
-            masked.push_str("password");
-            rest = after_key;
-        }
+            match ports.get(i).or(ports.first()) {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
+            }
+        })
+        .collect();
+    text.push_str(&hosts.join(","));
+    if let Some(dbname) = config.get_dbname() {
+        text.push('/');
+        text.push_str(dbname);
     }
-    masked.push_str(rest);
-    masked
+    text
 }
 
 fn strip_secrets(message: &str, url: &str) -> String {
@@ -148,26 +137,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn masks_passwords_in_urls_and_key_value_strings() {
-        assert_eq!(
-            mask_password("postgresql://app:s3cret@db.example.com:5432/shop"),
-            "postgresql://app:***@db.example.com:5432/shop"
-        );
-        assert_eq!(
-            mask_password("postgres://app@host/db?password=s3cret&sslmode=require"),
-            "postgres://app@host/db?password=***&sslmode=require"
-        );
-        assert_eq!(
-            mask_password("host=db user=app password=s3cret dbname=shop"),
-            "host=db user=app password=*** dbname=shop"
-        );
-        assert_eq!(
-            mask_password("host=db password = 'a b' dbname=shop"),
-            "host=db password=*** dbname=shop"
-        );
-        assert_eq!(
-            mask_password("postgresql://app@host/db"),
-            "postgresql://app@host/db"
-        );
+    fn masks_passwords_in_every_form_of_connection_string() {
+        for (input, expected) in [
+            (
+                "postgresql://app:s3cret@db.example.com:5432/shop",
+                "postgresql://app:***@db.example.com:5432/shop",
+            ),
+            (
+                "postgres://app@host/db?password=s3cret&sslmode=require",
+                "postgresql://app:***@host:5432/db",
+            ),
+            (
+                "postgresql://app:s3cret@10.0.0.1:1,10.0.0.2:2/db",
+                "postgresql://app:***@10.0.0.1:1,10.0.0.2:2/db",
+            ),
+            (
+                "postgres://app:s3cret@/db?host=/var/run/postgresql",
+                "postgresql://app:***@/var/run/postgresql/db",
+            ),
+            (
+                "host=db user=app password='it\\'s s3cret' dbname=shop",
+                "postgresql://app:***@db/shop",
+            ),
+            ("postgresql://app:s3cret@h:notaport/db", "<database URL>"),
+            ("postgresql://app@host/db", "postgresql://app@host:5432/db"),
+        ] {
+            let masked = mask_password(input);
+            assert_eq!(masked, expected, "{input}");
+            assert!(!masked.contains("s3cret"));
+        }
     }
 }

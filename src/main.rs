@@ -7,7 +7,19 @@ use std::io::IsTerminal;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = viewkeeper::cli::Cli::parse();
+    let cli = match viewkeeper::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // Usage errors exit 1, not clap's 2: `plan --detailed-exitcode` keeps 2 for
+            // "changes pending". --help and --version still exit 0.
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("VIEWKEEPER_LOG")

@@ -95,6 +95,8 @@ impl Change {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
+    /// Indexes of kept materialized views, dropped first so a name can move between views.
+    DropIndex,
     Drop,
     Create,
     Index,
@@ -238,15 +240,37 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
         .map(|managed| managed.name.clone())
         .collect();
 
-    // Order work by the declared edges and by what the catalog shows each view really reads.
-    let mut graph = project.graph();
-    for name in &to_drop {
-        graph.add_node(name);
+    // Three views of the dependencies:
+    // - drops follow what the database holds now: only the catalog's edges;
+    // - what must be rebuilt follows both the declared and the live edges;
+    // - creates follow the declared edges, plus the live edges of views whose query is not
+    //   changing (their reads stay true), so reversing a dependency is not a cycle.
+    let mut live_graph = DependencyGraph::default();
+    let mut union_graph = project.graph();
+    for name in declarations.keys().chain(&to_drop) {
+        live_graph.add_node(name);
+        union_graph.add_node(name);
     }
-    catalog.add_reads(&mut graph);
-    let order = graph.topological_order()?;
+    catalog.add_reads(&mut live_graph);
+    catalog.add_reads(&mut union_graph);
+    mark_rebuilds(&union_graph, &mut statuses);
 
-    mark_rebuilds(&graph, &order, &mut statuses);
+    let mut create_graph = project.graph();
+    for (reader, reads) in &catalog.reads {
+        if matches!(
+            statuses.get(reader),
+            Some(Status::Keep | Status::Rebuild { .. })
+        ) {
+            for read in reads
+                .iter()
+                .filter(|read| declarations.contains_key(*read) && *read != reader)
+            {
+                create_graph.add_edge(read, reader);
+            }
+        }
+    }
+    let drop_order = live_graph.topological_order()?;
+    let order = create_graph.topological_order()?;
 
     let rebuilt: BTreeSet<QualifiedName> = statuses
         .iter()
@@ -264,7 +288,7 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
     };
 
     // Drops, dependents first.
-    for name in order.iter().rev() {
+    for name in drop_order.iter().rev() {
         if let Some(managed) = state.objects.get(name)
             && to_drop.contains(name)
         {
@@ -326,12 +350,8 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
             ),
             Status::Keep => {
                 let Some(live) = live else { continue };
-                let details = plan.alter_in_place(
-                    declaration,
-                    live,
-                    state.objects.get(name),
-                    catalog.server_version,
-                );
+                let details =
+                    plan.alter_in_place(declaration, live, state.objects.get(name), catalog);
                 if !details.is_empty() {
                     plan.actions.push(Action {
                         change: Change::Alter,
@@ -365,7 +385,7 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
             diff,
             details: Vec::new(),
         });
-        plan.create(declaration, catalog.server_version);
+        plan.create(declaration, catalog, live.map(|live| live.owner.as_str()));
         plan.records.push(record(declaration));
         if declaration.kind == Kind::MaterializedView && declaration.populate {
             refreshes.push((declaration, "created without data: filling it"));
@@ -483,23 +503,24 @@ fn status(
     Status::Keep
 }
 
-/// Every declared object that depends, transitively, on a replaced or rebuilt one is rebuilt.
-fn mark_rebuilds(
-    graph: &DependencyGraph,
-    order: &[QualifiedName],
-    statuses: &mut BTreeMap<QualifiedName, Status>,
-) {
-    for name in order {
+/// Every declared object that depends, transitively, on a replaced one is rebuilt, and says
+/// which of its direct dependencies made it so.
+fn mark_rebuilds(graph: &DependencyGraph, statuses: &mut BTreeMap<QualifiedName, Status>) {
+    let replaced: Vec<QualifiedName> = statuses
+        .iter()
+        .filter(|(_, status)| matches!(status, Status::Replace { .. }))
+        .map(|(name, _)| name.clone())
+        .collect();
+    let affected = graph.with_dependents(&replaced);
+    for name in &affected {
         if !matches!(statuses.get(name), Some(Status::Keep)) {
             continue;
         }
-        let because = graph.dependencies(name).into_iter().find(|dependency| {
-            matches!(
-                statuses.get(dependency),
-                Some(Status::Replace { .. } | Status::Rebuild { .. })
-            )
-        });
-        if let Some(because) = because {
+        if let Some(because) = graph
+            .dependencies(name)
+            .into_iter()
+            .find(|dependency| affected.contains(dependency))
+        {
             statuses.insert(name.clone(), Status::Rebuild { because });
         }
     }
@@ -599,9 +620,15 @@ impl Plan {
         });
     }
 
-    /// Statements that create `declaration` from nothing, with all its attributes.
-    fn create(&mut self, declaration: &Declaration, server_version: i32) {
+    /// Statements that create `declaration` from nothing, with all its attributes. A rebuilt
+    /// object without a declared owner keeps the owner it had (`live_owner`).
+    fn create(&mut self, declaration: &Declaration, catalog: &Catalog, live_owner: Option<&str>) {
         let name = &declaration.name;
+        let owner = declaration
+            .owner
+            .as_deref()
+            .or(live_owner)
+            .unwrap_or(&catalog.current_user);
         let prefix = format!("CREATE {} {} AS\n", declaration.kind.sql(), name.to_sql());
         let suffix = match declaration.kind {
             Kind::View => "",
@@ -627,7 +654,24 @@ impl Plan {
                 index_sql(name, index),
             );
         }
-        for (grantee, privileges) in grouped(&declared_grants(declaration, server_version)) {
+        let declared = declared_grants(declaration, catalog.server_version, owner);
+        // ALTER DEFAULT PRIVILEGES adds grants of its own at CREATE: take back the undeclared.
+        let defaults: BTreeSet<(Grantee, String)> = ["", name.schema.as_str()]
+            .iter()
+            .filter_map(|schema| catalog.default_grants.get(*schema))
+            .flatten()
+            .filter(|grant| !declared.contains(*grant))
+            .cloned()
+            .collect();
+        for (grantee, privileges) in grouped(&defaults) {
+            self.push(
+                Phase::Grant,
+                name,
+                format!("revoke default {} from {grantee}", privileges.join(", ")),
+                grant_sql(name, &grantee, &privileges, false),
+            );
+        }
+        for (grantee, privileges) in grouped(&declared) {
             self.push(
                 Phase::Grant,
                 name,
@@ -643,7 +687,7 @@ impl Plan {
                 comment_sql(declaration.kind, name, Some(comment)),
             );
         }
-        if let Some(owner) = &declaration.owner {
+        if owner != catalog.current_user {
             self.push(
                 Phase::Owner,
                 name,
@@ -659,7 +703,7 @@ impl Plan {
         declaration: &Declaration,
         live: &Relation,
         managed: Option<&ManagedObject>,
-        server_version: i32,
+        catalog: &Catalog,
     ) -> Vec<String> {
         let name = &declaration.name;
         let mut details = Vec::new();
@@ -688,7 +732,7 @@ impl Plan {
             if let Some(verdict) = verdict {
                 if live.indexes.contains_key(&index.name) {
                     self.push(
-                        Phase::Index,
+                        Phase::DropIndex,
                         name,
                         format!("drop index {}", index.name),
                         drop_index_sql(name, &index.name),
@@ -707,7 +751,7 @@ impl Plan {
                 .any(|index| &index.name == index_name)
             {
                 self.push(
-                    Phase::Index,
+                    Phase::DropIndex,
                     name,
                     format!("drop index {index_name}"),
                     drop_index_sql(name, index_name),
@@ -716,7 +760,8 @@ impl Plan {
             }
         }
 
-        let declared = declared_grants(declaration, server_version);
+        let owner = declaration.owner.as_deref().unwrap_or(&live.owner);
+        let declared = declared_grants(declaration, catalog.server_version, owner);
         let to_revoke: BTreeSet<(Grantee, String)> =
             live.grants.difference(&declared).cloned().collect();
         let to_grant: BTreeSet<(Grantee, String)> =
@@ -773,11 +818,20 @@ impl Plan {
 }
 
 /// The `(grantee, privilege)` pairs a declaration asks for, with `ALL` spelled out for the
-/// server's version (PostgreSQL 17 added MAINTAIN).
-fn declared_grants(declaration: &Declaration, server_version: i32) -> BTreeSet<(Grantee, String)> {
+/// server's version (PostgreSQL 17 added MAINTAIN). Grants to the owner are left out: an
+/// owner holds every privilege, and the catalog never lists them as grants.
+fn declared_grants(
+    declaration: &Declaration,
+    server_version: i32,
+    owner: &str,
+) -> BTreeSet<(Grantee, String)> {
     let all = crate::project::all_privileges(server_version);
     let mut pairs = BTreeSet::new();
-    for grant in &declaration.grants {
+    for grant in declaration
+        .grants
+        .iter()
+        .filter(|grant| grant.role != Grantee::Role(owner.to_owned()))
+    {
         for privilege in &grant.privileges {
             if privilege == "ALL" {
                 pairs.extend(all.iter().map(|p| (grant.role.clone(), (*p).to_owned())));
@@ -866,7 +920,9 @@ pub(crate) fn index_sql(relation: &QualifiedName, index: &Index) -> String {
         relation.to_sql()
     );
     if let Some(method) = &index.using {
-        sql.push_str(&format!(" USING {}", quote_ident(method)));
+        // Access methods are identifiers: `using="BTREE"` means btree, as in SQL.
+        let method = parse_identifier(method).unwrap_or_else(|_| method.clone());
+        sql.push_str(&format!(" USING {}", quote_ident(&method)));
     }
     sql.push_str(&format!(" ({})", elements.join(", ")));
     if let Some(predicate) = &index.predicate {

@@ -135,7 +135,7 @@ pub fn statement_done(
     out: &mut impl Write,
 ) -> io::Result<()> {
     let style = match statement.phase {
-        Phase::Drop => RED,
+        Phase::Drop | Phase::DropIndex => RED,
         Phase::Create => GREEN,
         Phase::Refresh => CYAN,
         Phase::Index | Phase::Grant | Phase::Comment | Phase::Owner => YELLOW,

@@ -95,6 +95,17 @@ impl Config {
                     }
                 },
                 "lock-timeout" | "statement-timeout" => match parse_duration(&value) {
+                    // PostgreSQL takes whole milliseconds up to i32::MAX, and reads 0 as "no limit".
+                    Ok(duration)
+                        if duration.as_millis() < 1 || duration.as_millis() > i32::MAX as u128 =>
+                    {
+                        reader.error_with_help(
+                            span,
+                            format!("`{key}` must be between 1ms and 24 days"),
+                            "here",
+                            "write durations such as 500ms, 5s or 1m",
+                        );
+                    }
                     Ok(duration) if key == "lock-timeout" => config.lock_timeout = duration,
                     Ok(duration) => config.statement_timeout = Some(duration),
                     Err(error) => reader.error_with_help(

@@ -274,9 +274,11 @@ impl Builder {
             "grant" => self.grant(reader),
             "comment" => {
                 reader.allow_properties(&[]);
+                // PostgreSQL stores an empty comment as no comment at all.
                 self.comment = reader
                     .single_string("the comment text")
-                    .map(|(text, _)| text);
+                    .map(|(text, _)| text)
+                    .filter(|text| !text.is_empty());
             }
             "owner" => {
                 reader.allow_properties(&[]);
@@ -551,18 +553,22 @@ fn inline_query(file: &Arc<SourceFile>, span: SourceSpan, text: &str) -> Query {
     let multiline = value_text.trim_start_matches('#').starts_with("\"\"\"");
     let (line, column) = file.line_col(span.offset() + value_start);
     let (text, skipped_lines) = normalise_query(text);
+    let hashes = value_text.chars().take_while(|c| *c == '#').count();
+    // Raw strings (`#"…"#`) hold no escapes; in other strings a backslash means one.
+    let exact = hashes > 0 || !value_text.contains('\\');
     let origin = if multiline {
         QueryOrigin {
             file: Arc::clone(file),
             first_line: line + 1 + skipped_lines,
             first_column: None,
+            exact,
         }
     } else {
-        let hashes = value_text.chars().take_while(|c| *c == '#').count();
         QueryOrigin {
             file: Arc::clone(file),
             first_line: line + skipped_lines,
             first_column: (skipped_lines == 0).then_some(column + hashes + 1),
+            exact,
         }
     };
     Query { text, origin }
@@ -594,6 +600,7 @@ fn query_from_file(
                     file: Arc::new(SourceFile::new(path, text)),
                     first_line: 1 + skipped_lines,
                     first_column: None,
+                    exact: true,
                 },
             })
         }

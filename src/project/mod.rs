@@ -114,6 +114,9 @@ pub struct QueryOrigin {
     /// For a one-line inline string, the 1-based column of its first character; `None`
     /// when the query's lines are whole lines of the file (multi-line strings, `.sql` files).
     pub first_column: Option<usize>,
+    /// False when escapes (`\n`, `\t`, `\"`) make the text's positions differ from the
+    /// file's: errors then point at the query's first line only.
+    pub exact: bool,
 }
 
 /// An `index` entry of a materialized view.
@@ -228,6 +231,24 @@ impl Project {
                 } else {
                     declarations.insert(declaration.name.clone(), declaration);
                 }
+            }
+        }
+        for declaration in declarations.values() {
+            if declaration.name.schema == config.state_schema {
+                problems.push(
+                    Problem::at(
+                        &declaration.file,
+                        declaration.name_span,
+                        format!(
+                            "`{}` is in `{}`, viewkeeper's own state schema",
+                            declaration.name, config.state_schema
+                        ),
+                        "reserved schema",
+                    )
+                    .with_help(
+                        "declare it in another schema, or set `state-schema` in viewkeeper.kdl",
+                    ),
+                );
             }
         }
         check_dependencies(&declarations, &mut problems);
