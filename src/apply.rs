@@ -126,12 +126,35 @@ pub async fn reconcile(
         .map_err(database("cannot create viewkeeper's state schema"))?;
     for statement in &plan.statements {
         let statement_started = Instant::now();
+        // Refreshes made here count in the history, so `schedule` starts its periods from them.
+        let refresh_started: Option<chrono::DateTime<chrono::Utc>> =
+            if statement.phase == Phase::Refresh {
+                let row = transaction
+                    .query_one("SELECT clock_timestamp()", &[])
+                    .await
+                    .map_err(database("cannot read the clock"))?;
+                Some(row.get(0))
+            } else {
+                None
+            };
         // The extended protocol runs exactly one statement: a declared query cannot smuggle
         // in a second one (`SELECT …; DROP TABLE …`) or end the transaction early.
         if let Err(error) = transaction.execute(&statement.sql, &[]).await {
             return Err(ApplyError::Statement(Box::new(statement_error(
                 &plan, statement, &error,
             ))));
+        }
+        if let Some(started_at) = refresh_started {
+            state::log_refresh(
+                &transaction,
+                &config.state_schema,
+                &statement.object,
+                started_at,
+                false,
+                None,
+            )
+            .await
+            .map_err(database("cannot record the refresh"))?;
         }
         on_statement(statement, statement_started.elapsed());
     }

@@ -103,10 +103,9 @@ pub fn emit(project: &Project) -> Result<String, PgCronError> {
             }
             let _ = writeln!(
                 sql,
-                "CREATE OR REPLACE PROCEDURE {procedure}()\nLANGUAGE plpgsql\nAS {}",
+                "CREATE OR REPLACE PROCEDURE {procedure}()\nLANGUAGE plpgsql\nAS {};",
                 quote_literal(&format!("\nBEGIN\n{body}END\n"))
             );
-            let _ = writeln!(sql, ";");
             format!("CALL {procedure}()")
         };
         let _ = writeln!(

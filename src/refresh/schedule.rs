@@ -243,6 +243,11 @@ pub async fn run(
 
 async fn connect(url: &str, project: &Project) -> Result<Client, crate::error::Error> {
     let client = db::connect(url, &project.config.search_path).await?;
+    // The process id in application_name tells operators which scheduler holds a refresh.
+    let name = crate::sql::quote_literal(&format!("viewkeeper schedule {}", std::process::id()));
+    let _ = client
+        .batch_execute(&format!("SET application_name = {name}"))
+        .await;
     // A scheduler killed mid-refresh should not leave its backend refreshing for nothing:
     // PostgreSQL 14+ notices the closed connection and aborts (older versions ignore it).
     let _ = client
