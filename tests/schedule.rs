@@ -469,3 +469,44 @@ materialized-view "ticker" {
         "{stderr}"
     );
 }
+
+#[test]
+fn statement_timeouts_cut_slow_refreshes_and_new_declarations_are_picked_up() {
+    let db = items_db();
+    let slow = r#"materialized-view "slow" {
+    depends-on "items"
+    query "SELECT id, pg_sleep(0.05) IS NOT NULL AS slept FROM items"
+    refresh every="1s" statement-timeout="100ms"
+}
+"#;
+    let dir = project(&[("views/slow.kdl", slow)]);
+    reconcile(&db, dir.path());
+    let scheduler = Scheduler::start(&db, dir.path(), "schedule", &[]);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            db.scalar_i64(
+                "SELECT count(*) FROM viewkeeper.refresh_log
+                 WHERE object_name = 'slow' AND error LIKE '%statement timeout%'",
+            ) > 0
+        }),
+        "the timeout never cut the refresh: {}",
+        scheduler.output()
+    );
+
+    // A declaration added and reconciled while the scheduler runs is scheduled too.
+    std::fs::write(
+        dir.path().join("views/fresh.kdl"),
+        "materialized-view \"fresh\" {\n    depends-on \"items\"\n    query \"SELECT count(*) AS n FROM items\"\n    refresh every=\"1s\"\n}\n",
+    )
+    .expect("write");
+    reconcile(&db, dir.path());
+    scheduler.signal(Signal::SIGHUP);
+    db.batch("INSERT INTO items VALUES (11, 11)");
+    assert!(
+        eventually(Duration::from_secs(10), || db
+            .scalar_i64("SELECT n FROM fresh")
+            == 11),
+        "the new view was not scheduled: {}",
+        scheduler.output()
+    );
+}
