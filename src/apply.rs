@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use miette::{Diagnostic, NamedSource, SourceSpan};
 use sha2::{Digest, Sha256};
-use tokio_postgres::Client;
 use tokio_postgres::error::{ErrorPosition, SqlState};
+use tokio_postgres::{Client, Transaction};
 
 use crate::catalog::{self, Catalog};
 use crate::db::describe;
@@ -78,7 +78,7 @@ pub async fn reconcile(
 ) -> Result<Reconciled, ApplyError> {
     let started = Instant::now();
     let config = &project.config;
-    let transaction = client
+    let mut transaction = client
         .transaction()
         .await
         .map_err(database("cannot start a transaction"))?;
@@ -99,15 +99,11 @@ pub async fn reconcile(
         .await
         .map_err(database("cannot set lock_timeout"))?;
 
-    let catalog: Catalog = catalog::introspect(
-        &transaction,
-        &dependency_names(project),
-        &config.state_schema,
-    )
-    .await
-    .map_err(database("cannot read the catalog"))?;
+    let catalog = read_catalog(&mut transaction, project)
+        .await
+        .map_err(database("cannot read the catalog"))?;
     let plan = plan::plan(project, &catalog)?;
-    if plan.is_empty() {
+    if plan.is_empty() && plan.records.is_empty() {
         // Nothing to do: no DDL, no lock on any view, nothing written.
         transaction
             .rollback()
@@ -175,6 +171,28 @@ pub async fn reconcile(
         catalog_queries: catalog.queries_issued,
         elapsed: started.elapsed(),
     })
+}
+
+/// Reads the catalog for planning: introspection, then PostgreSQL's own reading of the
+/// declared queries that might be adopted as they are, inside a savepoint that is rolled
+/// back so nothing is left behind. Constant queries; two more when there are candidates.
+pub async fn read_catalog(
+    transaction: &mut Transaction<'_>,
+    project: &Project,
+) -> Result<Catalog, tokio_postgres::Error> {
+    let mut catalog = catalog::introspect(
+        &*transaction,
+        &dependency_names(project),
+        &project.config.state_schema,
+    )
+    .await?;
+    let candidates = plan::normalisation_candidates(project, &catalog);
+    if !candidates.is_empty() {
+        let savepoint = transaction.savepoint("viewkeeper_normalise").await?;
+        catalog.normalised = catalog::normalise(&savepoint, &candidates).await?;
+        savepoint.rollback().await?;
+    }
+    Ok(catalog)
 }
 
 /// Every relation named in a `depends-on`, for the catalog to look up.

@@ -28,6 +28,9 @@ pub struct Catalog {
     /// Grants PostgreSQL adds by itself to relations `current_user` creates
     /// (`ALTER DEFAULT PRIVILEGES`), by schema; `""` holds the ones for every schema.
     pub default_grants: BTreeMap<String, BTreeSet<(Grantee, String)>>,
+    /// How PostgreSQL prints some declared queries (`pg_get_viewdef` of a throwaway view made
+    /// from them), to tell an equivalent query from a changed one. Filled by [`normalise`].
+    pub normalised: BTreeMap<QualifiedName, String>,
     /// viewkeeper's records; `None` when the state schema does not exist yet.
     pub state: Option<State>,
     /// How many queries introspection issued (constant, checked by tests and the benchmark).
@@ -52,8 +55,15 @@ pub struct Relation {
 /// An index on a materialized view.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveIndex {
+    /// `pg_get_indexdef`.
     pub definition: String,
     pub unique: bool,
+    /// Access method (`btree`, …).
+    pub method: String,
+    /// Each key column or expression, as PostgreSQL prints it.
+    pub elements: Vec<String>,
+    /// The `WHERE` of a partial index.
+    pub predicate: Option<String>,
 }
 
 impl Catalog {
@@ -122,9 +132,13 @@ WHERE c.relkind IN ('v', 'm')
 
 // language=SQL
 const INDEXES: &str = "
-SELECT i.indrelid, ic.relname::text, pg_get_indexdef(i.indexrelid), i.indisunique
+SELECT i.indrelid, ic.relname::text, pg_get_indexdef(i.indexrelid), i.indisunique, am.amname::text,
+       ARRAY(SELECT pg_get_indexdef(i.indexrelid, k, true)
+             FROM generate_series(1, i.indnkeyatts) AS k ORDER BY k),
+       pg_get_expr(i.indpred, i.indrelid, true)
 FROM pg_index i
 JOIN pg_class ic ON ic.oid = i.indexrelid
+JOIN pg_am am ON am.oid = ic.relam
 JOIN pg_class t ON t.oid = i.indrelid
 JOIN pg_namespace n ON n.oid = t.relnamespace
 WHERE t.relkind = 'm'
@@ -231,6 +245,13 @@ pub async fn introspect(
             LiveIndex {
                 definition: row.get::<_, Option<String>>(2).unwrap_or_default(),
                 unique: row.get(3),
+                method: row.get(4),
+                elements: row
+                    .get::<_, Vec<Option<String>>>(5)
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+                predicate: row.get(6),
             },
         );
     }
@@ -320,4 +341,52 @@ fn relation_by_oid<'c>(
 ) -> Option<&'c mut Relation> {
     let name = names_by_oid.get(&oid)?;
     catalog.relations.get_mut(name)
+}
+
+// A temporary function so that every query is normalised in one round trip, each in its own
+// subtransaction (the EXCEPTION block), whatever the number of queries.
+// language=SQL
+const NORMALISE_FUNCTION: &str = "
+CREATE FUNCTION pg_temp.viewkeeper_normalise(queries text[]) RETURNS SETOF text
+LANGUAGE plpgsql AS $body$
+DECLARE
+    query text;
+    definition text;
+BEGIN
+    FOREACH query IN ARRAY queries LOOP
+        BEGIN
+            EXECUTE 'CREATE TEMPORARY VIEW viewkeeper_normalise AS ' || query;
+            EXECUTE 'SELECT pg_get_viewdef(''pg_temp.viewkeeper_normalise''::regclass)' INTO definition;
+            EXECUTE 'DROP VIEW pg_temp.viewkeeper_normalise';
+        EXCEPTION WHEN OTHERS THEN
+            definition := NULL;
+        END;
+        RETURN NEXT definition;
+    END LOOP;
+END
+$body$";
+
+/// Lets PostgreSQL print each declared query the way it prints a live view, by creating it
+/// as a temporary view. Creates objects: run it inside a savepoint or transaction that is
+/// rolled back. A query PostgreSQL rejects gets no entry.
+pub async fn normalise(
+    client: &impl GenericClient,
+    queries: &[(QualifiedName, String)],
+) -> Result<BTreeMap<QualifiedName, String>, tokio_postgres::Error> {
+    if queries.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    client.batch_execute(NORMALISE_FUNCTION).await?;
+    let texts: Vec<&str> = queries.iter().map(|(_, query)| query.as_str()).collect();
+    let rows = client
+        .query("SELECT pg_temp.viewkeeper_normalise($1)", &[&texts])
+        .await?;
+    Ok(queries
+        .iter()
+        .zip(rows)
+        .filter_map(|((name, _), row)| {
+            row.get::<_, Option<String>>(0)
+                .map(|text| (name.clone(), text))
+        })
+        .collect())
 }

@@ -4,7 +4,7 @@ use std::io::{self, IsTerminal, Write};
 use std::path::Path;
 use std::time::Instant;
 
-use crate::apply::{self, dependency_names};
+use crate::apply;
 use crate::catalog;
 use crate::cli::{Cli, Command, Emit, Format};
 use crate::db;
@@ -98,8 +98,8 @@ async fn plan(
     detailed_exitcode: bool,
 ) -> Result<Status, Error> {
     let project = Project::load(root)?;
-    let client = connect(url, &project).await?;
-    let plan = show_plan(&project, &client, format).await?;
+    let mut client = connect(url, &project).await?;
+    let plan = show_plan(&project, &mut client, format).await?;
     Ok(if detailed_exitcode && !plan.is_empty() {
         Status::ChangesPending
     } else {
@@ -107,19 +107,14 @@ async fn plan(
     })
 }
 
-/// Reads the catalog, plans, and prints the plan to stdout.
+/// Reads the catalog in a transaction that is rolled back (plan never leaves anything
+/// behind), plans, and prints the plan to stdout.
 pub(crate) async fn show_plan(
     project: &Project,
-    client: &tokio_postgres::Client,
+    client: &mut tokio_postgres::Client,
     format: Format,
 ) -> Result<plan::Plan, Error> {
-    let catalog = catalog::introspect(
-        client,
-        &dependency_names(project),
-        &project.config.state_schema,
-    )
-    .await
-    .map_err(|error| Error::Catalog(db::describe(&error)))?;
+    let catalog = read_catalog(client, project).await?;
     let plan = plan::plan(project, &catalog)?;
     let mut out = stdout();
     ignore_broken_pipe(match format {
@@ -253,12 +248,10 @@ async fn schedule(
 
 async fn status(root: &Path, url: Option<&str>, format: Format) -> Result<Status, Error> {
     let project = Project::load(root)?;
-    let client = connect(url, &project).await?;
+    let mut client = connect(url, &project).await?;
     let schema = &project.config.state_schema;
     let catalog_error = |error: tokio_postgres::Error| Error::Catalog(db::describe(&error));
-    let catalog = catalog::introspect(&client, &dependency_names(&project), schema)
-        .await
-        .map_err(catalog_error)?;
+    let catalog = read_catalog(&mut client, &project).await?;
     let history = if catalog.state.is_some() {
         state::read_history(&client, schema, None)
             .await
@@ -315,6 +308,20 @@ impl Spinner {
             bar.finish_and_clear();
         }
     }
+}
+
+/// The catalog as `plan` sees it, read in a transaction that is rolled back.
+async fn read_catalog(
+    client: &mut tokio_postgres::Client,
+    project: &Project,
+) -> Result<catalog::Catalog, Error> {
+    let catalog_error = |error: tokio_postgres::Error| Error::Catalog(db::describe(&error));
+    let mut transaction = client.transaction().await.map_err(catalog_error)?;
+    let catalog = apply::read_catalog(&mut transaction, project)
+        .await
+        .map_err(catalog_error)?;
+    transaction.rollback().await.map_err(catalog_error)?;
+    Ok(catalog)
 }
 
 async fn connect(url: Option<&str>, project: &Project) -> Result<tokio_postgres::Client, Error> {

@@ -89,7 +89,7 @@ pub(crate) async fn run() -> Result<Status, Error> {
     client.batch_execute(SETUP).await.map_err(sql)?;
 
     say("$ viewkeeper plan        (declarations: views/invoices.kdl)")?;
-    show_plan(&project, &client, Format::Text).await?;
+    show_plan(&project, &mut client, Format::Text).await?;
 
     say("$ viewkeeper reconcile")?;
     run_reconcile(&project, &mut client).await?;
@@ -102,7 +102,7 @@ pub(crate) async fn run() -> Result<Status, Error> {
     inspect(&client).await?;
 
     say("$ viewkeeper plan        (what the migration took away, and why)")?;
-    show_plan(&project, &client, Format::Text).await?;
+    show_plan(&project, &mut client, Format::Text).await?;
 
     say("$ viewkeeper reconcile")?;
     run_reconcile(&project, &mut client).await?;
@@ -111,7 +111,7 @@ pub(crate) async fn run() -> Result<Status, Error> {
     inspect(&client).await?;
 
     say("$ viewkeeper plan")?;
-    show_plan(&project, &client, Format::Text).await?;
+    show_plan(&project, &mut client, Format::Text).await?;
     drop(client);
     sandbox.stop();
     Ok(Status::Done)

@@ -72,13 +72,14 @@ impl fmt::Display for QualifiedName {
         write!(
             f,
             "{}.{}",
-            display_ident(&self.schema),
-            display_ident(&self.name)
+            display_identifier(&self.schema),
+            display_identifier(&self.name)
         )
     }
 }
 
-fn display_ident(part: &str) -> String {
+/// An identifier as PostgreSQL prints it: bare when it can be, quoted otherwise.
+pub(crate) fn display_identifier(part: &str) -> String {
     if is_plain_identifier(part) {
         part.to_owned()
     } else {

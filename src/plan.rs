@@ -11,7 +11,7 @@ use similar::TextDiff;
 
 use crate::catalog::{Catalog, Relation};
 use crate::graph::{Cycle, DependencyGraph};
-use crate::name::{QualifiedName, parse_identifier};
+use crate::name::{QualifiedName, display_identifier, parse_identifier};
 use crate::project::{Declaration, Grantee, Index, Kind, Problem, Problems, Project, QueryOrigin};
 use crate::sql::{quote_ident, quote_literal};
 use crate::state::{ManagedObject, Record, State, query_hash};
@@ -27,6 +27,9 @@ pub struct Plan {
     pub records: Vec<Record>,
     /// Objects to remove from the state table.
     pub forget: Vec<QualifiedName>,
+    /// Objects that exist with a query equivalent to the declaration: recorded as managed
+    /// without any change to the database (not a pending change).
+    pub adopted: Vec<QualifiedName>,
     /// Things worth knowing that do not stop the plan.
     pub warnings: Vec<Warning>,
     /// How many objects are declared (for the "in sync" summary).
@@ -206,6 +209,8 @@ enum Status {
         because: QualifiedName,
     },
     Keep,
+    /// Exists with a query equivalent to the declared one: recorded, not rebuilt.
+    Adopt,
 }
 
 /// Computes the plan. Pure: the same project and catalog always give the same plan.
@@ -223,6 +228,7 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
                 declaration,
                 catalog.relations.get(&declaration.name),
                 state.objects.get(&declaration.name),
+                catalog.normalised.get(&declaration.name),
             );
             (declaration.name.clone(), status)
         })
@@ -348,11 +354,16 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
                 format!("depends on {because}, which is rebuilt"),
                 None,
             ),
-            Status::Keep => {
+            Status::Keep | Status::Adopt => {
                 let Some(live) = live else { continue };
+                let adopt = matches!(status, Status::Adopt);
+                if adopt {
+                    plan.adopted.push(name.clone());
+                }
                 let details =
                     plan.alter_in_place(declaration, live, state.objects.get(name), catalog);
-                if !details.is_empty() {
+                let altered = !details.is_empty();
+                if altered {
                     plan.actions.push(Action {
                         change: Change::Alter,
                         object: name.clone(),
@@ -361,6 +372,8 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
                         diff: None,
                         details,
                     });
+                }
+                if adopt || altered {
                     plan.records.push(record(declaration));
                 }
                 if declaration.kind == Kind::MaterializedView
@@ -414,6 +427,34 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
     Ok(plan)
 }
 
+/// Declared queries worth asking PostgreSQL to normalise: those of live objects viewkeeper
+/// does not manage yet, or whose declared text changed, where an equivalent query means the
+/// object can be adopted instead of rebuilt. Pure.
+pub fn normalisation_candidates(
+    project: &Project,
+    catalog: &Catalog,
+) -> Vec<(QualifiedName, String)> {
+    let managed = catalog.state.as_ref().map(|state| &state.objects);
+    project
+        .declarations
+        .values()
+        .filter(|declaration| {
+            catalog
+                .relations
+                .get(&declaration.name)
+                .is_some_and(|live| live.kind == declaration.kind)
+        })
+        .filter(|declaration| {
+            managed
+                .and_then(|objects| objects.get(&declaration.name))
+                .is_none_or(|managed| {
+                    managed.query_sha256 != query_hash(declaration.kind, &declaration.query.text)
+                })
+        })
+        .map(|declaration| (declaration.name.clone(), declaration.query.text.clone()))
+        .collect()
+}
+
 /// A `depends-on` must name a declared object or a relation that exists.
 fn check_dependencies_exist(project: &Project, catalog: &Catalog) -> Result<(), Problems> {
     let mut problems = Vec::new();
@@ -450,6 +491,7 @@ fn status(
     declaration: &Declaration,
     live: Option<&Relation>,
     managed: Option<&ManagedObject>,
+    normalised: Option<&String>,
 ) -> Status {
     let Some(live) = live else {
         let reason = if managed.is_some() {
@@ -471,14 +513,23 @@ fn status(
             diff: None,
         };
     }
+    // PostgreSQL reads the declared query exactly as the live one: nothing to rebuild.
+    let equivalent = normalised.is_some_and(|text| *text == live.definition);
     let Some(managed) = managed else {
+        if equivalent {
+            return Status::Adopt;
+        }
         return Status::Replace {
-            reason: "exists, but viewkeeper did not create it: replacing it with the declaration"
+            reason: "exists, but viewkeeper did not create it, and its query differs from the \
+                     declaration: replacing it"
                 .to_owned(),
             diff: None,
         };
     };
     if managed.query_sha256 != query_hash(declaration.kind, &declaration.query.text) {
+        if equivalent {
+            return Status::Adopt;
+        }
         return Status::Replace {
             reason: "declared query changed".to_owned(),
             diff: Some(unified_diff(
@@ -513,7 +564,7 @@ fn mark_rebuilds(graph: &DependencyGraph, statuses: &mut BTreeMap<QualifiedName,
         .collect();
     let affected = graph.with_dependents(&replaced);
     for name in &affected {
-        if !matches!(statuses.get(name), Some(Status::Keep)) {
+        if !matches!(statuses.get(name), Some(Status::Keep | Status::Adopt)) {
             continue;
         }
         if let Some(because) = graph
@@ -727,7 +778,9 @@ impl Plan {
                     != applied.definition)
                     .then_some("changed outside viewkeeper"),
                 (Some(_), Some(_)) => Some("declaration changed"),
-                (Some(_), None) => Some("not created by viewkeeper"),
+                (Some(live_index), None) => (expected_indexdef(name, index).as_ref()
+                    != Some(&live_index.definition))
+                .then_some("not created by viewkeeper"),
             };
             if let Some(verdict) = verdict {
                 if live.indexes.contains_key(&index.name) {
@@ -929,6 +982,35 @@ pub(crate) fn index_sql(relation: &QualifiedName, index: &Index) -> String {
         sql.push_str(&format!(" WHERE {predicate}"));
     }
     sql
+}
+
+/// What `pg_get_indexdef` prints for a declared index on plain columns without a predicate,
+/// so an existing index can be adopted as it is; `None` when that cannot be predicted.
+fn expected_indexdef(relation: &QualifiedName, index: &Index) -> Option<String> {
+    if index.predicate.is_some() {
+        return None;
+    }
+    let columns = index
+        .elements
+        .iter()
+        .map(|element| {
+            parse_identifier(element)
+                .ok()
+                .map(|column| display_identifier(&column))
+        })
+        .collect::<Option<Vec<String>>>()?;
+    let method = match &index.using {
+        Some(method) => parse_identifier(method).ok()?,
+        None => "btree".to_owned(),
+    };
+    Some(format!(
+        "CREATE {}INDEX {} ON {}.{} USING {method} ({})",
+        if index.unique { "UNIQUE " } else { "" },
+        display_identifier(&index.name),
+        display_identifier(&relation.schema),
+        display_identifier(&relation.name),
+        columns.join(", ")
+    ))
 }
 
 fn drop_index_sql(relation: &QualifiedName, index: &str) -> String {

@@ -53,6 +53,7 @@ pub fn plan_text(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
             action_text(action, out)?;
         }
     }
+    adopted_text(plan, "recorded as managed by the next reconcile", out)?;
     warnings_text(&plan.warnings, out)
 }
 
@@ -88,6 +89,22 @@ fn action_text(action: &Action, out: &mut impl Write) -> io::Result<()> {
     Ok(())
 }
 
+/// Objects that already match their declarations, named once (they need no change).
+fn adopted_text(plan: &Plan, what_happens: &str, out: &mut impl Write) -> io::Result<()> {
+    if plan.adopted.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = plan.adopted.iter().map(ToString::to_string).collect();
+    writeln!(
+        out,
+        "{DIM}{} existing object{} already match{} the declarations ({}): {what_happens}, without rebuilding.{DIM:#}",
+        names.len(),
+        if names.len() == 1 { "" } else { "s" },
+        if names.len() == 1 { "es" } else { "" },
+        names.join(", ")
+    )
+}
+
 fn warnings_text(warnings: &[Warning], out: &mut impl Write) -> io::Result<()> {
     if !warnings.is_empty() {
         writeln!(out)?;
@@ -111,6 +128,7 @@ struct PlanDocument<'p> {
     summary: std::collections::BTreeMap<Change, usize>,
     actions: &'p [Action],
     statements: &'p [Statement],
+    adopted: &'p [crate::name::QualifiedName],
     warnings: &'p [Warning],
 }
 
@@ -122,6 +140,7 @@ pub fn plan_json(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
         summary: plan.summary(),
         actions: &plan.actions,
         statements: &plan.statements,
+        adopted: &plan.adopted,
         warnings: &plan.warnings,
     };
     serde_json::to_writer_pretty(&mut *out, &document).map_err(io::Error::other)?;
@@ -172,6 +191,7 @@ pub fn reconcile_done(plan: &Plan, took: Duration, out: &mut impl Write) -> io::
             format_duration(took)
         )?;
     }
+    adopted_text(plan, "recorded as managed", out)?;
     warnings_text(&plan.warnings, out)
 }
 

@@ -139,18 +139,27 @@ fn takes_over_and_restores_views_on_pagila_without_touching_the_rest() {
 
     let (code, plan) = run(&db, dir.path(), &["plan", "--detailed-exitcode"]);
     assert_eq!(code, 2, "{plan}");
+    // Pagila's materialized view reads exactly as declared: adopted, not rebuilt.
     assert!(
-        plan.contains("replace  public.rental_by_category"),
+        plan.contains(
+            "1 existing object already matches the declarations (public.rental_by_category)"
+        ),
         "{plan}"
     );
     assert!(
-        plan.contains("exists, but viewkeeper did not create it"),
+        !plan.contains("public.rental_by_category (materialized view)"),
         "{plan}"
     );
     assert!(plan.contains("create   public.film_rentals"), "{plan}");
+    let adopted = db.scalar_i64("SELECT 'rental_by_category'::regclass::oid::int8");
 
     let (code, output) = run(&db, dir.path(), &["reconcile"]);
     assert_eq!(code, 0, "{output}");
+    assert_eq!(
+        db.scalar_i64("SELECT 'rental_by_category'::regclass::oid::int8"),
+        adopted,
+        "adopting must not rebuild"
+    );
     assert_restored(&db);
     let (code, plan) = run(&db, dir.path(), &["plan", "--detailed-exitcode"]);
     assert_eq!(code, 0, "{plan}");

@@ -45,6 +45,14 @@ view "public.top_sellers" {
 }
 "#;
 
+/// The summary with a real change to its query (only positive amounts).
+fn edit_summary() -> String {
+    SUMMARY.replace(
+        "        GROUP BY seller_no, invoice_date",
+        "        WHERE invoice_amt > 0\n        GROUP BY seller_no, invoice_date",
+    )
+}
+
 /// A database with the invoices table, some rows and the `reporting` role.
 fn invoices_db() -> TestDb {
     let db = test_db();
@@ -176,7 +184,7 @@ fn d_editing_the_root_rebuilds_its_dependents_in_order() {
     let db = invoices_db();
     let dir = invoices_project(TOP_SELLERS, SUMMARY);
     reconcile(&db, dir.path());
-    let edited = SUMMARY.replace("GROUP BY seller_no, invoice_date", "GROUP BY 1, 2");
+    let edited = edit_summary();
     std::fs::write(
         dir.path().join("views/sales.kdl"),
         format!("{edited}{BY_SELLER}"),
@@ -273,7 +281,7 @@ fn f_an_unmanaged_dependent_blocks_a_rebuild() {
     reconcile(&db, dir.path());
     db.batch("CREATE VIEW hand_report AS SELECT * FROM sales_summary");
     let summary = oid(&db, "sales_summary");
-    let edited = SUMMARY.replace("GROUP BY seller_no, invoice_date", "GROUP BY 1, 2");
+    let edited = edit_summary();
     std::fs::write(
         dir.path().join("views/sales.kdl"),
         format!("{edited}{BY_SELLER}"),
@@ -306,7 +314,7 @@ fn g_an_sql_error_rolls_back_and_points_at_the_file_and_line() {
         "SELECT seller_no, total_sale",
     );
     std::fs::write(dir.path().join("views/reports.kdl"), &broken).expect("edit");
-    let edited = SUMMARY.replace("GROUP BY seller_no, invoice_date", "GROUP BY 1, 2");
+    let edited = edit_summary();
     std::fs::write(
         dir.path().join("views/sales.kdl"),
         format!("{edited}{BY_SELLER}"),
@@ -452,4 +460,36 @@ fn catalog_queries_for(count: usize) -> usize {
         assert_eq!(catalog.relations.len(), count);
         catalog.queries_issued
     })
+}
+
+#[test]
+fn k_a_rewritten_but_equivalent_query_is_recorded_without_a_rebuild() {
+    let db = invoices_db();
+    let dir = invoices_project(TOP_SELLERS, SUMMARY);
+    reconcile(&db, dir.path());
+    let summary = oid(&db, "sales_summary");
+    // Same query for PostgreSQL: positional GROUP BY and different layout.
+    let rewritten = SUMMARY.replace(
+        "GROUP BY seller_no, invoice_date",
+        "GROUP BY 1,\n                 2",
+    );
+    std::fs::write(
+        dir.path().join("views/sales.kdl"),
+        format!("{rewritten}{BY_SELLER}"),
+    )
+    .expect("edit");
+    let (code, stdout, stderr) = run(&db, dir.path(), &["plan", "--detailed-exitcode"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("already matches the declarations (public.sales_summary)"),
+        "{stdout}"
+    );
+    reconcile(&db, dir.path());
+    assert_eq!(oid(&db, "sales_summary"), summary);
+    let (code, stdout, _) = run(&db, dir.path(), &["plan", "--detailed-exitcode"]);
+    assert_eq!(code, 0);
+    assert!(
+        !stdout.contains("already match"),
+        "recorded, so nothing left to adopt: {stdout}"
+    );
 }
