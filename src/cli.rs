@@ -74,8 +74,39 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Write declarations for the views and materialized views already in the database,
+    /// one file per object, into the declaration folder.
+    Import {
+        /// Only objects in these schemas (repeatable; default: every non-system schema).
+        #[arg(long = "schema", value_name = "NAME")]
+        schemas: Vec<String>,
+    },
+    /// Print the dependency graph of the declared views and the relations they read.
+    Graph {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
+        format: GraphFormat,
+    },
+    /// Start a project here: a viewkeeper.kdl and a views/ folder with one example.
+    Init,
+    /// Print a shell completion script.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
     /// Run the invoices demo end to end on a throwaway PostgreSQL server.
     Demo,
+}
+
+/// Formats of `viewkeeper graph`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GraphFormat {
+    /// An indented list in dependency order.
+    Text,
+    /// Graphviz DOT (`viewkeeper graph --format dot | dot -Tsvg`).
+    Dot,
+    /// A Mermaid flowchart, for Markdown docs.
+    Mermaid,
 }
 
 /// What `schedule --emit` can print.

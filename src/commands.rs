@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::apply;
 use crate::catalog;
-use crate::cli::{Cli, Command, Emit, Format};
+use crate::cli::{Cli, Command, Emit, Format, GraphFormat};
 use crate::db;
 use crate::error::Error;
 use crate::name::QualifiedName;
@@ -60,6 +60,14 @@ async fn dispatch(cli: Cli) -> Result<Status, Error> {
         }
         Command::Schedule { emit, grace } => schedule(&cli.project, url, emit, grace).await,
         Command::Status { format } => status(&cli.project, url, format).await,
+        Command::Import { schemas } => import(&cli.project, url, &schemas).await,
+        Command::Graph { format } => graph(&cli.project, format),
+        Command::Init => init(&cli.project),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "viewkeeper", &mut io::stdout());
+            Ok(Status::Done)
+        }
         Command::Demo => crate::demo::run().await,
     }
 }
@@ -308,6 +316,137 @@ impl Spinner {
             bar.finish_and_clear();
         }
     }
+}
+
+async fn import(root: &Path, url: Option<&str>, schemas: &[String]) -> Result<Status, Error> {
+    let config = crate::project::Config::load_only(root)?;
+    let views_dir = root.join(&config.views_dir);
+    std::fs::create_dir_all(&views_dir).map_err(|source| Error::Io {
+        context: format!("cannot create {}", views_dir.display()),
+        source,
+    })?;
+    // Objects already declared are left alone; a broken project is reported first.
+    let project = Project::load(root)?;
+    let client = connect(url, &project).await?;
+    let catalog = catalog::introspect(&client, &[], &project.config.state_schema)
+        .await
+        .map_err(|error| Error::Catalog(db::describe(&error)))?;
+    let declared = project.declarations.keys().cloned().collect();
+    let files = crate::import::import(&catalog, schemas, &declared);
+    let mut out = stdout();
+    let mut written = 0;
+    for file in &files {
+        let path = views_dir.join(&file.file_name);
+        let shown = crate::project::display_path(&path);
+        // Never overwrite: an existing file may hold someone's work.
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut handle) => {
+                handle
+                    .write_all(file.text.as_bytes())
+                    .map_err(|source| Error::Io {
+                        context: format!("cannot write {}", shown.display()),
+                        source,
+                    })?;
+                written += 1;
+                ignore_broken_pipe(writeln!(
+                    out,
+                    "wrote   {}  ({})",
+                    shown.display(),
+                    file.object
+                ))?;
+            }
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                ignore_broken_pipe(writeln!(
+                    out,
+                    "skipped {}: the file exists ({})",
+                    shown.display(),
+                    file.object
+                ))?;
+            }
+            Err(source) => {
+                return Err(Error::Io {
+                    context: format!("cannot write {}", shown.display()),
+                    source,
+                });
+            }
+        }
+    }
+    ignore_broken_pipe(writeln!(
+        out,
+        "Imported {written} object{}{}. Next: `viewkeeper plan` should find them in sync, and \
+         `viewkeeper reconcile` records them as managed without rebuilding them.",
+        if written == 1 { "" } else { "s" },
+        if project.declarations.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({} already declared, left alone)",
+                project.declarations.len()
+            )
+        }
+    ))?;
+    Ok(Status::Done)
+}
+
+fn graph(root: &Path, format: GraphFormat) -> Result<Status, Error> {
+    let project = Project::load(root)?;
+    let style = match format {
+        GraphFormat::Text => render::GraphStyle::Text,
+        GraphFormat::Dot => render::GraphStyle::Dot,
+        GraphFormat::Mermaid => render::GraphStyle::Mermaid,
+    };
+    ignore_broken_pipe(render::graph(&project, style, &mut stdout()))?;
+    Ok(Status::Done)
+}
+
+/// The files `init` writes.
+const INIT_CONFIG: &str = "// viewkeeper settings: every key is optional; these are the defaults.
+views-dir \"views\"            // where declarations live
+state-schema \"viewkeeper\"    // where viewkeeper keeps its own bookkeeping
+lock-timeout \"5s\"            // reconcile gives up instead of queueing behind long locks
+search-path \"public\"         // how unqualified names in queries resolve
+";
+
+const INIT_EXAMPLE: &str =
+    "// One file may hold several declarations. `viewkeeper check` validates them offline,
+// `viewkeeper plan` shows what reconcile would change. Replace this example with your own.
+view \"public.example_view\" {
+    query \"SELECT 1 AS answer\"
+    comment \"An example: replace or delete me\"
+}
+";
+
+fn init(root: &Path) -> Result<Status, Error> {
+    let files = [
+        (root.join(crate::project::CONFIG_FILE), INIT_CONFIG),
+        (root.join("views").join("example.kdl"), INIT_EXAMPLE),
+    ];
+    let mut out = stdout();
+    for (path, text) in files {
+        let shown = crate::project::display_path(&path);
+        if path.exists() {
+            ignore_broken_pipe(writeln!(out, "kept    {} (exists)", shown.display()))?;
+            continue;
+        }
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&path, text));
+        written.map_err(|source| Error::Io {
+            context: format!("cannot write {}", shown.display()),
+            source,
+        })?;
+        ignore_broken_pipe(writeln!(out, "created {}", shown.display()))?;
+    }
+    ignore_broken_pipe(writeln!(
+        out,
+        "Next: declare your views in views/, then `viewkeeper check` and `viewkeeper plan`."
+    ))?;
+    Ok(Status::Done)
 }
 
 /// The catalog as `plan` sees it, read in a transaction that is rolled back.

@@ -9,9 +9,9 @@ use miette::Diagnostic;
 use serde::Serialize;
 use similar::TextDiff;
 
-use crate::catalog::{Catalog, Relation};
+use crate::catalog::{Catalog, LiveIndex, Relation};
 use crate::graph::{Cycle, DependencyGraph};
-use crate::name::{QualifiedName, display_identifier, parse_identifier};
+use crate::name::{QualifiedName, parse_identifier};
 use crate::project::{Declaration, Grantee, Index, Kind, Problem, Problems, Project, QueryOrigin};
 use crate::sql::{quote_ident, quote_literal};
 use crate::state::{ManagedObject, Record, State, query_hash};
@@ -778,9 +778,9 @@ impl Plan {
                     != applied.definition)
                     .then_some("changed outside viewkeeper"),
                 (Some(_), Some(_)) => Some("declaration changed"),
-                (Some(live_index), None) => (expected_indexdef(name, index).as_ref()
-                    != Some(&live_index.definition))
-                .then_some("not created by viewkeeper"),
+                (Some(live_index), None) => {
+                    (!same_index(live_index, index)).then_some("not created by viewkeeper")
+                }
             };
             if let Some(verdict) = verdict {
                 if live.indexes.contains_key(&index.name) {
@@ -984,33 +984,51 @@ pub(crate) fn index_sql(relation: &QualifiedName, index: &Index) -> String {
     sql
 }
 
-/// What `pg_get_indexdef` prints for a declared index on plain columns without a predicate,
-/// so an existing index can be adopted as it is; `None` when that cannot be predicted.
-fn expected_indexdef(relation: &QualifiedName, index: &Index) -> Option<String> {
-    if index.predicate.is_some() {
-        return None;
-    }
-    let columns = index
-        .elements
-        .iter()
-        .map(|element| {
-            parse_identifier(element)
-                .ok()
-                .map(|column| display_identifier(&column))
-        })
-        .collect::<Option<Vec<String>>>()?;
-    let method = match &index.using {
-        Some(method) => parse_identifier(method).ok()?,
-        None => "btree".to_owned(),
+/// Whether an existing index viewkeeper did not create is the declared one, part by part:
+/// uniqueness, access method, key columns or expressions (as PostgreSQL prints them, which
+/// is what `import` writes) and predicate. Lets adoption keep indexes as they are.
+fn same_index(live: &LiveIndex, declared: &Index) -> bool {
+    let method = declared.using.as_deref().map_or_else(
+        || "btree".to_owned(),
+        |m| parse_identifier(m).unwrap_or_else(|_| m.to_owned()),
+    );
+    let element = |text: &str| -> String {
+        match parse_identifier(text) {
+            Ok(column) => column,
+            Err(_) => strip_parens(text).to_owned(),
+        }
     };
-    Some(format!(
-        "CREATE {}INDEX {} ON {}.{} USING {method} ({})",
-        if index.unique { "UNIQUE " } else { "" },
-        display_identifier(&index.name),
-        display_identifier(&relation.schema),
-        display_identifier(&relation.name),
-        columns.join(", ")
-    ))
+    live.unique == declared.unique
+        && live.method == method
+        && live.predicate.as_deref().map(strip_parens)
+            == declared.predicate.as_deref().map(strip_parens)
+        && live.elements.len() == declared.elements.len()
+        && live
+            .elements
+            .iter()
+            .zip(&declared.elements)
+            .all(|(live, declared)| element(live) == element(declared))
+}
+
+/// `(expr)` → `expr`, once, when the outer parentheses enclose the whole text
+/// (`(a) + (b)` stays as it is).
+fn strip_parens(text: &str) -> &str {
+    let text = text.trim();
+    let Some(inner) = text.strip_prefix('(').and_then(|t| t.strip_suffix(')')) else {
+        return text;
+    };
+    let mut depth = 0i32;
+    for c in inner.chars() {
+        depth += match c {
+            '(' => 1,
+            ')' => -1,
+            _ => 0,
+        };
+        if depth < 0 {
+            return text;
+        }
+    }
+    if depth == 0 { inner } else { text }
 }
 
 fn drop_index_sql(relation: &QualifiedName, index: &str) -> String {

@@ -12,7 +12,9 @@ use serde::Serialize;
 
 use chrono::{DateTime, Utc};
 
+use crate::name::QualifiedName;
 use crate::plan::{Action, Change, Phase, Plan, Statement, Warning};
+use crate::project::{Kind, Project};
 use crate::refresh::{Outcome, RefreshTarget, Skip};
 use crate::status::ObjectStatus;
 
@@ -340,4 +342,106 @@ pub fn status_json(rows: &[ObjectStatus], out: &mut impl Write) -> io::Result<()
     let document = serde_json::json!({ "format_version": 1, "objects": rows });
     serde_json::to_writer_pretty(&mut *out, &document).map_err(io::Error::other)?;
     writeln!(out)
+}
+
+/// How `viewkeeper graph` draws the dependency graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphStyle {
+    Text,
+    Dot,
+    Mermaid,
+}
+
+/// The declared objects and the relations they read, as text, Graphviz DOT or Mermaid.
+/// Edges point from what is read to what reads it.
+pub fn graph(project: &Project, style: GraphStyle, out: &mut impl Write) -> io::Result<()> {
+    let graph = project.graph();
+    let order = graph.topological_order().unwrap_or_default();
+    // Everything named: declared objects, then the tables and other relations they read.
+    let mut external: std::collections::BTreeSet<&QualifiedName> = Default::default();
+    for declaration in project.declarations.values() {
+        for dependency in &declaration.depends_on {
+            if !project.declarations.contains_key(&dependency.name) {
+                external.insert(&dependency.name);
+            }
+        }
+    }
+    let kind_of = |name: &QualifiedName| project.declarations.get(name).map(|d| d.kind);
+    let edges: Vec<(&QualifiedName, &QualifiedName)> = order
+        .iter()
+        .filter_map(|name| project.declarations.get(name))
+        .flat_map(|declaration| {
+            declaration
+                .depends_on
+                .iter()
+                .map(move |dependency| (&dependency.name, &declaration.name))
+        })
+        .collect();
+    match style {
+        GraphStyle::Text => {
+            for name in &order {
+                let Some(declaration) = project.declarations.get(name) else {
+                    continue;
+                };
+                writeln!(out, "{name} ({})", declaration.kind.words())?;
+                for dependency in &declaration.depends_on {
+                    let what = kind_of(&dependency.name).map_or("relation", Kind::words);
+                    writeln!(out, "  reads {} ({what})", dependency.name)?;
+                }
+            }
+            Ok(())
+        }
+        GraphStyle::Dot => {
+            writeln!(out, "digraph viewkeeper {{")?;
+            writeln!(out, "    rankdir=LR;")?;
+            writeln!(out, "    node [fontname=\"Helvetica\"];")?;
+            for name in external {
+                writeln!(out, "    {} [shape=cylinder];", dot_id(name))?;
+            }
+            for name in &order {
+                let shape = match kind_of(name) {
+                    Some(Kind::MaterializedView) => "box3d",
+                    _ => "box",
+                };
+                writeln!(out, "    {} [shape={shape}];", dot_id(name))?;
+            }
+            for (from, to) in edges {
+                writeln!(out, "    {} -> {};", dot_id(from), dot_id(to))?;
+            }
+            writeln!(out, "}}")
+        }
+        GraphStyle::Mermaid => {
+            writeln!(out, "flowchart LR")?;
+            let ids: std::collections::BTreeMap<&QualifiedName, String> = external
+                .iter()
+                .copied()
+                .chain(order.iter())
+                .enumerate()
+                .map(|(i, name)| (name, format!("n{i}")))
+                .collect();
+            for (name, id) in &ids {
+                let label = name.to_string().replace('"', "#quot;");
+                let node = match kind_of(name) {
+                    Some(Kind::MaterializedView) => format!("{id}[[\"{label}\"]]"),
+                    Some(Kind::View) => format!("{id}[\"{label}\"]"),
+                    None => format!("{id}[(\"{label}\")]"),
+                };
+                writeln!(out, "    {node}")?;
+            }
+            for (from, to) in edges {
+                if let (Some(from), Some(to)) = (ids.get(from), ids.get(to)) {
+                    writeln!(out, "    {from} --> {to}")?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A DOT identifier: the name in double quotes, escaped.
+fn dot_id(name: &QualifiedName) -> String {
+    format!(
+        "\"{}\"",
+        name.to_string().replace('\\', "\\\\").replace('"', "\\\"")
+    )
 }

@@ -187,3 +187,65 @@ fn takes_over_and_restores_views_on_pagila_without_touching_the_rest() {
         tables
     );
 }
+
+/// Every view's definition, indexes, grants, comment and owner, to compare before and after.
+fn view_catalog(db: &TestDb) -> Vec<Vec<Option<String>>> {
+    db.strings(
+        "SELECT c.relname::text, c.relkind::text, pg_get_viewdef(c.oid),
+                (SELECT string_agg(pg_get_indexdef(i.indexrelid), '; ' ORDER BY 1)
+                 FROM pg_index i WHERE i.indrelid = c.oid),
+                c.relacl::text, obj_description(c.oid, 'pg_class'),
+                pg_get_userbyid(c.relowner)::text, c.relispopulated::text
+         FROM pg_class c
+         WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('v', 'm')
+         ORDER BY 1",
+    )
+}
+
+#[test]
+fn import_then_restore_every_pagila_view() {
+    let db = pagila_db();
+    db.batch(
+        "DO $$ BEGIN CREATE ROLE pagila_reader NOLOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
+         GRANT SELECT ON film_list, rental_by_category TO pagila_reader;
+         COMMENT ON VIEW actor_info IS 'Actors with their films, by category';",
+    );
+    let before = view_catalog(&db);
+    let dir = project(&[("viewkeeper.kdl", "")]);
+
+    let (code, output) = run(&db, dir.path(), &["import"]);
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("Imported 8 objects"), "{output}");
+    let (code, plan) = run(&db, dir.path(), &["plan", "--detailed-exitcode"]);
+    assert_eq!(code, 0, "right after an import, plan is in sync:\n{plan}");
+    let (code, output) = run(&db, dir.path(), &["reconcile"]);
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(
+        view_catalog(&db),
+        before,
+        "adopting must not change anything"
+    );
+
+    // Everything dropped by hand, with CASCADE: reconcile brings every view back.
+    db.batch(
+        "DROP VIEW actor_info, customer_list, film_list, nicer_but_slower_film_list,
+                   sales_by_film_category, sales_by_store, staff_list CASCADE;
+         DROP MATERIALIZED VIEW rental_by_category CASCADE;",
+    );
+    let (code, plan) = run(&db, dir.path(), &["plan", "--detailed-exitcode"]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        plan.matches("dropped outside viewkeeper").count(),
+        8,
+        "{plan}"
+    );
+    let (code, output) = run(&db, dir.path(), &["reconcile"]);
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(
+        view_catalog(&db),
+        before,
+        "definitions, indexes, grants and comments restored"
+    );
+    let (code, plan) = run(&db, dir.path(), &["plan", "--detailed-exitcode"]);
+    assert_eq!(code, 0, "{plan}");
+}

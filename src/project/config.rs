@@ -44,6 +44,17 @@ const KEYS: &[&str] = &[
 ];
 
 impl Config {
+    /// Reads `viewkeeper.kdl` in `root` alone (before the declaration folder exists).
+    pub fn load_only(root: &Path) -> Result<Config, super::Problems> {
+        let mut problems = Vec::new();
+        let config = Config::load(root, &mut problems);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(super::Problems::new(problems))
+        }
+    }
+
     /// Reads `viewkeeper.kdl` in `root` if it exists; problems go to `problems`.
     pub(super) fn load(root: &Path, problems: &mut Vec<Problem>) -> Config {
         let path = root.join(CONFIG_FILE);
