@@ -74,6 +74,27 @@ pub struct Reconciled {
 pub async fn reconcile(
     client: &mut Client,
     project: &Project,
+    on_statement: impl FnMut(&Statement, Duration),
+) -> Result<Reconciled, ApplyError> {
+    apply_with(client, project, plan::plan, on_statement).await
+}
+
+/// Drops every managed view and materialized view, dependents first, in one transaction
+/// (`run --drop-first`): they stay managed, so the next reconcile restores them.
+pub async fn drop_managed(
+    client: &mut Client,
+    project: &Project,
+    on_statement: impl FnMut(&Statement, Duration),
+) -> Result<Reconciled, ApplyError> {
+    apply_with(client, project, plan::drop_managed, on_statement).await
+}
+
+/// Locks, reads the catalog, makes a plan with `planner` and applies it, all in one
+/// transaction.
+async fn apply_with(
+    client: &mut Client,
+    project: &Project,
+    planner: fn(&Project, &Catalog) -> Result<Plan, PlanError>,
     mut on_statement: impl FnMut(&Statement, Duration),
 ) -> Result<Reconciled, ApplyError> {
     let started = Instant::now();
@@ -102,7 +123,7 @@ pub async fn reconcile(
     let catalog = read_catalog(&mut transaction, project)
         .await
         .map_err(database("cannot read the catalog"))?;
-    let plan = plan::plan(project, &catalog)?;
+    let plan = planner(project, &catalog)?;
     if plan.is_empty() && plan.records.is_empty() {
         // Nothing to do: no DDL, no lock on any view, nothing written.
         transaction

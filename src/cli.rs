@@ -74,6 +74,18 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Run a migration command, then reconcile; exits with the command's status.
+    ///
+    /// Example: viewkeeper run --drop-first -- python manage.py migrate
+    Run {
+        /// Drop every managed view first (dependents first, one transaction), so migrations
+        /// that change a column's type under a view succeed; reconcile restores them after.
+        #[arg(long)]
+        drop_first: bool,
+        /// The migration command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// Write declarations for the views and materialized views already in the database,
     /// one file per object, into the declaration folder.
     Import {

@@ -23,6 +23,8 @@ pub enum Status {
     Done,
     /// Exit 2: `plan --detailed-exitcode` found changes.
     ChangesPending,
+    /// Another program's exit status, passed on (`run`).
+    Code(u8),
 }
 
 impl From<Status> for std::process::ExitCode {
@@ -30,6 +32,7 @@ impl From<Status> for std::process::ExitCode {
         match status {
             Status::Done => std::process::ExitCode::SUCCESS,
             Status::ChangesPending => std::process::ExitCode::from(2),
+            Status::Code(code) => std::process::ExitCode::from(code),
         }
     }
 }
@@ -60,6 +63,10 @@ async fn dispatch(cli: Cli) -> Result<Status, Error> {
         }
         Command::Schedule { emit, grace } => schedule(&cli.project, url, emit, grace).await,
         Command::Status { format } => status(&cli.project, url, format).await,
+        Command::Run {
+            drop_first,
+            command,
+        } => run_migration(&cli.project, url, drop_first, &command).await,
         Command::Import { schemas } => import(&cli.project, url, &schemas).await,
         Command::Graph { format } => graph(&cli.project, format),
         Command::Init => init(&cli.project),
@@ -314,6 +321,66 @@ impl Spinner {
     fn finish(self) {
         if let Some(bar) = self.0 {
             bar.finish_and_clear();
+        }
+    }
+}
+
+/// `run`: optionally drop the managed views, run the migration with its output streaming
+/// through, then reconcile whether it worked or not, so the views always come back.
+async fn run_migration(
+    root: &Path,
+    url: Option<&str>,
+    drop_first: bool,
+    command: &[String],
+) -> Result<Status, Error> {
+    let project = Project::load(root)?;
+    let Some((program, arguments)) = command.split_first() else {
+        return Ok(Status::Done);
+    };
+    let mut client = connect(url, &project).await?;
+    let mut out = stdout();
+    if drop_first {
+        let dropped = apply::drop_managed(&mut client, &project, |statement, took| {
+            let _ = render::statement_done(statement, took, &mut out);
+        })
+        .await?;
+        ignore_broken_pipe(writeln!(
+            out,
+            "Dropped {} managed object{} before the migration.",
+            dropped.plan.actions.len(),
+            if dropped.plan.actions.len() == 1 {
+                ""
+            } else {
+                "s"
+            }
+        ))?;
+    }
+    let _ = out.flush();
+    // The migration inherits stdin, stdout and stderr: its output streams through unchanged.
+    let status = tokio::process::Command::new(program)
+        .args(arguments)
+        .status()
+        .await;
+    let code = match &status {
+        Ok(status) => status
+            .code()
+            .map_or(1, |code| u8::try_from(code).unwrap_or(1)),
+        Err(error) => {
+            eprintln!("viewkeeper: cannot run {program}: {error}");
+            127
+        }
+    };
+    if code != 0 {
+        eprintln!("viewkeeper: {program} exited with status {code}; reconciling anyway");
+    }
+    let reconciled = run_reconcile(&project, &mut client).await;
+    match (code, reconciled) {
+        (0, Ok(_)) => Ok(Status::Done),
+        (0, Err(error)) => Err(error),
+        (code, Ok(_)) => Ok(Status::Code(code)),
+        (code, Err(error)) => {
+            eprintln!("{:?}", miette::Report::new(error));
+            Ok(Status::Code(code))
         }
     }
 }

@@ -427,6 +427,69 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
     Ok(plan)
 }
 
+/// Drops every managed object that exists, dependents first, keeping them managed so the
+/// next reconcile restores them. Refuses when an unmanaged view reads one of them. Pure.
+pub fn drop_managed(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
+    let Some(state) = &catalog.state else {
+        return Ok(Plan {
+            declared: project.declarations.len(),
+            ..Plan::default()
+        });
+    };
+    let managed: BTreeSet<QualifiedName> = state
+        .objects
+        .keys()
+        .filter(|name| catalog.relations.contains_key(*name))
+        .cloned()
+        .collect();
+    let mut blockers = Vec::new();
+    for object in &managed {
+        for reader in catalog.readers_of(object) {
+            if !managed.contains(reader) {
+                blockers.push(Blocker {
+                    object: object.clone(),
+                    change: Change::Drop,
+                    dependent: reader.clone(),
+                    dependent_kind: catalog.relations.get(reader).map_or(Kind::View, |r| r.kind),
+                    dependent_declared: false,
+                });
+            }
+        }
+    }
+    if !blockers.is_empty() {
+        return Err(PlanError::Blocked(blockers));
+    }
+    let mut graph = DependencyGraph::default();
+    for name in &managed {
+        graph.add_node(name);
+    }
+    catalog.add_reads(&mut graph);
+    let mut plan = Plan {
+        declared: project.declarations.len(),
+        ..Plan::default()
+    };
+    for name in graph.topological_order()?.iter().rev() {
+        let Some(live) = catalog.relations.get(name) else {
+            continue;
+        };
+        plan.actions.push(Action {
+            change: Change::Drop,
+            object: name.clone(),
+            kind: live.kind,
+            reason: "dropped before the migration; the reconcile after it restores it".to_owned(),
+            diff: None,
+            details: Vec::new(),
+        });
+        plan.push(
+            Phase::Drop,
+            name,
+            format!("drop {}", live.kind.words()),
+            drop_sql(live.kind, name),
+        );
+    }
+    Ok(plan)
+}
+
 /// Declared queries worth asking PostgreSQL to normalise: those of live objects viewkeeper
 /// does not manage yet, or whose declared text changed, where an equivalent query means the
 /// object can be adopted instead of rebuilt. Pure.

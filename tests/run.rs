@@ -1,0 +1,154 @@
+//! `viewkeeper run [--drop-first] -- COMMAND`: migrations that change a column's type under
+//! managed views succeed, failing migrations still get their views back, and the command's
+//! exit status is passed on.
+
+mod support;
+
+use support::{TestDb, exists, project, reconcile, run, test_db};
+
+const DECLARATIONS: &str = r#"
+materialized-view "totals" {
+    depends-on "orders"
+    query "SELECT customer, sum(amount) AS total FROM orders GROUP BY customer"
+    index "customer" unique=#true
+}
+view "big_customers" {
+    depends-on "totals"
+    query "SELECT customer FROM totals WHERE total > 10"
+}
+"#;
+
+fn orders_db() -> TestDb {
+    let db = test_db();
+    db.batch(
+        "CREATE TABLE orders (id int PRIMARY KEY, customer int NOT NULL, amount numeric(6,2) NOT NULL);
+         INSERT INTO orders SELECT i, i % 5, i FROM generate_series(1, 50) i;",
+    );
+    db
+}
+
+fn psql() -> String {
+    viewkeeper::sandbox::find_bindir()
+        .expect("PostgreSQL binaries")
+        .join("psql")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn drop_first_lets_a_type_change_through_and_restores_everything() {
+    let db = orders_db();
+    let dir = project(&[
+        ("views/orders.kdl", DECLARATIONS),
+        (
+            "migration.sql",
+            "ALTER TABLE orders ALTER COLUMN amount TYPE numeric(12,2);\n",
+        ),
+    ]);
+    reconcile(&db, dir.path());
+    // Without --drop-first PostgreSQL refuses the migration.
+    let migration = dir.path().join("migration.sql").display().to_string();
+    let psql = psql();
+    let (code, _, stderr) = run(
+        &db,
+        dir.path(),
+        &[
+            "run",
+            "--",
+            &psql,
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            &db.url,
+            "-f",
+            &migration,
+        ],
+    );
+    assert_eq!(code, 3, "psql's own exit status is passed on: {stderr}");
+    assert!(
+        stderr.contains("cannot alter type of a column used by a view or rule"),
+        "{stderr}"
+    );
+
+    let (code, stdout, stderr) = run(
+        &db,
+        dir.path(),
+        &[
+            "run",
+            "--drop-first",
+            "--",
+            &psql,
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            &db.url,
+            "-f",
+            &migration,
+        ],
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(
+        db.scalar_string("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'orders'::regclass AND attname = 'amount'")
+            .as_deref(),
+        Some("numeric(12,2)")
+    );
+    assert!(exists(&db, "totals") && exists(&db, "big_customers"));
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM totals"), 5);
+    let (code, _, _) = run(&db, dir.path(), &["plan", "--detailed-exitcode"]);
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn a_failing_migration_still_gets_its_views_back_and_its_status_out() {
+    let db = orders_db();
+    let dir = project(&[
+        ("views/orders.kdl", DECLARATIONS),
+        (
+            "broken.sql",
+            "ALTER TABLE orders ADD COLUMN note text;\nSELECT 1/0;\n",
+        ),
+    ]);
+    reconcile(&db, dir.path());
+    let migration = dir.path().join("broken.sql").display().to_string();
+    let psql = psql();
+    let (code, stdout, stderr) = run(
+        &db,
+        dir.path(),
+        &[
+            "run",
+            "--drop-first",
+            "--",
+            &psql,
+            "-X",
+            "-q",
+            "-1",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            &db.url,
+            "-f",
+            &migration,
+        ],
+    );
+    assert_eq!(code, 3, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("division by zero"),
+        "the command's output streams through: {stderr}"
+    );
+    assert!(exists(&db, "totals") && exists(&db, "big_customers"));
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM totals"), 5);
+}
+
+#[test]
+fn a_command_that_cannot_start_exits_127() {
+    let db = orders_db();
+    let dir = project(&[("views/orders.kdl", DECLARATIONS)]);
+    reconcile(&db, dir.path());
+    let (code, _, stderr) = run(&db, dir.path(), &["run", "--", "/nonexistent/migrate"]);
+    assert_eq!(code, 127, "{stderr}");
+    assert!(exists(&db, "totals"));
+}
