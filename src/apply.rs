@@ -112,6 +112,14 @@ async fn apply_with(
         )
         .await
         .map_err(database("cannot take viewkeeper's advisory lock"))?;
+    // viewkeeper's own drops are not "dropped outside viewkeeper": the guard skips them.
+    transaction
+        .batch_execute(&format!(
+            "SET LOCAL {} = 'on'",
+            crate::guard::APPLYING_SETTING
+        ))
+        .await
+        .map_err(database("cannot mark the transaction"))?;
     // Give up instead of queueing behind a long-running query that holds a view: waiting
     // would also block every reader queued behind our own ACCESS EXCLUSIVE request.
     let timeout_ms = config.lock_timeout.as_millis();

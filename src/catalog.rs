@@ -31,6 +31,8 @@ pub struct Catalog {
     /// How PostgreSQL prints some declared queries (`pg_get_viewdef` of a throwaway view made
     /// from them), to tell an equivalent query from a changed one. Filled by [`normalise`].
     pub normalised: BTreeMap<QualifiedName, String>,
+    /// The latest drop the guard recorded for each object (empty without the guard).
+    pub drops: BTreeMap<QualifiedName, crate::guard::DropRecord>,
     /// viewkeeper's records; `None` when the state schema does not exist yet.
     pub state: Option<State>,
     /// How many queries introspection issued (constant, checked by tests and the benchmark).
@@ -107,7 +109,7 @@ impl Catalog {
 const SYSTEM_SCHEMAS: &[&str] = &["pg_catalog", "information_schema"];
 
 // language=SQL
-const SESSION: &str = "SELECT current_setting('server_version_num')::int4, to_regclass($1) IS NOT NULL, current_user::text";
+const SESSION: &str = "SELECT current_setting('server_version_num')::int4, to_regclass($1) IS NOT NULL, current_user::text, to_regclass($2) IS NOT NULL";
 
 // Default privileges of the current role on tables (views and materialized views count as
 // tables here), per schema or global (namespace 0).
@@ -193,10 +195,14 @@ pub async fn introspect(
         .collect();
 
     let state_table = state::table(state_schema, state::OBJECTS_TABLE);
-    let session = client.query_one(SESSION, &[&state_table]).await?;
+    let drop_table = state::table(state_schema, crate::guard::DROP_TABLE);
+    let session = client
+        .query_one(SESSION, &[&state_table, &drop_table])
+        .await?;
     catalog.server_version = session.get(0);
     let state_exists: bool = session.get(1);
     catalog.current_user = session.get(2);
+    let guard_log_exists: bool = session.get(3);
 
     for row in client.query(DEFAULT_GRANTS, &[]).await? {
         let grantee = row
@@ -292,6 +298,14 @@ pub async fn introspect(
     if state_exists {
         client.count();
         catalog.state = Some(state::read(client.inner, state_schema).await?);
+    }
+    if guard_log_exists {
+        client.count();
+        catalog.drops = crate::guard::query_log(client.inner, state_schema, true, i64::MAX)
+            .await?
+            .into_iter()
+            .map(|record| (record.object.clone(), record))
+            .collect();
     }
     catalog.queries_issued = client.issued.get();
     Ok(catalog)

@@ -86,6 +86,12 @@ pub enum Command {
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
+    /// Record every drop of a managed view (when, by whom, which statement) with an event
+    /// trigger, so plan and status can say why it is missing and schedule can restore it.
+    Guard {
+        #[command(subcommand)]
+        action: GuardAction,
+    },
     /// Write declarations for the views and materialized views already in the database,
     /// one file per object, into the declaration folder.
     Import {
@@ -108,6 +114,21 @@ pub enum Command {
     },
     /// Run the invoices demo end to end on a throwaway PostgreSQL server.
     Demo,
+}
+
+/// `viewkeeper guard` actions.
+#[derive(Debug, Subcommand)]
+pub enum GuardAction {
+    /// Install (or update) the event trigger; needs a superuser.
+    Install,
+    /// Remove the event trigger; the log of past drops stays.
+    Uninstall,
+    /// Show the recorded drops, newest first.
+    Log {
+        /// How many to show.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
 }
 
 /// Formats of `viewkeeper graph`.

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::apply;
 use crate::catalog;
-use crate::cli::{Cli, Command, Emit, Format, GraphFormat};
+use crate::cli::{Cli, Command, Emit, Format, GraphFormat, GuardAction};
 use crate::db;
 use crate::error::Error;
 use crate::name::QualifiedName;
@@ -67,6 +67,7 @@ async fn dispatch(cli: Cli) -> Result<Status, Error> {
             drop_first,
             command,
         } => run_migration(&cli.project, url, drop_first, &command).await,
+        Command::Guard { action } => guard(&cli.project, url, action).await,
         Command::Import { schemas } => import(&cli.project, url, &schemas).await,
         Command::Graph { format } => graph(&cli.project, format),
         Command::Init => init(&cli.project),
@@ -383,6 +384,53 @@ async fn run_migration(
             Ok(Status::Code(code))
         }
     }
+}
+
+async fn guard(root: &Path, url: Option<&str>, action: GuardAction) -> Result<Status, Error> {
+    let project = Project::load(root)?;
+    let mut client = connect(url, &project).await?;
+    let schema = &project.config.state_schema;
+    let mut out = stdout();
+    match action {
+        GuardAction::Install => {
+            crate::guard::install(&mut client, schema).await?;
+            ignore_broken_pipe(writeln!(
+                out,
+                "Guard installed: drops of managed views are recorded in {schema}.{} and \
+                 announced on channel {}.",
+                crate::guard::DROP_TABLE,
+                crate::guard::CHANNEL
+            ))?;
+        }
+        GuardAction::Uninstall => {
+            crate::guard::uninstall(&mut client, schema).await?;
+            ignore_broken_pipe(writeln!(
+                out,
+                "Guard removed; the log of past drops is kept."
+            ))?;
+        }
+        GuardAction::Log { limit } => {
+            let records = crate::guard::read_log(&client, schema, false, limit)
+                .await
+                .map_err(|error| Error::Catalog(db::describe(&error)))?;
+            let installed = crate::guard::installed(&client)
+                .await
+                .map_err(|error| Error::Catalog(db::describe(&error)))?;
+            if !installed {
+                ignore_broken_pipe(writeln!(
+                    out,
+                    "The guard is not installed: run `viewkeeper guard install` as a superuser."
+                ))?;
+            }
+            if records.is_empty() {
+                ignore_broken_pipe(writeln!(out, "No drops recorded."))?;
+            }
+            for record in records {
+                ignore_broken_pipe(writeln!(out, "{}  {}", record.object, record.describe()))?;
+            }
+        }
+    }
+    Ok(Status::Done)
 }
 
 async fn import(root: &Path, url: Option<&str>, schemas: &[String]) -> Result<Status, Error> {

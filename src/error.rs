@@ -33,6 +33,9 @@ pub enum Error {
     #[error(transparent)]
     #[diagnostic(transparent)]
     PgCron(#[from] crate::refresh::pg_cron::PgCronError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Guard(#[from] crate::guard::GuardError),
     #[error("invalid view name `{name}`: {message}")]
     InvalidName { name: String, message: String },
     #[error(transparent)]

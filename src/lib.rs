@@ -13,6 +13,7 @@ pub mod db;
 mod demo;
 pub mod error;
 pub mod graph;
+pub mod guard;
 pub mod import;
 pub mod name;
 pub mod plan;

@@ -229,6 +229,7 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
                 catalog.relations.get(&declaration.name),
                 state.objects.get(&declaration.name),
                 catalog.normalised.get(&declaration.name),
+                catalog.drops.get(&declaration.name),
             );
             (declaration.name.clone(), status)
         })
@@ -555,16 +556,18 @@ fn status(
     live: Option<&Relation>,
     managed: Option<&ManagedObject>,
     normalised: Option<&String>,
+    dropped: Option<&crate::guard::DropRecord>,
 ) -> Status {
     let Some(live) = live else {
-        let reason = if managed.is_some() {
-            "not in the database: dropped outside viewkeeper"
-        } else {
-            "new declaration"
+        let reason = match (managed, dropped) {
+            // The guard saw it go, after viewkeeper last applied it.
+            (Some(managed), Some(drop)) if drop.dropped_at >= managed.applied_at => {
+                format!("not in the database: {}", drop.describe())
+            }
+            (Some(_), _) => "not in the database: dropped outside viewkeeper".to_owned(),
+            (None, _) => "new declaration".to_owned(),
         };
-        return Status::Create {
-            reason: reason.to_owned(),
-        };
+        return Status::Create { reason };
     };
     if live.kind != declaration.kind {
         return Status::Replace {

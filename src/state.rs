@@ -32,7 +32,7 @@ pub struct ManagedObject {
     /// someone changed the object outside viewkeeper.
     pub applied_definition: String,
     pub applied_indexes: Vec<AppliedIndex>,
-    pub applied_at: String,
+    pub applied_at: DateTime<Utc>,
 }
 
 /// An index as viewkeeper created it: the statement it ran and what PostgreSQL reported.
@@ -103,7 +103,7 @@ pub(crate) async fn read(
     // language=SQL
     let sql = format!(
         "SELECT schema_name, object_name, kind, query, query_sha256, applied_definition,
-                applied_indexes::text, applied_at::text
+                applied_indexes::text, applied_at
          FROM {} ORDER BY schema_name, object_name",
         table(schema, OBJECTS_TABLE)
     );

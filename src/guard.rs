@@ -1,0 +1,233 @@
+//! `viewkeeper guard`: an event trigger on `sql_drop` that records every drop of a managed
+//! object (when, by which role, and the statement) in the state schema and notifies
+//! listeners, so `plan` and `status` can say why an object is missing and `schedule` can
+//! put it back within seconds.
+
+use chrono::{DateTime, Utc};
+use miette::Diagnostic;
+use tokio_postgres::GenericClient;
+use tokio_postgres::error::SqlState;
+
+use crate::db::describe;
+use crate::name::QualifiedName;
+use crate::sql::{quote_ident, quote_literal};
+use crate::state::{self, OBJECTS_TABLE};
+
+/// Table of recorded drops, inside the state schema.
+pub const DROP_TABLE: &str = "drop_log";
+/// The channel the guard notifies on, with `schema.name` as payload.
+pub const CHANNEL: &str = "viewkeeper_dropped";
+/// Set to `on` for the length of viewkeeper's own transactions, so its drops go unrecorded.
+pub const APPLYING_SETTING: &str = "viewkeeper.applying";
+const TRIGGER: &str = "viewkeeper_guard";
+const FUNCTION: &str = "record_drop";
+
+/// A recorded drop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DropRecord {
+    pub object: QualifiedName,
+    pub dropped_at: DateTime<Utc>,
+    pub role: String,
+    pub statement: String,
+}
+
+impl DropRecord {
+    /// `dropped at 2026-11-26 21:40:05 UTC by role app: ALTER TABLE … CASCADE`
+    pub fn describe(&self) -> String {
+        format!(
+            "dropped at {} by role {}: {}",
+            self.dropped_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            self.role,
+            one_line(&self.statement)
+        )
+    }
+}
+
+fn one_line(statement: &str) -> String {
+    let words: Vec<&str> = statement.split_whitespace().collect();
+    let text = words.join(" ");
+    if text.chars().count() > 200 {
+        format!("{}…", text.chars().take(200).collect::<String>())
+    } else {
+        text
+    }
+}
+
+/// The guard could not be installed or read.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[non_exhaustive]
+pub enum GuardError {
+    #[error("installing the guard needs a superuser: {0}")]
+    #[diagnostic(help(
+        "event triggers can only be created by a superuser (on Amazon RDS and Cloud SQL, \
+         a member of rds_superuser / cloudsqlsuperuser); run `viewkeeper guard install` as one"
+    ))]
+    NotSuperuser(String),
+    #[error("{context}: {message}")]
+    Database {
+        context: &'static str,
+        message: String,
+    },
+}
+
+fn database(context: &'static str) -> impl Fn(tokio_postgres::Error) -> GuardError {
+    move |error| GuardError::Database {
+        context,
+        message: describe(&error),
+    }
+}
+
+/// SQL creating the log table, the trigger function and the event trigger.
+fn install_sql(schema: &str) -> String {
+    let log = state::table(schema, DROP_TABLE);
+    let managed = state::table(schema, OBJECTS_TABLE);
+    let function = format!("{}.{}", quote_ident(schema), quote_ident(FUNCTION));
+    let body = format!(
+        "
+DECLARE
+    dropped record;
+BEGIN
+    IF current_setting({applying}, true) = 'on' THEN
+        RETURN;
+    END IF;
+    FOR dropped IN
+        SELECT d.schema_name, d.object_name, d.object_type
+        FROM pg_event_trigger_dropped_objects() d
+        WHERE d.object_type IN ('view', 'materialized view')
+          AND EXISTS (SELECT 1 FROM {managed} m
+                      WHERE m.schema_name = d.schema_name AND m.object_name = d.object_name)
+    LOOP
+        INSERT INTO {log} (role_name, schema_name, object_name, object_type, statement)
+        VALUES (session_user, dropped.schema_name, dropped.object_name, dropped.object_type,
+                current_query());
+        PERFORM pg_notify({channel}, dropped.schema_name || '.' || dropped.object_name);
+    END LOOP;
+END
+",
+        applying = quote_literal(APPLYING_SETTING),
+        channel = quote_literal(CHANNEL),
+    );
+    format!(
+        "{ensure}
+CREATE TABLE IF NOT EXISTS {log} (
+    id bigserial PRIMARY KEY,
+    dropped_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    role_name text NOT NULL,
+    schema_name text NOT NULL,
+    object_name text NOT NULL,
+    object_type text NOT NULL,
+    statement text
+);
+-- Runs as its owner so any role's drop can be recorded; a fixed search_path keeps it safe.
+CREATE OR REPLACE FUNCTION {function}() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS {body};
+DROP EVENT TRIGGER IF EXISTS {trigger};
+CREATE EVENT TRIGGER {trigger} ON sql_drop EXECUTE FUNCTION {function}();",
+        ensure = state::ensure_schema_sql(schema),
+        body = quote_literal(&body),
+        trigger = quote_ident(TRIGGER),
+    )
+}
+
+/// Installs (or reinstalls) the guard, in one transaction.
+pub async fn install(client: &mut tokio_postgres::Client, schema: &str) -> Result<(), GuardError> {
+    let transaction = client
+        .transaction()
+        .await
+        .map_err(database("cannot start a transaction"))?;
+    if let Err(error) = transaction.batch_execute(&install_sql(schema)).await {
+        if error.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
+            return Err(GuardError::NotSuperuser(describe(&error)));
+        }
+        return Err(database("cannot install the guard")(error));
+    }
+    transaction
+        .commit()
+        .await
+        .map_err(database("cannot commit"))
+}
+
+/// Removes the event trigger and its function; the log of past drops stays.
+pub async fn uninstall(
+    client: &mut tokio_postgres::Client,
+    schema: &str,
+) -> Result<(), GuardError> {
+    let sql = format!(
+        "DROP EVENT TRIGGER IF EXISTS {};\nDROP FUNCTION IF EXISTS {}.{}();",
+        quote_ident(TRIGGER),
+        quote_ident(schema),
+        quote_ident(FUNCTION)
+    );
+    match client.batch_execute(&sql).await {
+        Err(error) if error.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+            Err(GuardError::NotSuperuser(describe(&error)))
+        }
+        other => other.map_err(database("cannot uninstall the guard")),
+    }
+}
+
+/// Whether the event trigger is installed and enabled.
+pub async fn installed(client: &impl GenericClient) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT count(*) > 0 FROM pg_event_trigger WHERE evtname = $1 AND evtenabled <> 'D'",
+            &[&TRIGGER],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Recorded drops, newest first; `latest_only` keeps the newest per object. Empty when the
+/// guard was never installed.
+pub async fn read_log(
+    client: &impl GenericClient,
+    schema: &str,
+    latest_only: bool,
+    limit: i64,
+) -> Result<Vec<DropRecord>, tokio_postgres::Error> {
+    let log = state::table(schema, DROP_TABLE);
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&log])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(Vec::new());
+    }
+    query_log(client, schema, latest_only, limit).await
+}
+
+/// [`read_log`] for a caller that knows the table exists.
+pub(crate) async fn query_log(
+    client: &impl GenericClient,
+    schema: &str,
+    latest_only: bool,
+    limit: i64,
+) -> Result<Vec<DropRecord>, tokio_postgres::Error> {
+    let log = state::table(schema, DROP_TABLE);
+    // language=SQL
+    let sql = if latest_only {
+        format!(
+            "SELECT * FROM (SELECT DISTINCT ON (schema_name, object_name)
+                    schema_name, object_name, dropped_at, role_name, coalesce(statement, '')
+                FROM {log} ORDER BY schema_name, object_name, dropped_at DESC, id DESC) latest
+             ORDER BY dropped_at DESC LIMIT $1"
+        )
+    } else {
+        format!(
+            "SELECT schema_name, object_name, dropped_at, role_name, coalesce(statement, '')
+             FROM {log} ORDER BY dropped_at DESC, id DESC LIMIT $1"
+        )
+    };
+    Ok(client
+        .query(&sql, &[&limit])
+        .await?
+        .into_iter()
+        .map(|row| DropRecord {
+            object: QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1)),
+            dropped_at: row.get(2),
+            role: row.get(3),
+            statement: row.get(4),
+        })
+        .collect())
+}

@@ -1,0 +1,98 @@
+//! `viewkeeper guard`: drops of managed views are recorded with their statement and role,
+//! reported by `plan` and `status`, never confused with viewkeeper's own rebuilds, and
+//! installing without superuser gives a clear message.
+
+mod support;
+
+use support::{TestDb, ensure_role, project, reconcile, run, test_db};
+
+fn invoices_db() -> TestDb {
+    let db = test_db();
+    db.batch(
+        "CREATE TABLE invoices_invoice (id int PRIMARY KEY, seller_no int, invoice_date date, amount numeric);
+         INSERT INTO invoices_invoice SELECT i, i % 3, DATE '2026-01-01' + i, i FROM generate_series(1, 20) i;",
+    );
+    db
+}
+
+const DECLARATIONS: &str = r#"
+materialized-view "sales_summary" {
+    depends-on "invoices_invoice"
+    query "SELECT seller_no, invoice_date, sum(amount) AS total FROM invoices_invoice GROUP BY 1, 2"
+}
+view "sales_by_seller" {
+    depends-on "sales_summary"
+    query "SELECT seller_no, sum(total) AS total FROM sales_summary GROUP BY 1"
+}
+"#;
+
+#[test]
+fn a_cascade_drop_is_reported_with_its_statement_and_role() {
+    let db = invoices_db();
+    let dir = project(&[("views/sales.kdl", DECLARATIONS)]);
+    reconcile(&db, dir.path());
+    let (code, stdout, stderr) = run(&db, dir.path(), &["guard", "install"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+
+    // viewkeeper's own rebuilds are not recorded.
+    std::fs::write(
+        dir.path().join("views/sales.kdl"),
+        DECLARATIONS.replace("sum(total) AS total", "sum(total) AS grand_total"),
+    )
+    .expect("edit");
+    reconcile(&db, dir.path());
+    let (_, log, _) = run(&db, dir.path(), &["guard", "log"]);
+    assert!(log.contains("No drops recorded"), "{log}");
+
+    db.batch("ALTER TABLE invoices_invoice DROP COLUMN invoice_date CASCADE");
+    let (code, plan, _) = run(&db, dir.path(), &["plan", "--detailed-exitcode"]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        plan.matches(
+            "by role postgres: ALTER TABLE invoices_invoice DROP COLUMN invoice_date CASCADE"
+        )
+        .count(),
+        2,
+        "{plan}"
+    );
+    let (_, status, _) = run(&db, dir.path(), &["status", "--format", "json"]);
+    assert!(
+        status.contains("DROP COLUMN invoice_date CASCADE"),
+        "{status}"
+    );
+    let (_, log, _) = run(&db, dir.path(), &["guard", "log"]);
+    assert!(
+        log.contains("public.sales_summary") && log.contains("public.sales_by_seller"),
+        "{log}"
+    );
+
+    let (code, _, _) = run(&db, dir.path(), &["guard", "uninstall"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM pg_event_trigger WHERE evtname = 'viewkeeper_guard'"),
+        0
+    );
+}
+
+#[test]
+fn installing_without_superuser_says_so() {
+    let db = invoices_db();
+    ensure_role(&db, "plain_user");
+    let database = db.scalar_string("SELECT current_database()").expect("name");
+    db.batch(&format!(
+        "ALTER ROLE plain_user LOGIN; GRANT CREATE ON DATABASE \"{database}\" TO plain_user;"
+    ));
+    let url = db.url.replacen("postgres@", "plain_user@", 1);
+    let dir = project(&[("views/sales.kdl", DECLARATIONS)]);
+    let (code, _, stderr) = run(
+        &db,
+        dir.path(),
+        &["--database-url", &url, "guard", "install"],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("installing the guard needs a superuser"),
+        "{stderr}"
+    );
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM pg_event_trigger"), 0);
+}
