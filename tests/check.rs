@@ -213,3 +213,12 @@ fn bad_settings_point_at_viewkeeper_kdl() {
     assert_problem(&stderr, "viewkeeper.kdl:1:14", "invalid duration `forever`");
     assert_problem(&stderr, "viewkeeper.kdl:2:1", "unknown setting `colour`");
 }
+
+#[test]
+fn the_shipped_examples_and_demo_declarations_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for project in ["examples/django", "examples/rails", "examples/flyway", "."] {
+        let (code, stdout, stderr) = check(&root.join(project));
+        assert_eq!(code, 0, "{project}: {stdout}{stderr}");
+    }
+}
