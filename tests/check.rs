@@ -222,3 +222,72 @@ fn the_shipped_examples_and_demo_declarations_are_valid() {
         assert_eq!(code, 0, "{project}: {stdout}{stderr}");
     }
 }
+
+fn viewkeeper_offline(dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let output = Command::cargo_bin("viewkeeper")
+        .expect("binary")
+        .arg("--project")
+        .arg(dir)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn graph_renders_text_dot_and_mermaid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (code, dot, stderr) = viewkeeper_offline(root, &["graph", "--format", "dot"]);
+    assert_eq!(code, 0, "{stderr}");
+    insta::assert_snapshot!("graph_dot", dot);
+    let (_, mermaid, _) = viewkeeper_offline(root, &["graph", "--format", "mermaid"]);
+    insta::assert_snapshot!("graph_mermaid", mermaid);
+    let (_, text, _) = viewkeeper_offline(root, &["graph"]);
+    assert!(
+        text.contains("public.top_sellers (view)\n  reads public.sales_by_seller (view)"),
+        "{text}"
+    );
+
+    // Renders with Graphviz when it is installed.
+    if let Ok(mut child) = std::process::Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(dot.as_bytes())
+            .expect("write");
+        let output = child.wait_with_output().expect("dot");
+        assert!(output.status.success(), "dot rejected the graph");
+        assert!(String::from_utf8_lossy(&output.stdout).contains("<svg"));
+    }
+}
+
+#[test]
+fn init_starts_a_valid_project_and_never_overwrites() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (code, stdout, stderr) = viewkeeper_offline(dir.path(), &["init"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("created"), "{stdout}");
+    let (code, _, stderr) = check(dir.path());
+    assert_eq!(code, 0, "{stderr}");
+    let (_, stdout, _) = viewkeeper_offline(dir.path(), &["init"]);
+    assert!(
+        stdout.contains("kept") && !stdout.contains("created"),
+        "{stdout}"
+    );
+    let (code, script, _) = viewkeeper_offline(dir.path(), &["completions", "bash"]);
+    assert_eq!(code, 0);
+    assert!(script.contains("viewkeeper"));
+}
