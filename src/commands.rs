@@ -226,11 +226,11 @@ async fn schedule(
         ignore_broken_pipe(stdout().write_all(sql.as_bytes()))?;
         return Ok(Status::Done);
     }
-    let url = url.ok_or(db::ConnectError::MissingUrl)?;
+    let url = db::resolve_url(url)?;
     let mut out = stdout();
     let mut spinner = Spinner::none();
     let options = refresh::schedule::Options { grace };
-    refresh::schedule::run(root, url, &options, |event| {
+    refresh::schedule::run(root, &url, &options, |event| {
         let line = match event {
             ScheduleEvent::Started(target) => {
                 spinner = Spinner::start(&target.name);
@@ -579,8 +579,8 @@ async fn read_catalog(
 }
 
 async fn connect(url: Option<&str>, project: &Project) -> Result<tokio_postgres::Client, Error> {
-    let url = url.ok_or(db::ConnectError::MissingUrl)?;
-    Ok(db::connect(url, &project.config.search_path).await?)
+    let url = db::resolve_url(url)?;
+    Ok(db::connect(&url, &project.config.search_path).await?)
 }
 
 /// Stdout that keeps colour on a terminal and drops it when piped or when `NO_COLOR` is set.

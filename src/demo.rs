@@ -82,7 +82,14 @@ pub(crate) async fn run() -> Result<Status, Error> {
         })?;
     }
     let project = Project::load(project_dir.path())?;
-    let mut client = db::connect(&sandbox.url("postgres"), &project.config.search_path).await?;
+    // The throwaway server is fully described by its URL: the caller's PG* variables
+    // (PGSSLMODE, PGPASSWORD, …) are meant for their own databases, not this one.
+    let mut client = db::connect_with(
+        &sandbox.url("postgres"),
+        &project.config.search_path,
+        &db::Environment::from_vars(std::iter::empty::<(String, String)>()),
+    )
+    .await?;
     let sql = |error: tokio_postgres::Error| Error::Catalog(db::describe(&error));
 
     say("A table of 20,000 invoices and a `reporting` role")?;

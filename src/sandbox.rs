@@ -312,6 +312,35 @@ impl Sandbox {
         &self.bindir
     }
 
+    /// The folder holding the server's Unix socket (`.s.PGSQL.<port>`), for connecting
+    /// without TCP, e.g. with `host=<this folder>`.
+    pub fn socket_dir(&self) -> Result<PathBuf, SandboxError> {
+        Ok(self.path()?.join("socket"))
+    }
+
+    /// Writes `contents` to `name` in the cluster's data folder (replacing `pg_hba.conf`,
+    /// say, or adding a TLS key), owned by the server's OS user and readable by it alone
+    /// (mode 0600), as the server requires for a key. Returns the file's path. The server
+    /// reads the file at its next reload (`SELECT pg_reload_conf()`).
+    pub fn write_data_file(&self, name: &str, contents: &[u8]) -> Result<PathBuf, SandboxError> {
+        let path = self.data_dir()?.join(name);
+        let io_error = |action: &'static str| {
+            let path = path.clone();
+            move |source| SandboxError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        fs::write(&path, contents).map_err(io_error("write the file"))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .map_err(io_error("restrict the permissions of"))?;
+        if let Some(owner) = self.owner {
+            chown_to(&path, owner)?;
+        }
+        Ok(path)
+    }
+
     /// A connection URL for `database` as the superuser `postgres`, e.g.
     /// `postgresql://postgres@127.0.0.1:54321/postgres`.
     pub fn url(&self, database: &str) -> String {

@@ -1,0 +1,429 @@
+//! Connection strings as libpq reads them: `postgresql://` URLs and `key=value` strings,
+//! split into libpq keywords before anything interprets them.
+//!
+//! Errors never quote the text they could not parse: a mistyped URL may put its password
+//! anywhere.
+
+/// The libpq keywords viewkeeper understands.
+pub(crate) const KEYWORDS: &[&str] = &[
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "passfile",
+    "application_name",
+    "fallback_application_name",
+    "options",
+    "connect_timeout",
+    "tcp_user_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_retries",
+    "target_session_attrs",
+    "channel_binding",
+    "load_balance_hosts",
+    "sslmode",
+    "sslnegotiation",
+    "sslrootcert",
+];
+
+/// A connection string split into keywords, in the order given; a later keyword wins.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub(crate) struct Conninfo {
+    pairs: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Conninfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.pairs.iter().map(|(key, value)| {
+                let value = if key == "password" { "***" } else { value };
+                (key, value)
+            }))
+            .finish()
+    }
+}
+
+impl Conninfo {
+    /// The value of `key`, the last one when given several times.
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, value)| value.as_str())
+    }
+
+    fn push(&mut self, key: &str, value: impl Into<String>) -> Result<(), String> {
+        if !KEYWORDS.contains(&key) {
+            return Err(unknown_keyword(key));
+        }
+        self.pairs.push((key.to_owned(), value.into()));
+        Ok(())
+    }
+}
+
+/// libpq keywords that viewkeeper does not support: named in messages as they are.
+const UNSUPPORTED: &[&str] = &[
+    "sslcert",
+    "sslkey",
+    "sslpassword",
+    "sslcertmode",
+    "sslcrl",
+    "sslcrldir",
+    "sslsni",
+    "sslcompression",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "requiressl",
+    "require_auth",
+    "requirepeer",
+    "gssencmode",
+    "gsslib",
+    "gssdelegation",
+    "krbsrvname",
+    "service",
+    "replication",
+    "client_encoding",
+    "min_protocol_version",
+    "max_protocol_version",
+];
+
+/// The message for a keyword we do not know. Only keywords of libpq are quoted: anything else
+/// may be a piece of a password whose spaces were not quoted.
+fn unknown_keyword(key: &str) -> String {
+    if UNSUPPORTED.contains(&key) {
+        return format!("the connection option \"{key}\" is not supported");
+    }
+    let closest = KEYWORDS
+        .iter()
+        .map(|known| (edit_distance(key, known), *known))
+        .min()
+        .filter(|(distance, _)| *distance <= 2);
+    match closest {
+        Some((_, known)) => format!("unknown connection option (did you mean \"{known}\"?)"),
+        None => "unknown connection option (not shown: it may be part of a password; \
+                 values with spaces must be in single quotes)"
+            .to_owned(),
+    }
+}
+
+/// Levenshtein distance, for suggestions.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// Parses a URL or a `key=value` string; an empty (or blank) string has no keywords.
+pub(crate) fn parse(text: &str) -> Result<Conninfo, String> {
+    let trimmed = text.trim();
+    for prefix in ["postgresql://", "postgres://"] {
+        if let Some(rest) = trimmed.strip_prefix(prefix) {
+            return parse_url(rest);
+        }
+    }
+    parse_key_values(text)
+}
+
+/// Quotes a value for a `key=value` string, as libpq (and tokio-postgres) read it back.
+pub(crate) fn quote(value: &str) -> String {
+    let mut quoted = String::with_capacity(value.len() + 2);
+    quoted.push('\'');
+    for c in value.chars() {
+        if matches!(c, '\'' | '\\') {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('\'');
+    quoted
+}
+
+/// `[user[:password]@][host[:port][,...]][/dbname][?key=value[&...]]`, after the scheme.
+fn parse_url(rest: &str) -> Result<Conninfo, String> {
+    let mut info = Conninfo::default();
+    let (before_query, query) = match rest.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
+        None => (rest, None),
+    };
+    // The authority ends at the first '/' after the credentials (a socket path in the
+    // authority must be percent-encoded, so the first '/' after the last '@' is the path).
+    let (credentials, after_credentials) = match before_query.rfind('@') {
+        Some(at) => (Some(&before_query[..at]), &before_query[at + 1..]),
+        None => (None, before_query),
+    };
+    let (hostspec, path) = match after_credentials.split_once('/') {
+        Some((hostspec, path)) => (hostspec, Some(path)),
+        None => (after_credentials, None),
+    };
+
+    if let Some(credentials) = credentials {
+        let (user, password) = match credentials.split_once(':') {
+            Some((user, password)) => (user, Some(password)),
+            None => (credentials, None),
+        };
+        if !user.is_empty() {
+            info.push("user", decode(user, "the user name")?)?;
+        }
+        if let Some(password) = password {
+            info.push("password", decode(password, "the password")?)?;
+        }
+    }
+
+    if !hostspec.is_empty() {
+        let mut hosts = Vec::new();
+        let mut ports = Vec::new();
+        for chunk in hostspec.split(',') {
+            let (host, port) = if let Some(bracketed) = chunk.strip_prefix('[') {
+                let Some((host, after)) = bracketed.split_once(']') else {
+                    return Err("an IPv6 address in the URL lacks its closing ']'".to_owned());
+                };
+                let port = match after {
+                    "" => None,
+                    _ => match after.strip_prefix(':') {
+                        Some(port) => Some(port),
+                        None => return Err("unexpected text after an IPv6 address".to_owned()),
+                    },
+                };
+                (host, port)
+            } else {
+                match chunk.split_once(':') {
+                    Some((host, port)) => (host, Some(port)),
+                    None => (chunk, None),
+                }
+            };
+            hosts.push(decode(host, "a host name")?);
+            let port = decode(port.unwrap_or(""), "a port")?;
+            if !port.is_empty() && port.parse::<u16>().is_err() {
+                return Err("invalid port number in the URL".to_owned());
+            }
+            ports.push(port);
+        }
+        if hosts.iter().any(|host| !host.is_empty()) {
+            info.push("host", hosts.join(","))?;
+        }
+        if ports.iter().any(|port| !port.is_empty()) {
+            info.push("port", ports.join(","))?;
+        }
+    }
+
+    if let Some(path) = path
+        && !path.is_empty()
+    {
+        info.push("dbname", decode(path, "the database name")?)?;
+    }
+
+    if let Some(query) = query {
+        for parameter in query.split('&').filter(|p| !p.is_empty()) {
+            let Some((key, value)) = parameter.split_once('=') else {
+                return Err("a URL parameter lacks '='".to_owned());
+            };
+            let key = decode(key, "a parameter name")?;
+            let value = decode(value, "a parameter value")?;
+            // JDBC's spelling, which libpq accepts too.
+            if key == "ssl" && value == "true" {
+                info.push("sslmode", "require")?;
+            } else {
+                info.push(&key, value)?;
+            }
+        }
+    }
+    Ok(info)
+}
+
+fn decode(text: &str, what: &str) -> Result<String, String> {
+    percent_decode(text).ok_or_else(|| format!("{what} in the URL is not valid UTF-8"))
+}
+
+/// Percent-decodes `text` (a `+` stays a `+`, as in libpq).
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = bytes.get(i + 1..i + 3)
+            && let Ok(hex) = std::str::from_utf8(hex)
+            && let Ok(byte) = u8::from_str_radix(hex, 16)
+        {
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `key = value key='quoted \' value'`, as libpq reads it.
+fn parse_key_values(text: &str) -> Result<Conninfo, String> {
+    let mut info = Conninfo::default();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return Ok(info);
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| !c.is_whitespace() && *c != '=') {
+            key.push(c);
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next() != Some('=') {
+            return Err("a word in the connection string has no \"=\" after it \
+                        (values with spaces must be in single quotes)"
+                .to_owned());
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            loop {
+                match chars.next() {
+                    None => {
+                        return Err(
+                            "unterminated quoted string in the connection string".to_owned()
+                        );
+                    }
+                    Some('\'') => break,
+                    Some('\\') => {
+                        if let Some(c) = chars.next() {
+                            value.push(c);
+                        }
+                    }
+                    Some(c) => value.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    if let Some(c) = chars.next() {
+                        value.push(c);
+                    }
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        info.push(&key, value)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(text: &str) -> Vec<(String, String)> {
+        parse(text).expect("parses").pairs
+    }
+
+    fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn reads_urls() {
+        assert_eq!(
+            pairs(
+                "postgresql://app:p%40ss@db.example.com:6543/shop?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem"
+            ),
+            owned(&[
+                ("user", "app"),
+                ("password", "p@ss"),
+                ("host", "db.example.com"),
+                ("port", "6543"),
+                ("dbname", "shop"),
+                ("sslmode", "verify-full"),
+                ("sslrootcert", "/etc/ca.pem"),
+            ])
+        );
+        assert_eq!(
+            pairs("postgres://h1:1,[::1]:2,h3/db"),
+            owned(&[("host", "h1,::1,h3"), ("port", "1,2,"), ("dbname", "db")])
+        );
+        assert_eq!(
+            pairs("postgresql://%2Fvar%2Frun%2Fpostgresql/db"),
+            owned(&[("host", "/var/run/postgresql"), ("dbname", "db")])
+        );
+        assert_eq!(
+            pairs("postgresql:///db?host=/tmp&ssl=true"),
+            owned(&[("dbname", "db"), ("host", "/tmp"), ("sslmode", "require")])
+        );
+        assert_eq!(pairs("postgresql://"), owned(&[]));
+        // An unencoded '@' in the password: the last '@' ends the credentials.
+        assert_eq!(
+            pairs("postgresql://app:p@ss@host"),
+            owned(&[("user", "app"), ("password", "p@ss"), ("host", "host")])
+        );
+    }
+
+    #[test]
+    fn reads_key_value_strings() {
+        assert_eq!(
+            pairs("host=db  port = 5433 user=app password='it\\'s s3cret' dbname=a\\ b"),
+            owned(&[
+                ("host", "db"),
+                ("port", "5433"),
+                ("user", "app"),
+                ("password", "it's s3cret"),
+                ("dbname", "a b"),
+            ])
+        );
+        assert_eq!(pairs("   "), owned(&[]));
+        assert_eq!(
+            parse("host=a host=b").expect("parses").get("host"),
+            Some("b")
+        );
+    }
+
+    #[test]
+    fn errors_never_quote_values() {
+        for text in [
+            "postgresql://app:s3cret/host",
+            "host=db password='s3cret",
+            "host=db s3cret",
+            "postgresql://h/db?s3cret",
+            "postgresql://h/db?password=%FF",
+        ] {
+            let error = parse(text).expect_err(text);
+            assert!(!error.contains("s3cret"), "{text}: {error}");
+        }
+        assert!(
+            parse("host=db sslpassword=x")
+                .expect_err("unsupported")
+                .contains("\"sslpassword\" is not supported")
+        );
+        assert!(
+            parse("host=db sslmdoe=require")
+                .expect_err("misspelt")
+                .contains("did you mean \"sslmode\"")
+        );
+    }
+
+    #[test]
+    fn quotes_values_back() {
+        let text = format!("password={}", quote("it's a \\ test"));
+        assert_eq!(
+            parse(&text).expect("parses").get("password"),
+            Some("it's a \\ test")
+        );
+    }
+}

@@ -1,0 +1,363 @@
+//! Connecting to PostgreSQL the way psql does, and turning its errors into readable
+//! messages with the password masked.
+//!
+//! A connection string (a `postgresql://` URL or a libpq `key=value` string, or nothing at
+//! all) is completed from the `PG*` environment variables and libpq's defaults
+//! ([`settings`]), a password is looked up in the password file when none is given
+//! ([`pgpass`]), and TLS follows libpq's `sslmode` over rustls.
+
+mod conninfo;
+pub mod pgpass;
+pub mod settings;
+mod tls;
+
+use std::hash::BuildHasher;
+
+use tokio_postgres::Client;
+
+use crate::sql::quote_ident;
+pub use settings::{Environment, Host, RootCert, Settings, SslMode, Target, resolve};
+
+/// Could not reach or talk to the database.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[non_exhaustive]
+pub enum ConnectError {
+    #[error("no database to connect to")]
+    #[diagnostic(help(
+        "pass --database-url URL, set DATABASE_URL, or set the variables psql reads \
+         (PGHOST, PGPORT, PGUSER, PGDATABASE…)"
+    ))]
+    MissingUrl,
+    #[error("invalid database URL {url}: {message}")]
+    InvalidUrl { url: String, message: String },
+    #[error("cannot connect to {url}: {message}")]
+    Connect { url: String, message: String },
+}
+
+/// The connection string to use for `--database-url` or `DATABASE_URL` (`given`): that one,
+/// or an empty one ("from the environment") when any of the `PG*` variables that name a
+/// server is set, as psql would; [`ConnectError::MissingUrl`] otherwise.
+pub fn resolve_url(given: Option<&str>) -> Result<String, ConnectError> {
+    Environment::from_process().database_url(given)
+}
+
+/// Connects and sets the session's `search_path`, so unqualified names in queries, and the
+/// definitions PostgreSQL reports back, mean the same thing on every run.
+///
+/// `url` is completed from this process's environment as libpq would; an empty `url` means
+/// the environment alone.
+pub async fn connect(url: &str, search_path: &[String]) -> Result<Client, ConnectError> {
+    connect_with(url, search_path, &Environment::from_process()).await
+}
+
+/// [`connect`], reading the environment from `env` instead of the process.
+pub async fn connect_with(
+    url: &str,
+    search_path: &[String],
+    env: &Environment,
+) -> Result<Client, ConnectError> {
+    let settings = resolve(url, env)?;
+    for name in &settings.ignored_vars {
+        tracing::warn!("{name} is set, but viewkeeper does not support it; ignoring it");
+    }
+    let client = open(&settings).await?;
+    if search_path.is_empty() {
+        return Ok(client);
+    }
+    let path: Vec<String> = search_path
+        .iter()
+        .map(|schema| quote_ident(schema))
+        .collect();
+    client
+        .batch_execute(&format!("SET search_path TO {}", path.join(", ")))
+        .await
+        .map_err(|error| ConnectError::Connect {
+            url: settings.to_string(),
+            message: describe(&error),
+        })?;
+    Ok(client)
+}
+
+/// Tries each server in turn; the error lists why each one failed.
+async fn open(settings: &Settings) -> Result<Client, ConnectError> {
+    let mut targets = settings.targets.clone();
+    if settings.load_balance {
+        shuffle(&mut targets);
+    }
+    let mut secrets: Vec<String> = settings.password().into_iter().map(str::to_owned).collect();
+    let mut passfile: Option<Option<String>> = None;
+    let mut failures = Vec::new();
+    for target in &targets {
+        let password = match settings.password() {
+            Some(password) => Some(password.to_owned()),
+            None => {
+                let contents = passfile
+                    .get_or_insert_with(|| settings.passfile.as_deref().and_then(pgpass::read));
+                contents.as_deref().and_then(|contents| {
+                    pgpass::lookup(
+                        contents,
+                        &pgpass::Lookup {
+                            hosts: &target.pgpass_hosts(),
+                            port: &target.port.to_string(),
+                            dbname: &settings.dbname,
+                            user: &settings.user,
+                        },
+                    )
+                })
+            }
+        };
+        secrets.extend(password.iter().cloned());
+        match attempt(settings, target, password.as_deref()).await {
+            Ok(client) => return Ok(client),
+            Err(failure) => failures.push((target.to_string(), failure.message)),
+        }
+    }
+    let message = match failures.as_slice() {
+        [(_, message)] => message.clone(),
+        failures => failures
+            .iter()
+            .map(|(target, message)| format!("\n  {target}: {message}"))
+            .collect(),
+    };
+    Err(ConnectError::Connect {
+        url: settings.to_string(),
+        message: redact(&message, &secrets),
+    })
+}
+
+/// Why one attempt failed.
+struct Failure {
+    message: String,
+    /// The TLS handshake failed (or the server would not do TLS).
+    tls: bool,
+    /// The server answered with an error (e.g. pg_hba.conf turned the connection down).
+    server: bool,
+}
+
+/// Connects to one server with the `sslmode` semantics of libpq.
+async fn attempt(
+    settings: &Settings,
+    target: &Target,
+    password: Option<&str>,
+) -> Result<Client, Failure> {
+    let mut config = settings.config.clone();
+    match &target.host {
+        Host::Tcp(name) => config.host(name),
+        Host::Unix(path) => config.host_path(path),
+    };
+    if let Some(addr) = target.hostaddr {
+        config.hostaddr(addr);
+    }
+    config.port(target.port);
+    if let Some(password) = password.filter(|p| !p.is_empty()) {
+        config.password(password);
+    }
+    use tokio_postgres::config::SslMode as Wire;
+    // libpq never uses TLS over a Unix socket, whatever sslmode says.
+    if matches!(target.host, Host::Unix(_)) {
+        return once(settings, &config, Wire::Disable, tls::Check::Nothing).await;
+    }
+    // Without verify-*, a root certificate at hand still gets checked, as in libpq.
+    let lenient = if rootcert(settings).is_some() {
+        tls::Check::Chain
+    } else {
+        tls::Check::Nothing
+    };
+    match settings.sslmode {
+        SslMode::Disable => once(settings, &config, Wire::Disable, tls::Check::Nothing).await,
+        SslMode::Allow => match once(settings, &config, Wire::Disable, tls::Check::Nothing).await {
+            Err(failure) if failure.server => {
+                tracing::debug!("retrying with TLS: {}", failure.message);
+                once(settings, &config, Wire::Require, lenient).await
+            }
+            other => other,
+        },
+        SslMode::Prefer => match once(settings, &config, Wire::Prefer, lenient).await {
+            Err(failure) if failure.tls => {
+                tracing::debug!("retrying without TLS: {}", failure.message);
+                once(settings, &config, Wire::Disable, tls::Check::Nothing).await
+            }
+            other => other,
+        },
+        SslMode::Require => once(settings, &config, Wire::Require, lenient).await,
+        SslMode::VerifyCa => once(settings, &config, Wire::Require, tls::Check::Chain).await,
+        SslMode::VerifyFull => once(settings, &config, Wire::Require, tls::Check::Full).await,
+    }
+}
+
+/// The root certificates to check against: `sslrootcert`, else `~/.postgresql/root.crt`
+/// when it exists.
+fn rootcert(settings: &Settings) -> Option<RootCert> {
+    settings.sslrootcert.clone().or_else(|| {
+        settings
+            .default_rootcert
+            .as_ref()
+            .filter(|path| path.is_file())
+            .map(|path| RootCert::File(path.clone()))
+    })
+}
+
+async fn once(
+    settings: &Settings,
+    config: &tokio_postgres::Config,
+    mode: tokio_postgres::config::SslMode,
+    check: tls::Check,
+) -> Result<Client, Failure> {
+    let root = rootcert(settings);
+    // The settings' display shows a given sslrootcert; name ~/.postgresql/root.crt here.
+    let ssl_context = || match &root {
+        Some(RootCert::File(path))
+            if check != tls::Check::Nothing && settings.sslrootcert.is_none() =>
+        {
+            format!(
+                "(sslmode={}, sslrootcert={})",
+                settings.sslmode,
+                path.display()
+            )
+        }
+        _ => format!("(sslmode={})", settings.sslmode),
+    };
+    let connector = tls::connector(check, root.as_ref()).map_err(|message| Failure {
+        message,
+        tls: false,
+        server: false,
+    })?;
+    let mut config = config.clone();
+    config.ssl_mode(mode);
+    match config.connect(connector).await {
+        Ok((client, connection)) => {
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!("connection closed: {error}");
+                }
+            });
+            Ok(client)
+        }
+        Err(error) => {
+            let tls = error
+                .to_string()
+                .starts_with("error performing TLS handshake");
+            let message = match tls::certificate_failure(&error) {
+                Some(reason) => format!("{reason} {}", ssl_context()),
+                None if tls => format!("{} {}", describe(&error), ssl_context()),
+                // tokio-postgres's words for libpq's "fe_sendauth: no password supplied".
+                None if describe(&error) == "invalid configuration: password missing" => {
+                    no_password(settings)
+                }
+                None => describe(&error),
+            };
+            Err(Failure {
+                message,
+                tls,
+                server: error.as_db_error().is_some(),
+            })
+        }
+    }
+}
+
+/// The server asked for a password and none was found.
+fn no_password(settings: &Settings) -> String {
+    let file = match &settings.passfile {
+        Some(path) => format!(" or the password file {}", path.display()),
+        None => String::new(),
+    };
+    format!("the server asks for a password and none was given (in the URL, PGPASSWORD{file})")
+}
+
+/// Shuffles the servers for `load_balance_hosts=random`.
+fn shuffle<T>(items: &mut [T]) {
+    let state = std::collections::hash_map::RandomState::new();
+    for i in (1..items.len()).rev() {
+        let j = (state.hash_one(i) % (i as u64 + 1)) as usize;
+        items.swap(i, j);
+    }
+}
+
+/// `message` with every known password replaced by `***`.
+fn redact(message: &str, secrets: &[String]) -> String {
+    secrets
+        .iter()
+        .filter(|secret| !secret.is_empty())
+        .fold(message.to_owned(), |text, secret| {
+            text.replace(secret.as_str(), "***")
+        })
+}
+
+/// The connection target for messages and logs, rebuilt from the parsed settings so no
+/// form of connection string (URL, multi-host, socket, `key=value`, quoted values) can leak
+/// its password: a password shows as `***`, and a string that cannot be parsed as a whole
+/// shows as `<database URL>`. `sslmode` and `sslrootcert` show when given.
+pub fn mask_password(url: &str) -> String {
+    settings::mask(url)
+}
+
+/// PostgreSQL's message, detail and hint (tokio-postgres's own `Display` says only "db error").
+pub fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => {
+            let mut text = db.message().to_owned();
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!("\n  detail: {detail}"));
+            }
+            if let Some(hint) = db.hint() {
+                text.push_str(&format!("\n  hint: {hint}"));
+            }
+            text
+        }
+        None => {
+            let mut text = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            text
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_passwords_in_every_form_of_connection_string() {
+        for (input, expected) in [
+            (
+                "postgresql://app:s3cret@db.example.com:5432/shop",
+                "postgresql://app:***@db.example.com:5432/shop",
+            ),
+            (
+                "postgres://app@host/db?password=s3cret&sslmode=require",
+                "postgresql://app:***@host/db?sslmode=require",
+            ),
+            (
+                "postgresql://app:s3cret@h/db?sslmode=verify-full&sslrootcert=/etc/ca.pem",
+                "postgresql://app:***@h/db?sslmode=verify-full&sslrootcert=/etc/ca.pem",
+            ),
+            (
+                "host=::1 port=1 user=app password=s3cret",
+                "postgresql://app:***@[::1]:1",
+            ),
+            (
+                "postgresql://app:s3cret@10.0.0.1:1,10.0.0.2:2/db",
+                "postgresql://app:***@10.0.0.1:1,10.0.0.2:2/db",
+            ),
+            (
+                "postgres://app:s3cret@/db?host=/var/run/postgresql",
+                "postgresql://app:***@/var/run/postgresql/db",
+            ),
+            (
+                "host=db user=app password='it\\'s s3cret' dbname=shop",
+                "postgresql://app:***@db/shop",
+            ),
+            ("postgresql://app:s3cret@h:notaport/db", "<database URL>"),
+            ("postgresql://app@host/db", "postgresql://app@host/db"),
+            ("postgresql://app:s3cret/db", "<database URL>"),
+        ] {
+            let masked = mask_password(input);
+            assert_eq!(masked, expected, "{input}");
+            assert!(!masked.contains("s3cret"));
+        }
+    }
+}
