@@ -404,3 +404,25 @@ pub async fn normalise(
         })
         .collect())
 }
+
+// Every column of every user relation: changes whenever a migration adds, drops, renames
+// or retypes a column, or creates or drops a relation.
+// language=SQL
+const SCHEMA_FINGERPRINT: &str = "
+SELECT md5(coalesce(string_agg(c.oid::text || ':' || a.attname || ':' || a.atttypid::text
+                               || ':' || a.atttypmod::text, ',' ORDER BY c.oid, a.attnum), ''))
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND a.attnum > 0 AND NOT a.attisdropped
+  AND n.nspname <> ALL($1::text[]) AND n.nspname NOT LIKE 'pg\\_%'";
+
+/// A digest of the shape of every user relation, to notice that the schema changed.
+pub async fn schema_fingerprint(
+    client: &impl GenericClient,
+) -> Result<String, tokio_postgres::Error> {
+    let row = client
+        .query_one(SCHEMA_FINGERPRINT, &[&SYSTEM_SCHEMAS])
+        .await?;
+    Ok(row.get(0))
+}

@@ -67,6 +67,9 @@ pub enum Command {
         /// After SIGINT/SIGTERM, how long a running refresh may go on before it is cancelled.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         grace: std::time::Duration,
+        /// Do not reconcile when the guard reports a managed view dropped.
+        #[arg(long)]
+        no_heal: bool,
     },
     /// Show every managed object: in sync or not, last refresh, its age, next due, last error.
     Status {

@@ -61,7 +61,11 @@ async fn dispatch(cli: Cli) -> Result<Status, Error> {
         Command::Refresh { views, downstream } => {
             refresh(&cli.project, url, &views, downstream).await
         }
-        Command::Schedule { emit, grace } => schedule(&cli.project, url, emit, grace).await,
+        Command::Schedule {
+            emit,
+            grace,
+            no_heal,
+        } => schedule(&cli.project, url, emit, grace, !no_heal).await,
         Command::Status { format } => status(&cli.project, url, format).await,
         Command::Run {
             drop_first,
@@ -219,6 +223,7 @@ async fn schedule(
     url: Option<&str>,
     emit: Option<Emit>,
     grace: std::time::Duration,
+    heal: bool,
 ) -> Result<Status, Error> {
     if let Some(Emit::PgCron) = emit {
         let project = Project::load(root)?;
@@ -229,7 +234,7 @@ async fn schedule(
     let url = db::resolve_url(url)?;
     let mut out = stdout();
     let mut spinner = Spinner::none();
-    let options = refresh::schedule::Options { grace };
+    let options = refresh::schedule::Options { grace, heal };
     refresh::schedule::run(root, &url, &options, |event| {
         let line = match event {
             ScheduleEvent::Started(target) => {
@@ -252,6 +257,7 @@ async fn schedule(
                 }
             }
             ScheduleEvent::Problem(message) => format!("problem: {message}"),
+            ScheduleEvent::Healed(summary) => format!("restored dropped views: {summary}"),
             ScheduleEvent::Stopping => "stopping".to_owned(),
         };
         let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");

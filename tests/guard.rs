@@ -4,7 +4,11 @@
 
 mod support;
 
-use support::{TestDb, ensure_role, project, reconcile, run, test_db};
+use std::time::Duration;
+
+use support::{
+    Scheduler, TestDb, ensure_role, eventually, exists, project, reconcile, run, test_db,
+};
 
 fn invoices_db() -> TestDb {
     let db = test_db();
@@ -95,4 +99,87 @@ fn installing_without_superuser_says_so() {
         "{stderr}"
     );
     assert_eq!(db.scalar_i64("SELECT count(*) FROM pg_event_trigger"), 0);
+}
+
+const GUARDED: &str = r#"
+materialized-view "sales_summary" {
+    depends-on "invoices_invoice"
+    query "SELECT seller_no, invoice_date, sum(amount) AS total FROM invoices_invoice GROUP BY 1, 2"
+    index "seller_no" "invoice_date" unique=#true
+    grant "SELECT" to="reporting"
+}
+view "sales_by_seller" {
+    depends-on "sales_summary"
+    query "SELECT seller_no, sum(total) AS total FROM sales_summary GROUP BY 1"
+}
+"#;
+
+fn restored(db: &TestDb) -> bool {
+    exists(db, "sales_summary")
+        && exists(db, "sales_by_seller")
+        && db.scalar_i64("SELECT count(*) FROM pg_class WHERE oid = to_regclass('sales_summary') AND relispopulated") == 1
+        && db.scalar_i64("SELECT count(*) FROM pg_indexes WHERE indexname = 'sales_summary_seller_no_invoice_date_key'") == 1
+        && db.scalar_string("SELECT has_table_privilege('reporting', 'sales_summary', 'SELECT')::text").as_deref() == Some("true")
+}
+
+#[test]
+fn schedule_restores_a_dropped_view_within_seconds() {
+    let db = invoices_db();
+    ensure_role(&db, "reporting");
+    let dir = project(&[("views/sales.kdl", GUARDED)]);
+    reconcile(&db, dir.path());
+    let (code, _, stderr) = run(&db, dir.path(), &["guard", "install"]);
+    assert_eq!(code, 0, "{stderr}");
+    let scheduler = Scheduler::start(&db, dir.path(), "schedule", &[]);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    db.batch("DROP MATERIALIZED VIEW sales_summary CASCADE");
+    assert!(
+        eventually(Duration::from_secs(8), || restored(&db)),
+        "not restored: {}",
+        scheduler.output()
+    );
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM sales_summary"), 20);
+    assert!(
+        scheduler.output().contains("restored dropped views"),
+        "{}",
+        scheduler.output()
+    );
+}
+
+#[test]
+fn an_impossible_restore_waits_for_a_change_instead_of_looping() {
+    let db = invoices_db();
+    ensure_role(&db, "reporting");
+    let dir = project(&[("views/sales.kdl", GUARDED)]);
+    reconcile(&db, dir.path());
+    run(&db, dir.path(), &["guard", "install"]);
+    let scheduler = Scheduler::start(&db, dir.path(), "schedule", &[]);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // The declared query reads invoice_date, which the migration removes.
+    db.batch("ALTER TABLE invoices_invoice DROP COLUMN invoice_date CASCADE");
+    assert!(
+        eventually(Duration::from_secs(8), || scheduler
+            .output()
+            .contains("cannot restore")),
+        "{}",
+        scheduler.output()
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        scheduler.output().matches("cannot restore").count(),
+        1,
+        "it must not retry while nothing changes: {}",
+        scheduler.output()
+    );
+    assert!(!exists(&db, "sales_summary"));
+
+    // The schema changes again (the column comes back): now it can be restored.
+    db.batch("ALTER TABLE invoices_invoice ADD COLUMN invoice_date date NOT NULL DEFAULT DATE '2026-01-01'");
+    assert!(
+        eventually(Duration::from_secs(10), || restored(&db)),
+        "not restored after the schema changed: {}",
+        scheduler.output()
+    );
 }

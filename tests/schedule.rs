@@ -4,83 +4,10 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use support::{TestDb, project, reconcile, run, test_db};
-
-/// A `viewkeeper schedule` child process, killed when dropped.
-struct Scheduler {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Scheduler {
-    fn start(db: &TestDb, dir: &Path, name: &str, extra: &[&str]) -> Scheduler {
-        let log = dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).expect("log file");
-        let errors = file.try_clone().expect("log file");
-        let child = Command::new(assert_cmd::cargo::cargo_bin("viewkeeper"))
-            .arg("--project")
-            .arg(dir)
-            .arg("schedule")
-            .args(extra)
-            .env("DATABASE_URL", &db.url)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(file)
-            .stderr(errors)
-            .spawn()
-            .expect("start viewkeeper schedule");
-        Scheduler { child, log }
-    }
-
-    fn pid(&self) -> i32 {
-        i32::try_from(self.child.id()).expect("pid")
-    }
-
-    fn signal(&self, signal: Signal) {
-        kill(Pid::from_raw(self.pid()), signal).expect("signal");
-    }
-
-    /// Waits for the process to exit, up to `limit`.
-    fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let started = Instant::now();
-        while started.elapsed() < limit {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Scheduler {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Polls `condition` every 100 ms for up to `limit`.
-fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    condition()
-}
+use nix::sys::signal::Signal;
+use support::{Scheduler, TestDb, eventually, project, reconcile, run, test_db};
 
 fn items_db() -> TestDb {
     let db = test_db();

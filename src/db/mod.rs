@@ -13,7 +13,8 @@ mod tls;
 
 use std::hash::BuildHasher;
 
-use tokio_postgres::Client;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Client, Notification};
 
 use crate::sql::quote_ident;
 pub use settings::{Environment, Host, RootCert, Settings, SslMode, Target, resolve};
@@ -56,11 +57,23 @@ pub async fn connect_with(
     search_path: &[String],
     env: &Environment,
 ) -> Result<Client, ConnectError> {
+    connect_inner(url, search_path, env, None).await
+}
+
+/// Where notifications go, for a listening connection.
+type Listener<'a> = Option<&'a mpsc::UnboundedSender<Notification>>;
+
+async fn connect_inner(
+    url: &str,
+    search_path: &[String],
+    env: &Environment,
+    listener: Listener<'_>,
+) -> Result<Client, ConnectError> {
     let settings = resolve(url, env)?;
     for name in &settings.ignored_vars {
         tracing::warn!("{name} is set, but viewkeeper does not support it; ignoring it");
     }
-    let client = open(&settings).await?;
+    let client = open(&settings, listener).await?;
     if search_path.is_empty() {
         return Ok(client);
     }
@@ -78,8 +91,50 @@ pub async fn connect_with(
     Ok(client)
 }
 
+/// Connects like [`connect`], and hands over every `NOTIFY` the session receives (after
+/// `LISTEN channel`) on the returned channel.
+pub async fn connect_listening(
+    url: &str,
+    search_path: &[String],
+) -> Result<(Client, mpsc::UnboundedReceiver<Notification>), ConnectError> {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let client = connect_inner(
+        url,
+        search_path,
+        &Environment::from_process(),
+        Some(&sender),
+    )
+    .await?;
+    Ok((client, receiver))
+}
+
+/// Runs a connection until it closes, passing notifications on when someone listens.
+async fn drive<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    listener: Option<mpsc::UnboundedSender<Notification>>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notification(notification))) => {
+                if let Some(listener) = &listener {
+                    let _ = listener.send(notification);
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(error)) => {
+                tracing::debug!("connection closed: {error}");
+                break;
+            }
+            None => break,
+        }
+    }
+}
+
 /// Tries each server in turn; the error lists why each one failed.
-async fn open(settings: &Settings) -> Result<Client, ConnectError> {
+async fn open(settings: &Settings, listener: Listener<'_>) -> Result<Client, ConnectError> {
     let mut targets = settings.targets.clone();
     if settings.load_balance {
         shuffle(&mut targets);
@@ -107,7 +162,7 @@ async fn open(settings: &Settings) -> Result<Client, ConnectError> {
             }
         };
         secrets.extend(password.iter().cloned());
-        match attempt(settings, target, password.as_deref()).await {
+        match attempt(settings, target, password.as_deref(), listener).await {
             Ok(client) => return Ok(client),
             Err(failure) => failures.push((target.to_string(), failure.message)),
         }
@@ -139,6 +194,7 @@ async fn attempt(
     settings: &Settings,
     target: &Target,
     password: Option<&str>,
+    listener: Listener<'_>,
 ) -> Result<Client, Failure> {
     let mut config = settings.config.clone();
     match &target.host {
@@ -155,7 +211,14 @@ async fn attempt(
     use tokio_postgres::config::SslMode as Wire;
     // libpq never uses TLS over a Unix socket, whatever sslmode says.
     if matches!(target.host, Host::Unix(_)) {
-        return once(settings, &config, Wire::Disable, tls::Check::Nothing).await;
+        return once(
+            settings,
+            &config,
+            Wire::Disable,
+            tls::Check::Nothing,
+            listener,
+        )
+        .await;
     }
     // Without verify-*, a root certificate at hand still gets checked, as in libpq.
     let lenient = if rootcert(settings).is_some() {
@@ -164,24 +227,59 @@ async fn attempt(
         tls::Check::Nothing
     };
     match settings.sslmode {
-        SslMode::Disable => once(settings, &config, Wire::Disable, tls::Check::Nothing).await,
-        SslMode::Allow => match once(settings, &config, Wire::Disable, tls::Check::Nothing).await {
+        SslMode::Disable => {
+            once(
+                settings,
+                &config,
+                Wire::Disable,
+                tls::Check::Nothing,
+                listener,
+            )
+            .await
+        }
+        SslMode::Allow => match once(
+            settings,
+            &config,
+            Wire::Disable,
+            tls::Check::Nothing,
+            listener,
+        )
+        .await
+        {
             Err(failure) if failure.server => {
                 tracing::debug!("retrying with TLS: {}", failure.message);
-                once(settings, &config, Wire::Require, lenient).await
+                once(settings, &config, Wire::Require, lenient, listener).await
             }
             other => other,
         },
-        SslMode::Prefer => match once(settings, &config, Wire::Prefer, lenient).await {
+        SslMode::Prefer => match once(settings, &config, Wire::Prefer, lenient, listener).await {
             Err(failure) if failure.tls => {
                 tracing::debug!("retrying without TLS: {}", failure.message);
-                once(settings, &config, Wire::Disable, tls::Check::Nothing).await
+                once(
+                    settings,
+                    &config,
+                    Wire::Disable,
+                    tls::Check::Nothing,
+                    listener,
+                )
+                .await
             }
             other => other,
         },
-        SslMode::Require => once(settings, &config, Wire::Require, lenient).await,
-        SslMode::VerifyCa => once(settings, &config, Wire::Require, tls::Check::Chain).await,
-        SslMode::VerifyFull => once(settings, &config, Wire::Require, tls::Check::Full).await,
+        SslMode::Require => once(settings, &config, Wire::Require, lenient, listener).await,
+        SslMode::VerifyCa => {
+            once(
+                settings,
+                &config,
+                Wire::Require,
+                tls::Check::Chain,
+                listener,
+            )
+            .await
+        }
+        SslMode::VerifyFull => {
+            once(settings, &config, Wire::Require, tls::Check::Full, listener).await
+        }
     }
 }
 
@@ -202,6 +300,7 @@ async fn once(
     config: &tokio_postgres::Config,
     mode: tokio_postgres::config::SslMode,
     check: tls::Check,
+    listener: Listener<'_>,
 ) -> Result<Client, Failure> {
     let root = rootcert(settings);
     // The settings' display shows a given sslrootcert; name ~/.postgresql/root.crt here.
@@ -226,11 +325,7 @@ async fn once(
     config.ssl_mode(mode);
     match config.connect(connector).await {
         Ok((client, connection)) => {
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!("connection closed: {error}");
-                }
-            });
+            tokio::spawn(drive(connection, listener.cloned()));
             Ok(client)
         }
         Err(error) => {

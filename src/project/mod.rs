@@ -262,6 +262,25 @@ impl Project {
         }
     }
 
+    /// A digest of everything declared, to notice that the declarations changed.
+    pub fn fingerprint(&self) -> String {
+        let mut text = String::new();
+        for declaration in self.declarations.values() {
+            text.push_str(&format!(
+                "{}|{}|{}|{:?}\n",
+                declaration.name,
+                crate::state::query_hash(declaration.kind, &declaration.query.text),
+                declaration.owner.as_deref().unwrap_or(""),
+                declaration
+                    .depends_on
+                    .iter()
+                    .map(|d| d.name.to_string())
+                    .collect::<Vec<_>>(),
+            ));
+        }
+        crate::state::query_hash(Kind::View, &text)
+    }
+
     /// The graph of declared objects and the `depends-on` edges between them.
     pub fn graph(&self) -> DependencyGraph {
         declared_graph(&self.declarations)

@@ -37,6 +37,8 @@ const HISTORY_KEPT: i64 = 1000;
 pub struct Options {
     /// After SIGINT/SIGTERM, how long a running refresh may take before it is cancelled.
     pub grace: Duration,
+    /// Reconcile as soon as the guard reports a managed view dropped.
+    pub heal: bool,
 }
 
 /// What the scheduler reports as it goes.
@@ -46,6 +48,8 @@ pub enum Event<'a> {
     Finished(&'a RefreshTarget, &'a Outcome, Option<DateTime<Utc>>),
     /// Something went wrong outside a refresh (declarations, connection); it carries on.
     Problem(String),
+    /// Views dropped outside viewkeeper were restored; the summary says what was done.
+    Healed(String),
     Stopping,
 }
 
@@ -174,6 +178,7 @@ pub async fn run(
     let mut client: Option<Client> = None;
     let mut last_reload = tokio::time::Instant::now();
     let mut last_prune = None::<tokio::time::Instant>;
+    let mut healer = Healer::default();
     loop {
         if *stopping.borrow() {
             break;
@@ -201,6 +206,12 @@ pub async fn run(
             },
         };
         let mut connected = connected;
+        if options.heal {
+            healer
+                .listen(url, &project, &connected, &mut on_event)
+                .await;
+            healer.heal(&mut connected, &project, &mut on_event).await;
+        }
         let pass = run_pass(
             &mut connected,
             &project,
@@ -235,10 +246,149 @@ pub async fn run(
         tokio::select! {
             _ = sleep_or_stop(&mut stopping, sleep) => {}
             _ = reloading.changed() => {}
+            _ = healer.dropped() => {}
         }
     }
     on_event(Event::Stopping);
     Ok(())
+}
+
+/// Self-healing: listens for the guard's notifications and reconciles once the dropping
+/// transaction has committed. When the declarations cannot be applied to the new schema, it
+/// waits until the declarations or the schema change before trying again, and never tries
+/// more often than every few seconds.
+#[derive(Default)]
+struct Healer {
+    listener: Option<(
+        Client,
+        tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+    )>,
+    /// A drop was reported and not yet repaired.
+    pending: bool,
+    /// The (declarations, schema) fingerprint of the last failed attempt.
+    blocked: Option<(String, String)>,
+    last_attempt: Option<tokio::time::Instant>,
+    warned_unguarded: bool,
+}
+
+/// Least time between two repair attempts.
+const HEAL_INTERVAL: Duration = Duration::from_secs(2);
+
+impl Healer {
+    /// Opens the listening connection if needed, and notes any drops reported meanwhile.
+    async fn listen(
+        &mut self,
+        url: &str,
+        project: &Project,
+        client: &Client,
+        on_event: &mut impl FnMut(Event<'_>),
+    ) {
+        if self
+            .listener
+            .as_ref()
+            .is_none_or(|(listener, _)| listener.is_closed())
+        {
+            self.listener = None;
+            match db::connect_listening(url, &project.config.search_path).await {
+                Ok((listener, notifications)) => {
+                    let listen =
+                        format!("LISTEN {}", crate::sql::quote_ident(crate::guard::CHANNEL));
+                    match listener.batch_execute(&listen).await {
+                        Ok(()) => self.listener = Some((listener, notifications)),
+                        Err(error) => on_event(Event::Problem(format!(
+                            "cannot listen for dropped views: {}",
+                            db::describe(&error)
+                        ))),
+                    }
+                }
+                Err(error) => on_event(Event::Problem(format!(
+                    "cannot listen for dropped views: {error}"
+                ))),
+            }
+            if !self.warned_unguarded && matches!(crate::guard::installed(client).await, Ok(false))
+            {
+                self.warned_unguarded = true;
+                on_event(Event::Problem(
+                    "self-healing waits for the guard: run `viewkeeper guard install` as a superuser"
+                        .to_owned(),
+                ));
+            }
+        }
+        if let Some((_, notifications)) = &mut self.listener {
+            while notifications.try_recv().is_ok() {
+                self.pending = true;
+                self.blocked = None;
+            }
+        }
+    }
+
+    /// Waits for the next notification (forever when not listening).
+    async fn dropped(&mut self) {
+        match &mut self.listener {
+            Some((_, notifications)) => {
+                if notifications.recv().await.is_some() {
+                    self.pending = true;
+                    self.blocked = None;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
+    }
+
+    /// Reconciles when a drop is pending, unless the same declarations already failed
+    /// against the same schema.
+    async fn heal(
+        &mut self,
+        client: &mut Client,
+        project: &Project,
+        on_event: &mut impl FnMut(Event<'_>),
+    ) {
+        if !self.pending
+            || self
+                .last_attempt
+                .is_some_and(|at| at.elapsed() < HEAL_INTERVAL)
+        {
+            return;
+        }
+        let schema = match crate::catalog::schema_fingerprint(&*client).await {
+            Ok(schema) => schema,
+            Err(error) => {
+                on_event(Event::Problem(db::describe(&error)));
+                return;
+            }
+        };
+        let fingerprint = (project.fingerprint(), schema);
+        if self.blocked.as_ref() == Some(&fingerprint) {
+            return;
+        }
+        self.last_attempt = Some(tokio::time::Instant::now());
+        match crate::apply::reconcile(client, project, |_, _| {}).await {
+            Ok(reconciled) => {
+                self.pending = false;
+                self.blocked = None;
+                let summary: Vec<String> = reconciled
+                    .plan
+                    .actions
+                    .iter()
+                    .map(|action| format!("{} {}", action.change.verb(), action.object))
+                    .collect();
+                on_event(Event::Healed(if summary.is_empty() {
+                    "nothing was missing".to_owned()
+                } else {
+                    summary.join(", ")
+                }));
+            }
+            Err(error) => {
+                self.blocked = Some(fingerprint);
+                on_event(Event::Problem(format!(
+                    "cannot restore the dropped views yet ({error}); the database stays as it is \
+                     until the declarations or the schema change"
+                )));
+            }
+        }
+    }
 }
 
 async fn connect(url: &str, project: &Project) -> Result<Client, crate::error::Error> {

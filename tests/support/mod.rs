@@ -365,3 +365,75 @@ pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[allow(dead_code)]
+/// A `viewkeeper schedule` child process, killed when dropped.
+pub(crate) struct Scheduler {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Scheduler {
+    pub(crate) fn start(db: &TestDb, dir: &Path, name: &str, extra: &[&str]) -> Scheduler {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let errors = file.try_clone().expect("log file");
+        let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("viewkeeper"))
+            .arg("--project")
+            .arg(dir)
+            .arg("schedule")
+            .args(extra)
+            .env("DATABASE_URL", &db.url)
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(file)
+            .stderr(errors)
+            .spawn()
+            .expect("start viewkeeper schedule");
+        Scheduler { child, log }
+    }
+
+    pub(crate) fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid")
+    }
+
+    pub(crate) fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).expect("signal");
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    pub(crate) fn wait(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let started = std::time::Instant::now();
+        while started.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub(crate) fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+#[allow(dead_code)]
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `condition` every 100 ms for up to `limit`.
+pub(crate) fn eventually(limit: std::time::Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    condition()
+}
