@@ -102,6 +102,9 @@ pub(crate) async fn run() -> Result<Status, Error> {
     run_reconcile(&project, &mut client).await?;
     inspect(&client).await?;
 
+    say("$ viewkeeper guard install        (records who drops a managed view, and how)")?;
+    crate::guard::install(&mut client, &project.config.state_schema).await?;
+
     say(
         "A Django migration changes invoice_amt's type: DROP MATERIALIZED VIEW sales_summary CASCADE",
     )?;
