@@ -195,7 +195,7 @@ pub async fn introspect(
         .collect();
 
     let state_table = state::table(state_schema, state::OBJECTS_TABLE);
-    let drop_table = state::table(state_schema, crate::guard::DROP_TABLE);
+    let drop_table = crate::guard::log_table(state_schema);
     let session = client
         .query_one(SESSION, &[&state_table, &drop_table])
         .await?;

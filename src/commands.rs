@@ -402,9 +402,8 @@ async fn guard(root: &Path, url: Option<&str>, action: GuardAction) -> Result<St
             crate::guard::install(&mut client, schema).await?;
             ignore_broken_pipe(writeln!(
                 out,
-                "Guard installed: drops of managed views are recorded in {schema}.{} and \
-                 announced on channel {}.",
-                crate::guard::DROP_TABLE,
+                "Guard installed: drops of views are recorded in {} and announced on channel {}.",
+                crate::guard::log_table(schema),
                 crate::guard::CHANNEL
             ))?;
         }

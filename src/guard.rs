@@ -11,7 +11,7 @@ use tokio_postgres::error::SqlState;
 use crate::db::describe;
 use crate::name::QualifiedName;
 use crate::sql::{quote_ident, quote_literal};
-use crate::state::{self, OBJECTS_TABLE};
+use crate::state;
 
 /// Table of recorded drops, inside the state schema.
 pub const DROP_TABLE: &str = "drop_log";
@@ -63,6 +63,12 @@ pub enum GuardError {
          a member of rds_superuser / cloudsqlsuperuser); run `viewkeeper guard install` as one"
     ))]
     NotSuperuser(String),
+    #[error("schema {schema} belongs to {owner}, not to the role installing the guard")]
+    #[diagnostic(help(
+        "the guard's trigger runs with its installer's rights, so its schema must belong to \
+         that role: drop the schema or install as its owner"
+    ))]
+    ForeignSchema { schema: String, owner: String },
     #[error("{context}: {message}")]
     Database {
         context: &'static str,
@@ -77,11 +83,25 @@ fn database(context: &'static str) -> impl Fn(tokio_postgres::Error) -> GuardErr
     }
 }
 
-/// SQL creating the log table, the trigger function and the event trigger.
-fn install_sql(schema: &str) -> String {
-    let log = state::table(schema, DROP_TABLE);
-    let managed = state::table(schema, OBJECTS_TABLE);
-    let function = format!("{}.{}", quote_ident(schema), quote_ident(FUNCTION));
+/// The guard's own schema, `<state-schema>_guard`. It is kept apart from the state schema,
+/// which the application role owns: the trigger function runs with its installer's rights
+/// (a superuser), so nothing it touches may be changeable by anyone else.
+pub fn guard_schema(state_schema: &str) -> String {
+    format!("{state_schema}_guard")
+}
+
+/// `"<state>_guard"."drop_log"`.
+pub fn log_table(state_schema: &str) -> String {
+    state::table(&guard_schema(state_schema), DROP_TABLE)
+}
+
+/// SQL creating the guard's schema, log table, trigger function and event trigger. The
+/// function reads nothing but PostgreSQL's own list of dropped objects and writes only to
+/// its log, so it cannot be steered by tables other roles own.
+fn install_sql(state_schema: &str) -> String {
+    let schema = quote_ident(&guard_schema(state_schema));
+    let log = log_table(state_schema);
+    let function = format!("{schema}.{}", quote_ident(FUNCTION));
     let body = format!(
         "
 DECLARE
@@ -92,15 +112,13 @@ BEGIN
     END IF;
     FOR dropped IN
         SELECT d.schema_name, d.object_name, d.object_type
-        FROM pg_event_trigger_dropped_objects() d
-        WHERE d.object_type IN ('view', 'materialized view')
-          AND EXISTS (SELECT 1 FROM {managed} m
-                      WHERE m.schema_name = d.schema_name AND m.object_name = d.object_name)
+        FROM pg_catalog.pg_event_trigger_dropped_objects() d
+        WHERE d.object_type IN ('view', 'materialized view') AND NOT d.is_temporary
     LOOP
         INSERT INTO {log} (role_name, schema_name, object_name, object_type, statement)
         VALUES (session_user, dropped.schema_name, dropped.object_name, dropped.object_type,
-                current_query());
-        PERFORM pg_notify({channel}, dropped.schema_name || '.' || dropped.object_name);
+                pg_catalog.current_query());
+        PERFORM pg_catalog.pg_notify({channel}, dropped.schema_name || '.' || dropped.object_name);
     END LOOP;
 END
 ",
@@ -108,7 +126,8 @@ END
         channel = quote_literal(CHANNEL),
     );
     format!(
-        "{ensure}
+        "CREATE SCHEMA IF NOT EXISTS {schema};
+GRANT USAGE ON SCHEMA {schema} TO PUBLIC;
 CREATE TABLE IF NOT EXISTS {log} (
     id bigserial PRIMARY KEY,
     dropped_at timestamptz NOT NULL DEFAULT clock_timestamp(),
@@ -118,24 +137,44 @@ CREATE TABLE IF NOT EXISTS {log} (
     object_type text NOT NULL,
     statement text
 );
+-- Every role may read who dropped what; only the trigger function writes.
+GRANT SELECT ON {log} TO PUBLIC;
 -- Runs as its owner so any role's drop can be recorded; a fixed search_path keeps it safe.
 CREATE OR REPLACE FUNCTION {function}() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS {body};
+REVOKE ALL ON FUNCTION {function}() FROM PUBLIC;
 DROP EVENT TRIGGER IF EXISTS {trigger};
 CREATE EVENT TRIGGER {trigger} ON sql_drop EXECUTE FUNCTION {function}();",
-        ensure = state::ensure_schema_sql(schema),
         body = quote_literal(&body),
         trigger = quote_ident(TRIGGER),
     )
 }
 
-/// Installs (or reinstalls) the guard, in one transaction.
+/// Installs (or reinstalls) the guard, in one transaction. Refuses when the guard's schema
+/// exists and belongs to another role, since that role could then change what the
+/// superuser-run trigger does.
 pub async fn install(client: &mut tokio_postgres::Client, schema: &str) -> Result<(), GuardError> {
     let transaction = client
         .transaction()
         .await
         .map_err(database("cannot start a transaction"))?;
+    let owner = transaction
+        .query_opt(
+            "SELECT pg_get_userbyid(nspowner)::text, current_user::text FROM pg_namespace WHERE nspname = $1",
+            &[&guard_schema(schema)],
+        )
+        .await
+        .map_err(database("cannot read the guard's schema"))?;
+    if let Some(row) = owner {
+        let (owner, user): (String, String) = (row.get(0), row.get(1));
+        if owner != user {
+            return Err(GuardError::ForeignSchema {
+                schema: guard_schema(schema),
+                owner,
+            });
+        }
+    }
     if let Err(error) = transaction.batch_execute(&install_sql(schema)).await {
         if error.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
             return Err(GuardError::NotSuperuser(describe(&error)));
@@ -156,7 +195,7 @@ pub async fn uninstall(
     let sql = format!(
         "DROP EVENT TRIGGER IF EXISTS {};\nDROP FUNCTION IF EXISTS {}.{}();",
         quote_ident(TRIGGER),
-        quote_ident(schema),
+        quote_ident(&guard_schema(schema)),
         quote_ident(FUNCTION)
     );
     match client.batch_execute(&sql).await {
@@ -186,7 +225,7 @@ pub async fn read_log(
     latest_only: bool,
     limit: i64,
 ) -> Result<Vec<DropRecord>, tokio_postgres::Error> {
-    let log = state::table(schema, DROP_TABLE);
+    let log = log_table(schema);
     let exists: bool = client
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&log])
         .await?
@@ -204,7 +243,7 @@ pub(crate) async fn query_log(
     latest_only: bool,
     limit: i64,
 ) -> Result<Vec<DropRecord>, tokio_postgres::Error> {
-    let log = state::table(schema, DROP_TABLE);
+    let log = log_table(schema);
     // language=SQL
     let sql = if latest_only {
         format!(

@@ -183,3 +183,63 @@ fn an_impossible_restore_waits_for_a_change_instead_of_looping() {
         scheduler.output()
     );
 }
+
+#[test]
+fn an_application_role_keeps_working_and_cannot_touch_the_guard() {
+    let db = invoices_db();
+    ensure_role(&db, "app_role");
+    let database = db.scalar_string("SELECT current_database()").expect("name");
+    db.batch(&format!(
+        "ALTER ROLE app_role LOGIN;
+         GRANT CREATE ON DATABASE \"{database}\" TO app_role;
+         GRANT CREATE ON SCHEMA public TO app_role;
+         GRANT SELECT ON invoices_invoice TO app_role;"
+    ));
+    let app_url = db.url.replacen("postgres@", "app_role@", 1);
+    let dir = project(&[("views/sales.kdl", DECLARATIONS)]);
+    let as_app = |args: &[&str]| {
+        let mut all = vec!["--database-url", app_url.as_str()];
+        all.extend_from_slice(args);
+        run(&db, dir.path(), &all)
+    };
+    let (code, _, stderr) = as_app(&["reconcile"]);
+    assert_eq!(code, 0, "{stderr}");
+    // The superuser installs the guard after the application created its state schema.
+    let (code, _, stderr) = run(&db, dir.path(), &["guard", "install"]);
+    assert_eq!(code, 0, "{stderr}");
+
+    db.batch("DROP MATERIALIZED VIEW sales_summary CASCADE");
+    let (code, plan, stderr) = as_app(&["plan", "--detailed-exitcode"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        plan.contains("by role postgres: DROP MATERIALIZED VIEW sales_summary CASCADE"),
+        "{plan}"
+    );
+    let (code, _, stderr) = as_app(&["reconcile"]);
+    assert_eq!(code, 0, "{stderr}");
+
+    // The application role owns the state schema but cannot change what the
+    // superuser-run trigger reads or writes.
+    let app_client = format!(
+        "{} -X -q -v ON_ERROR_STOP=1 -d {app_url}",
+        viewkeeper::sandbox::find_bindir()
+            .expect("bin")
+            .join("psql")
+            .display()
+    );
+    for sql in [
+        "CREATE VIEW viewkeeper_guard.sneaky AS SELECT 1",
+        "INSERT INTO viewkeeper_guard.drop_log (role_name, schema_name, object_name, object_type) VALUES ('x', 'x', 'x', 'x')",
+        "CREATE OR REPLACE FUNCTION viewkeeper_guard.record_drop() RETURNS event_trigger LANGUAGE plpgsql AS 'BEGIN END'",
+    ] {
+        let output = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{app_client} -c \"{sql}\""))
+            .output()
+            .expect("psql");
+        assert!(
+            !output.status.success(),
+            "the application role could run: {sql}"
+        );
+    }
+}
