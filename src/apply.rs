@@ -51,6 +51,21 @@ pub struct StatementError {
     span: Option<SourceSpan>,
     #[help]
     help: String,
+    /// The failure says nothing about the declarations (a lock timeout, a cancel, a lost
+    /// connection): the same reconcile may well work a moment later.
+    pub transient: bool,
+}
+
+impl ApplyError {
+    /// Whether trying again unchanged may work: true for lock timeouts, cancels, deadlocks
+    /// and connection trouble; false when the declarations do not fit the database.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApplyError::Plan(_) => false,
+            ApplyError::Database { .. } => true,
+            ApplyError::Statement(error) => error.transient,
+        }
+    }
 }
 
 /// The advisory lock key that keeps reconciles of one state schema from interleaving.
@@ -249,6 +264,11 @@ fn statement_error(
     error: &tokio_postgres::Error,
 ) -> StatementError {
     let message = describe(error);
+    // SQLSTATE classes 08 (connection), 40 (rollback: deadlock, serialization), 53 (resources),
+    // 55 (lock not available), 57 (cancelled, shutdown).
+    let transient = error
+        .code()
+        .is_none_or(|code| matches!(&code.code()[..2], "08" | "40" | "53" | "55" | "57"));
     let position = match error.as_db_error().and_then(|db| db.position()) {
         Some(ErrorPosition::Original(position)) => Some(*position as usize),
         _ => None,
@@ -289,6 +309,7 @@ fn statement_error(
             source_code: Some(spot.source),
             span: Some(spot.span),
             help,
+            transient,
         },
         None => StatementError {
             object: statement.object.to_string(),
@@ -297,6 +318,7 @@ fn statement_error(
             source_code: None,
             span: None,
             help,
+            transient,
         },
     }
 }

@@ -243,3 +243,32 @@ fn an_application_role_keeps_working_and_cannot_touch_the_guard() {
         );
     }
 }
+
+#[test]
+fn schedule_restores_what_went_missing_while_it_was_not_running_and_retries_lock_timeouts() {
+    let db = invoices_db();
+    ensure_role(&db, "reporting");
+    let dir = project(&[
+        ("views/sales.kdl", GUARDED),
+        ("viewkeeper.kdl", "lock-timeout \"200ms\"\n"),
+    ]);
+    reconcile(&db, dir.path());
+    run(&db, dir.path(), &["guard", "install"]);
+    db.batch("DROP MATERIALIZED VIEW sales_summary CASCADE");
+    // A long transaction holds the table: the first attempts time out on their lock.
+    db.batch("BEGIN; LOCK TABLE invoices_invoice IN ACCESS EXCLUSIVE MODE;");
+    let scheduler = Scheduler::start(&db, dir.path(), "schedule", &[]);
+    assert!(
+        eventually(Duration::from_secs(8), || scheduler
+            .output()
+            .contains("trying again shortly")),
+        "{}",
+        scheduler.output()
+    );
+    db.batch("ROLLBACK");
+    assert!(
+        eventually(Duration::from_secs(10), || restored(&db)),
+        "not restored once the lock was gone: {}",
+        scheduler.output()
+    );
+}

@@ -133,6 +133,17 @@ async fn drive<S, T>(
     }
 }
 
+/// Asks the server to cancel the query running on the session `token` belongs to, over TLS
+/// when that session used TLS (a cancel request only needs the channel encrypted, so the
+/// certificate is not checked again).
+pub async fn cancel(token: &tokio_postgres::CancelToken) -> Result<(), String> {
+    let connector = tls::connector(tls::Check::Nothing, None)?;
+    token
+        .cancel_query(connector)
+        .await
+        .map_err(|error| describe(&error))
+}
+
 /// Tries each server in turn; the error lists why each one failed.
 async fn open(settings: &Settings, listener: Listener<'_>) -> Result<Client, ConnectError> {
     let mut targets = settings.targets.clone();

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::watch;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::{Outcome, RefreshTarget, Wait, refresh_one};
 use crate::apply::dependency_names;
@@ -305,6 +305,11 @@ impl Healer {
                     "cannot listen for dropped views: {error}"
                 ))),
             }
+            // Drops made while nobody was listening: anything managed that is missing now.
+            if self.listener.is_some() && missing_managed(client, project).await {
+                self.pending = true;
+                self.blocked = None;
+            }
             if !self.warned_unguarded && matches!(crate::guard::installed(client).await, Ok(false))
             {
                 self.warned_unguarded = true;
@@ -380,6 +385,11 @@ impl Healer {
                     summary.join(", ")
                 }));
             }
+            Err(error) if error.is_transient() => {
+                on_event(Event::Problem(format!(
+                    "cannot restore the dropped views yet ({error}); trying again shortly"
+                )));
+            }
             Err(error) => {
                 self.blocked = Some(fingerprint);
                 on_event(Event::Problem(format!(
@@ -388,6 +398,19 @@ impl Healer {
                 )));
             }
         }
+    }
+}
+
+/// Whether a declared object viewkeeper manages is missing from the database.
+async fn missing_managed(client: &Client, project: &Project) -> bool {
+    let schema = &project.config.state_schema;
+    match catalog::introspect(client, &[], schema).await {
+        Ok(catalog) => catalog.state.as_ref().is_some_and(|state| {
+            state.objects.keys().any(|name| {
+                project.declarations.contains_key(name) && !catalog.relations.contains_key(name)
+            })
+        }),
+        Err(_) => false,
     }
 }
 
@@ -497,7 +520,7 @@ async fn refresh_with_grace(
     match tokio::time::timeout(options.grace, &mut refresh).await {
         Ok(outcome) => outcome,
         Err(_) => {
-            if let Err(error) = cancel.cancel_query(NoTls).await {
+            if let Err(error) = db::cancel(&cancel).await {
                 tracing::warn!("cannot cancel the refresh of {}: {error}", target.name);
             }
             refresh.await
