@@ -350,7 +350,8 @@ async fn run_migration(
         let dropped = apply::drop_managed(&mut client, &project, |statement, took| {
             let _ = render::statement_done(statement, took, &mut out);
         })
-        .await?;
+        .await
+        .map_err(Error::DropFirst)?;
         ignore_broken_pipe(writeln!(
             out,
             "Dropped {} managed object{} before the migration.",
@@ -363,23 +364,14 @@ async fn run_migration(
         ))?;
     }
     let _ = out.flush();
-    // The migration inherits stdin, stdout and stderr: its output streams through unchanged.
-    let status = tokio::process::Command::new(program)
-        .args(arguments)
-        .status()
-        .await;
-    let code = match &status {
-        Ok(status) => status
-            .code()
-            .map_or(1, |code| u8::try_from(code).unwrap_or(1)),
-        Err(error) => {
-            eprintln!("viewkeeper: cannot run {program}: {error}");
-            127
-        }
-    };
+    // Nothing is left waiting on this connection while the migration runs (it may take long
+    // enough for the server to close idle sessions): reconcile opens a fresh one.
+    drop(client);
+    let code = run_command(program, arguments).await;
     if code != 0 {
         eprintln!("viewkeeper: {program} exited with status {code}; reconciling anyway");
     }
+    let mut client = connect(url, &project).await?;
     let reconciled = run_reconcile(&project, &mut client).await;
     match (code, reconciled) {
         (0, Ok(_)) => Ok(Status::Done),
@@ -389,6 +381,60 @@ async fn run_migration(
             eprintln!("{:?}", miette::Report::new(error));
             Ok(Status::Code(code))
         }
+    }
+}
+
+/// Runs the migration with stdin, stdout and stderr inherited, so its output streams through
+/// unchanged. Ctrl-C and SIGTERM go to the migration, not to viewkeeper, which must survive
+/// to reconcile afterwards. Returns its exit status (127 when it cannot start).
+async fn run_command(program: &str, arguments: &[String]) -> u8 {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut child = match tokio::process::Command::new(program)
+        .args(arguments)
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(error) => {
+            eprintln!("viewkeeper: cannot run {program}: {error}");
+            return 127;
+        }
+    };
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return exit_code(child.wait().await);
+    };
+    let forward = |child: &tokio::process::Child, sig: nix::sys::signal::Signal| {
+        if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+        }
+    };
+    loop {
+        tokio::select! {
+            status = child.wait() => return exit_code(status),
+            // A terminal's Ctrl-C already reached the migration (same process group); a
+            // SIGINT sent to viewkeeper alone is passed on.
+            _ = interrupt.recv() => forward(&child, nix::sys::signal::Signal::SIGINT),
+            _ = terminate.recv() => forward(&child, nix::sys::signal::Signal::SIGTERM),
+        }
+    }
+}
+
+fn exit_code(status: io::Result<std::process::ExitStatus>) -> u8 {
+    match status {
+        Ok(status) => status.code().map_or_else(
+            // Killed by a signal: the shell convention 128 + signal number.
+            || {
+                use std::os::unix::process::ExitStatusExt;
+                status
+                    .signal()
+                    .and_then(|signal| u8::try_from(128 + signal).ok())
+                    .unwrap_or(1)
+            },
+            |code| u8::try_from(code).unwrap_or(1),
+        ),
+        Err(_) => 1,
     }
 }
 

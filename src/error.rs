@@ -27,6 +27,11 @@ pub enum Error {
     #[error("reconcile failed, nothing was changed")]
     #[diagnostic(forward(0))]
     Apply(#[source] ApplyError),
+    #[error(
+        "could not drop the managed views before the migration; nothing was changed and the migration did not run"
+    )]
+    #[diagnostic(forward(0))]
+    DropFirst(#[source] ApplyError),
     #[error(transparent)]
     #[diagnostic(transparent)]
     Refresh(#[from] RefreshError),

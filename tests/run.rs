@@ -152,3 +152,67 @@ fn a_command_that_cannot_start_exits_127() {
     assert_eq!(code, 127, "{stderr}");
     assert!(exists(&db, "totals"));
 }
+
+#[test]
+fn an_interrupted_migration_still_gets_its_views_back() {
+    let db = orders_db();
+    let dir = project(&[("views/orders.kdl", DECLARATIONS)]);
+    reconcile(&db, dir.path());
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("viewkeeper"))
+        .arg("--project")
+        .arg(dir.path())
+        .args(["run", "--drop-first", "--", "sleep", "5"])
+        .env("DATABASE_URL", &db.url)
+        .spawn()
+        .expect("start");
+    assert!(
+        support::eventually(std::time::Duration::from_secs(5), || !exists(&db, "totals")),
+        "the views were not dropped first"
+    );
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("signal");
+    let status = child.wait().expect("wait");
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "the migration's own status (killed by SIGINT)"
+    );
+    assert!(exists(&db, "totals") && exists(&db, "big_customers"));
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM totals"), 5);
+}
+
+#[test]
+fn a_blocked_drop_first_does_not_run_the_migration() {
+    let db = orders_db();
+    let dir = project(&[
+        ("views/orders.kdl", DECLARATIONS),
+        ("marker.sql", "CREATE TABLE ran (x int);\n"),
+    ]);
+    reconcile(&db, dir.path());
+    db.batch("CREATE VIEW hand_made AS SELECT * FROM totals");
+    let marker = dir.path().join("marker.sql").display().to_string();
+    let psql = psql();
+    let (code, _, stderr) = run(
+        &db,
+        dir.path(),
+        &[
+            "run",
+            "--drop-first",
+            "--",
+            &psql,
+            "-X",
+            "-q",
+            "-d",
+            &db.url,
+            "-f",
+            &marker,
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("the migration did not run") && stderr.contains("public.hand_made"),
+        "{stderr}"
+    );
+    assert!(!exists(&db, "ran"));
+    assert!(exists(&db, "totals"));
+}
