@@ -233,7 +233,15 @@ pub async fn read_catalog(
     let candidates = plan::normalisation_candidates(project, &catalog);
     if !candidates.is_empty() {
         let savepoint = transaction.savepoint("viewkeeper_normalise").await?;
-        catalog.normalised = catalog::normalise(&savepoint, &candidates).await?;
+        // Normalising needs temporary objects; without that right (or on a read-only
+        // replica) objects are simply not adopted, and the plan says what it would do.
+        match catalog::normalise(&savepoint, &candidates).await {
+            Ok(normalised) => catalog.normalised = normalised,
+            Err(error) => tracing::info!(
+                "cannot compare declared queries with live ones, so nothing is adopted: {}",
+                describe(&error)
+            ),
+        }
         savepoint.rollback().await?;
     }
     Ok(catalog)

@@ -115,21 +115,10 @@ fn declaration(
     text
 }
 
-/// `pg_get_viewdef` text without its final `;` and common indentation.
+/// `pg_get_viewdef` text without its final `;`. Nothing else changes: indentation inside a
+/// multi-line string literal is part of the query.
 fn query_text(definition: &str) -> String {
-    let trimmed = definition.trim_end().trim_end_matches(';');
-    let lines: Vec<&str> = trimmed.lines().collect();
-    let indent = lines
-        .iter()
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| line.len() - line.trim_start().len())
-        .min()
-        .unwrap_or(0);
-    lines
-        .iter()
-        .map(|line| line.get(indent..).unwrap_or("").trim_end())
-        .collect::<Vec<_>>()
-        .join("\n")
+    definition.trim_end().trim_end_matches(';').to_owned()
 }
 
 fn index_node(name: &str, index: &LiveIndex) -> String {
@@ -218,7 +207,7 @@ mod tests {
         );
         assert_eq!(
             query_text(" SELECT a,\n    b\n   FROM t;"),
-            "SELECT a,\n   b\n  FROM t"
+            " SELECT a,\n    b\n   FROM t"
         );
     }
 }

@@ -165,13 +165,17 @@ fn refresh_statement(project: &Project, name: &QualifiedName) -> String {
     )
 }
 
-/// `refresh_public_sales_summary`, within PostgreSQL's 63-byte limit.
+/// `refresh_public_sales_summary_1a2b3c4d`: readable, within PostgreSQL's 63-byte limit,
+/// and distinct for every view (`a_b.c` and `a.b_c`, or two long names with one prefix,
+/// differ in the hash).
 fn procedure_name(name: &QualifiedName) -> String {
-    let mut procedure = format!("refresh_{}_{}", name.schema, name.name);
-    while procedure.len() > 63 {
-        procedure.pop();
+    let hash = crate::state::query_hash(crate::project::Kind::MaterializedView, &name.to_sql());
+    let mut readable = format!("refresh_{}_{}", name.schema, name.name);
+    let limit = 63 - 9;
+    while readable.len() > limit {
+        readable.pop();
     }
-    procedure
+    format!("{readable}_{}", &hash[..8])
 }
 
 /// An interval as a pg_cron schedule: pg_cron knows "N seconds" (1–59) and five-field cron,
@@ -227,6 +231,18 @@ mod tests {
         assert_eq!(cron(3600), Ok("0 * * * *".to_owned()));
         assert_eq!(cron(6 * 3600), Ok("0 */6 * * *".to_owned()));
         assert_eq!(cron(86_400), Ok("0 0 * * *".to_owned()));
+    }
+
+    #[test]
+    fn procedure_names_are_distinct_and_short() {
+        let a = procedure_name(&QualifiedName::new("a_b", "c"));
+        let b = procedure_name(&QualifiedName::new("a", "b_c"));
+        assert_ne!(a, b);
+        let long = "x".repeat(60);
+        let c = procedure_name(&QualifiedName::new("public", format!("{long}1")));
+        let d = procedure_name(&QualifiedName::new("public", format!("{long}2")));
+        assert_ne!(c, d);
+        assert!(c.len() <= 63);
     }
 
     #[test]
