@@ -49,6 +49,8 @@ pub struct Relation {
     pub definition: String,
     pub populated: bool,
     pub comment: Option<String>,
+    /// `reloptions`: storage and security options such as `security_invoker`.
+    pub options: BTreeMap<String, String>,
     pub indexes: BTreeMap<String, LiveIndex>,
     /// Privileges granted to roles other than the owner.
     pub grants: BTreeSet<(Grantee, String)>,
@@ -66,6 +68,9 @@ pub struct LiveIndex {
     pub elements: Vec<String>,
     /// The `WHERE` of a partial index.
     pub predicate: Option<String>,
+    /// False when it has settings a declaration cannot express (INCLUDE, DESC, operator
+    /// classes, NULLS NOT DISTINCT): such an index is never taken for a declared one.
+    pub declarable: bool,
 }
 
 impl Catalog {
@@ -126,7 +131,8 @@ WHERE d.defaclrole = (SELECT oid FROM pg_roles WHERE rolname = current_user)
 // language=SQL
 const RELATIONS: &str = "
 SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text, pg_get_userbyid(c.relowner)::text,
-       pg_get_viewdef(c.oid), c.relispopulated, obj_description(c.oid, 'pg_class')
+       pg_get_viewdef(c.oid), c.relispopulated, obj_description(c.oid, 'pg_class'),
+       coalesce(c.reloptions, '{}')::text[]
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('v', 'm')
@@ -137,7 +143,14 @@ const INDEXES: &str = "
 SELECT i.indrelid, ic.relname::text, pg_get_indexdef(i.indexrelid), i.indisunique, am.amname::text,
        ARRAY(SELECT pg_get_indexdef(i.indexrelid, k, true)
              FROM generate_series(1, i.indnkeyatts) AS k ORDER BY k),
-       pg_get_expr(i.indpred, i.indrelid, true)
+       pg_get_expr(i.indpred, i.indrelid, true),
+       -- Settings a declaration cannot express yet: INCLUDE columns, DESC / NULLS FIRST,
+       -- non-default operator classes, NULLS NOT DISTINCT (PostgreSQL 15+).
+       i.indnatts > i.indnkeyatts
+         OR EXISTS (SELECT 1 FROM unnest(i.indoption) AS o WHERE o <> 0)
+         OR EXISTS (SELECT 1 FROM unnest(i.indclass) AS c JOIN pg_opclass oc ON oc.oid = c
+                    WHERE NOT oc.opcdefault)
+         OR coalesce((to_jsonb(i) ->> 'indnullsnotdistinct')::bool, false)
 FROM pg_index i
 JOIN pg_class ic ON ic.oid = i.indexrelid
 JOIN pg_am am ON am.oid = ic.relam
@@ -236,6 +249,12 @@ pub async fn introspect(
                 definition: row.get::<_, Option<String>>(5).unwrap_or_default(),
                 populated: row.get(6),
                 comment: row.get(7),
+                options: row
+                    .get::<_, Vec<String>>(8)
+                    .iter()
+                    .filter_map(|option| option.split_once('='))
+                    .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                    .collect(),
                 indexes: BTreeMap::new(),
                 grants: BTreeSet::new(),
             },
@@ -258,6 +277,7 @@ pub async fn introspect(
                     .flatten()
                     .collect(),
                 predicate: row.get(6),
+                declarable: !row.get::<_, bool>(7),
             },
         );
     }

@@ -86,8 +86,29 @@ fn declaration(
         "    query {}",
         multiline(&query_text(&relation.definition))
     );
+    if !relation.options.is_empty() {
+        let options: Vec<String> = relation
+            .options
+            .iter()
+            .map(|(key, value)| match value.as_str() {
+                "true" | "on" => format!("{key}=#true"),
+                "false" | "off" => format!("{key}=#false"),
+                _ => format!("{key}={}", kdl_string(value)),
+            })
+            .collect();
+        let _ = writeln!(text, "    with {}", options.join(" "));
+    }
     if relation.kind == Kind::MaterializedView {
         for (index_name, index) in &relation.indexes {
+            if !index.declarable {
+                let _ = writeln!(
+                    text,
+                    "    // {index_name} has settings a declaration cannot express yet (INCLUDE, DESC, \
+                     an operator class or NULLS NOT DISTINCT): reconcile would recreate it without \
+                     them. It is: {}",
+                    index.definition
+                );
+            }
             let _ = writeln!(text, "    {}", index_node(index_name, index));
         }
         if !relation.populated {

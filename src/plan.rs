@@ -103,6 +103,8 @@ pub enum Phase {
     Drop,
     Create,
     Index,
+    /// Storage and security options of kept objects (`ALTER … SET/RESET (…)`).
+    Options,
     Grant,
     Comment,
     Owner,
@@ -746,7 +748,16 @@ impl Plan {
             .as_deref()
             .or(live_owner)
             .unwrap_or(&catalog.current_user);
-        let prefix = format!("CREATE {} {} AS\n", declaration.kind.sql(), name.to_sql());
+        let with = if declaration.options.is_empty() {
+            String::new()
+        } else {
+            format!(" WITH ({})", options_sql(&declaration.options))
+        };
+        let prefix = format!(
+            "CREATE {} {}{with} AS\n",
+            declaration.kind.sql(),
+            name.to_sql()
+        );
         let suffix = match declaration.kind {
             Kind::View => "",
             // Filled later by the refresh phase, after indexes exist, dependencies first.
@@ -906,6 +917,49 @@ impl Plan {
             );
         }
 
+        let resets: Vec<&String> = live
+            .options
+            .keys()
+            .filter(|key| !declaration.options.contains_key(*key))
+            .collect();
+        let sets: std::collections::BTreeMap<String, String> = declaration
+            .options
+            .iter()
+            .filter(|(key, value)| live.options.get(*key) != Some(*value))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        if !sets.is_empty() {
+            let summary = format!("set options ({})", options_sql(&sets));
+            details.push(summary.clone());
+            self.push(
+                Phase::Options,
+                name,
+                summary,
+                format!(
+                    "ALTER {} {} SET ({})",
+                    declaration.kind.sql(),
+                    name.to_sql(),
+                    options_sql(&sets)
+                ),
+            );
+        }
+        if !resets.is_empty() {
+            let keys: Vec<&str> = resets.iter().map(|key| key.as_str()).collect();
+            let summary = format!("reset options ({})", keys.join(", "));
+            details.push(summary.clone());
+            self.push(
+                Phase::Options,
+                name,
+                summary,
+                format!(
+                    "ALTER {} {} RESET ({})",
+                    declaration.kind.sql(),
+                    name.to_sql(),
+                    keys.join(", ")
+                ),
+            );
+        }
+
         if declaration.comment != live.comment {
             let summary = match &declaration.comment {
                 Some(comment) => format!("set comment {}", quote_literal(comment)),
@@ -1002,6 +1056,16 @@ fn grant_sql(
     }
 }
 
+/// `security_invoker='true', check_option='local'`: keys were checked to be plain words
+/// when the files were read; values are quoted.
+fn options_sql(options: &std::collections::BTreeMap<String, String>) -> String {
+    options
+        .iter()
+        .map(|(key, value)| format!("{key}={}", quote_literal(value)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn drop_sql(kind: Kind, name: &QualifiedName) -> String {
     // Never CASCADE: anything else reading this object was checked before planning.
     format!("DROP {} {}", kind.sql(), name.to_sql())
@@ -1064,7 +1128,8 @@ fn same_index(live: &LiveIndex, declared: &Index) -> bool {
             Err(_) => strip_parens(text).to_owned(),
         }
     };
-    live.unique == declared.unique
+    live.declarable
+        && live.unique == declared.unique
         && live.method == method
         && live.predicate.as_deref().map(strip_parens)
             == declared.predicate.as_deref().map(strip_parens)

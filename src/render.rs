@@ -159,7 +159,7 @@ pub fn statement_done(
         Phase::Drop | Phase::DropIndex => RED,
         Phase::Create => GREEN,
         Phase::Refresh => CYAN,
-        Phase::Index | Phase::Grant | Phase::Comment | Phase::Owner => YELLOW,
+        Phase::Index | Phase::Options | Phase::Grant | Phase::Comment | Phase::Owner => YELLOW,
     };
     writeln!(
         out,

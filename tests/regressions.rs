@@ -197,3 +197,94 @@ fn error_positions_survive_trailing_blanks_and_crlf() {
     assert_eq!(code, 1);
     assert!(stderr.contains("v.sql:2:8"), "{stderr}");
 }
+
+#[test]
+fn view_options_are_declared_created_and_altered_in_place() {
+    let db = table_db();
+    let declare = |with: &str| {
+        format!(
+            "view \"v\" {{\n    depends-on \"t\"\n    query \"SELECT a, b FROM t WHERE b > 0\"\n    {with}\n}}\n"
+        )
+    };
+    let dir = project(&[(
+        "views/v.kdl",
+        &declare("with security_invoker=#true check_option=\"local\""),
+    )]);
+    reconcile(&db, dir.path());
+    let options = |db: &TestDb| {
+        db.scalar_string(
+            "SELECT array_to_string(reloptions, ',') FROM pg_class WHERE oid = 'v'::regclass",
+        )
+    };
+    assert_eq!(
+        options(&db).as_deref(),
+        Some("check_option=local,security_invoker=true")
+    );
+    assert_in_sync(&db, dir.path());
+
+    let first = oid(&db, "v");
+    std::fs::write(
+        dir.path().join("views/v.kdl"),
+        declare("with security_barrier=#true"),
+    )
+    .expect("edit");
+    let (code, plan, _) = run(&db, dir.path(), &["plan", "--detailed-exitcode"]);
+    assert_eq!(code, 2);
+    assert!(
+        plan.contains("set options (security_barrier='true')")
+            && plan.contains("reset options (check_option, security_invoker)"),
+        "{plan}"
+    );
+    reconcile(&db, dir.path());
+    assert_eq!(oid(&db, "v"), first, "options change in place");
+    assert_eq!(options(&db).as_deref(), Some("security_barrier=true"));
+    assert_in_sync(&db, dir.path());
+
+    let (code, _, stderr) = run(&db, dir.path(), &["check"]);
+    assert_eq!(code, 0, "{stderr}");
+    std::fs::write(
+        dir.path().join("views/v.kdl"),
+        declare("with fillfactor=70"),
+    )
+    .expect("edit");
+    let (code, _, stderr) = run(&db, dir.path(), &["check"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("unknown option `fillfactor`"), "{stderr}");
+}
+
+#[test]
+fn import_keeps_security_options_and_flags_indexes_it_cannot_express() {
+    let db = table_db();
+    db.batch(
+        "CREATE VIEW guarded WITH (security_invoker = true) AS SELECT a, b FROM t;
+         CREATE MATERIALIZED VIEW sorted AS SELECT a, b FROM t;
+         CREATE UNIQUE INDEX sorted_a ON sorted (a DESC);",
+    );
+    let dir = project(&[("viewkeeper.kdl", "")]);
+    let (code, _, stderr) = run(&db, dir.path(), &["import"]);
+    assert_eq!(code, 0, "{stderr}");
+    let sorted = std::fs::read_to_string(dir.path().join("views/public.sorted.kdl")).expect("file");
+    assert!(sorted.contains("cannot express yet"), "{sorted}");
+    let guarded =
+        std::fs::read_to_string(dir.path().join("views/public.guarded.kdl")).expect("file");
+    assert!(guarded.contains("with security_invoker=#true"), "{guarded}");
+
+    // The DESC index is not taken for the declared one: the plan says it would be recreated.
+    let (code, plan, _) = run(&db, dir.path(), &["plan", "--detailed-exitcode"]);
+    assert_eq!(code, 2, "{plan}");
+    assert!(plan.contains("recreate index sorted_a"), "{plan}");
+    assert!(
+        !plan.contains("public.guarded (view)"),
+        "the view itself is adopted: {plan}"
+    );
+
+    db.batch("DROP VIEW guarded");
+    reconcile(&db, dir.path());
+    assert_eq!(
+        db.scalar_string(
+            "SELECT array_to_string(reloptions, ',') FROM pg_class WHERE oid = 'guarded'::regclass"
+        )
+        .as_deref(),
+        Some("security_invoker=true")
+    );
+}

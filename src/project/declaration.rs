@@ -48,7 +48,11 @@ const VIEW_CHILDREN: &[&str] = &[
     "grant",
     "comment",
     "owner",
+    "with",
 ];
+
+/// Options PostgreSQL accepts on views (`CREATE VIEW … WITH (…)`).
+const VIEW_OPTIONS: &[&str] = &["security_barrier", "security_invoker", "check_option"];
 const MATERIALIZED_CHILDREN: &[&str] = &[
     "depends-on",
     "query",
@@ -59,6 +63,7 @@ const MATERIALIZED_CHILDREN: &[&str] = &[
     "owner",
     "populate",
     "refresh",
+    "with",
 ];
 
 /// Every declaration in one file; problems go to `problems`.
@@ -144,6 +149,7 @@ struct Builder {
     owner: Option<String>,
     populate: bool,
     refresh: Option<RefreshPolicy>,
+    options: std::collections::BTreeMap<String, String>,
     seen: Vec<String>,
     /// The query could not be read (already reported): do not also say it is missing.
     query_failed: bool,
@@ -169,6 +175,7 @@ impl Builder {
             owner: None,
             populate: true,
             refresh: None,
+            options: std::collections::BTreeMap::new(),
             seen: Vec::new(),
             query_failed: false,
         }
@@ -271,6 +278,7 @@ impl Builder {
                 }
             }
             "index" => self.index(reader),
+            "with" => self.with(reader),
             "grant" => self.grant(reader),
             "comment" => {
                 reader.allow_properties(&[]);
@@ -387,6 +395,70 @@ impl Builder {
             }
         };
         self.grants.push(Grant { privileges, role });
+    }
+
+    /// `with KEY=VALUE…`: storage and security options (`reloptions`).
+    fn with(&mut self, mut reader: NodeReader<'_, '_>) {
+        if !reader.arguments().is_empty() {
+            reader.error_with_help(
+                reader.node.span(),
+                "`with` takes KEY=VALUE properties only",
+                "here",
+                "for example: with security_invoker=#true",
+            );
+        }
+        for entry in reader.node.entries() {
+            let Some(key) = entry.name() else { continue };
+            let key = key.value().to_lowercase();
+            let valid = match self.kind {
+                Kind::View => VIEW_OPTIONS.contains(&key.as_str()),
+                // Storage parameters: fillfactor, autovacuum_*, toast.*, parallel_workers, …
+                Kind::MaterializedView => {
+                    !key.is_empty()
+                        && key.chars().all(|c| {
+                            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.'
+                        })
+                }
+            };
+            if !valid {
+                let help = match self.kind {
+                    Kind::View => format!("views take: {}", VIEW_OPTIONS.join(", ")),
+                    Kind::MaterializedView => {
+                        "materialized views take storage parameters such as fillfactor or \
+                         autovacuum_enabled"
+                            .to_owned()
+                    }
+                };
+                reader.error_with_help(
+                    entry.span(),
+                    format!("unknown option `{key}`"),
+                    "here",
+                    help,
+                );
+                continue;
+            }
+            let value = match entry.value() {
+                kdl::KdlValue::Bool(value) => value.to_string(),
+                kdl::KdlValue::String(value) => value.clone(),
+                kdl::KdlValue::Integer(value) => value.to_string(),
+                kdl::KdlValue::Float(value) => value.to_string(),
+                kdl::KdlValue::Null => {
+                    reader.error(
+                        entry.span(),
+                        format!("option `{key}` needs a value"),
+                        "here",
+                    );
+                    continue;
+                }
+            };
+            if self.options.insert(key.clone(), value).is_some() {
+                reader.error(
+                    entry.span(),
+                    format!("option `{key}` is given twice"),
+                    "repeated",
+                );
+            }
+        }
     }
 
     fn refresh(&mut self, mut reader: NodeReader<'_, '_>) {
@@ -534,6 +606,7 @@ impl Builder {
             owner: self.owner,
             populate: self.populate,
             refresh: self.refresh,
+            options: self.options,
             file: Arc::clone(file),
             span: self.span,
             name_span: self.name_span,

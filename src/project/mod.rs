@@ -83,6 +83,8 @@ pub struct Declaration {
     /// False for `populate #false`: created `WITH NO DATA` and never refreshed by reconcile.
     pub populate: bool,
     pub refresh: Option<RefreshPolicy>,
+    /// `with` options (PostgreSQL's `reloptions`), such as `security_invoker` → `true`.
+    pub options: std::collections::BTreeMap<String, String>,
     /// The file and the span of the whole node, for diagnostics.
     pub file: Arc<SourceFile>,
     pub span: SourceSpan,
