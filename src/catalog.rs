@@ -51,6 +51,9 @@ pub struct Relation {
     pub comment: Option<String>,
     /// `reloptions`: storage and security options such as `security_invoker`.
     pub options: BTreeMap<String, String>,
+    /// Triggers, rules, column privileges and column comments: kept by an in-place change,
+    /// lost by a rebuild, and not expressible in a declaration.
+    pub undeclarable: Vec<String>,
     pub indexes: BTreeMap<String, LiveIndex>,
     /// Privileges granted to roles other than the owner.
     pub grants: BTreeSet<(Grantee, String)>,
@@ -132,7 +135,20 @@ WHERE d.defaclrole = (SELECT oid FROM pg_roles WHERE rolname = current_user)
 const RELATIONS: &str = "
 SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text, pg_get_userbyid(c.relowner)::text,
        pg_get_viewdef(c.oid), c.relispopulated, obj_description(c.oid, 'pg_class'),
-       coalesce(c.reloptions, '{}')::text[]
+       coalesce(c.reloptions, '{}')::text[],
+       -- What a rebuild would lose and a declaration cannot express.
+       ARRAY(SELECT 'trigger ' || t.tgname FROM pg_trigger t
+             WHERE t.tgrelid = c.oid AND NOT t.tgisinternal
+             UNION ALL
+             SELECT 'rule ' || r.rulename FROM pg_rewrite r
+             WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN'
+             UNION ALL
+             SELECT 'column privileges on ' || a.attname FROM pg_attribute a
+             WHERE a.attrelid = c.oid AND a.attacl IS NOT NULL
+             UNION ALL
+             SELECT 'comment on column ' || a.attname FROM pg_description d
+             JOIN pg_attribute a ON a.attrelid = d.objoid AND a.attnum = d.objsubid
+             WHERE d.classoid = 'pg_class'::regclass AND d.objoid = c.oid AND d.objsubid > 0)
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('v', 'm')
@@ -255,6 +271,7 @@ pub async fn introspect(
                     .filter_map(|option| option.split_once('='))
                     .map(|(key, value)| (key.to_owned(), value.to_owned()))
                     .collect(),
+                undeclarable: row.get(9),
                 indexes: BTreeMap::new(),
                 grants: BTreeSet::new(),
             },

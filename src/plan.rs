@@ -155,6 +155,14 @@ pub enum PlanError {
         )
     )]
     Blocked(Vec<Blocker>),
+    #[error("{}", losses_message(.0))]
+    #[diagnostic(
+        code(viewkeeper::would_lose),
+        help(
+            "declarations cannot express these yet: remove them before the rebuild and add them back after, or keep the query as it is"
+        )
+    )]
+    WouldLose(Vec<(QualifiedName, Vec<String>)>),
     #[error("the declared and the live dependencies form a cycle: {0}")]
     #[diagnostic(code(viewkeeper::cycle))]
     Cycle(#[from] Cycle),
@@ -169,6 +177,14 @@ pub struct Blocker {
     pub dependent_kind: Kind,
     /// The dependent is declared but would lose the object it reads.
     pub dependent_declared: bool,
+}
+
+fn losses_message(losses: &[(QualifiedName, Vec<String>)]) -> String {
+    losses
+        .iter()
+        .map(|(object, lost)| format!("rebuilding {object} would lose its {}", lost.join(", ")))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn blocked_message(blockers: &[Blocker]) -> String {
@@ -290,6 +306,17 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
         .map(|(name, _)| name.clone())
         .collect();
     check_blockers(catalog, declarations, &statuses, &rebuilt, &to_drop)?;
+    // Never lose silently what a rebuild cannot bring back.
+    let losses: Vec<(QualifiedName, Vec<String>)> = rebuilt
+        .iter()
+        .filter_map(|name| {
+            let live = catalog.relations.get(name)?;
+            (!live.undeclarable.is_empty()).then(|| (name.clone(), live.undeclarable.clone()))
+        })
+        .collect();
+    if !losses.is_empty() {
+        return Err(PlanError::WouldLose(losses));
+    }
 
     let mut plan = Plan {
         declared: declarations.len(),

@@ -273,11 +273,15 @@ pub fn status_text(
     let table: Vec<[String; 7]> = rows
         .iter()
         .map(|row| {
-            let state = match (&row.last_error, &row.reason) {
-                (Some(error), _) => format!("refresh failed: {error}"),
-                (None, Some(reason)) => format!("{}: {reason}", row.sync),
-                (None, None) => row.sync.clone(),
+            let mut state = match &row.reason {
+                Some(reason) => format!("{}: {reason}", row.sync),
+                None => row.sync.clone(),
             };
+            if let Some(error) = &row.last_error {
+                state = format!("{state}; refresh failed: {error}");
+            }
+            // One line per row, whatever PostgreSQL's message looked like.
+            let state = state.split_whitespace().collect::<Vec<_>>().join(" ");
             let policy = match (&row.policy, row.populated) {
                 (Some(policy), _) => policy.clone(),
                 (None, Some(false)) => "none (no data)".to_owned(),

@@ -288,3 +288,33 @@ fn import_keeps_security_options_and_flags_indexes_it_cannot_express() {
         Some("security_invoker=true")
     );
 }
+
+#[test]
+fn a_rebuild_that_would_lose_a_trigger_or_column_grant_is_refused() {
+    let db = table_db();
+    ensure_role(&db, "column_reader");
+    let declare =
+        |query: &str| format!("view \"v\" {{\n    depends-on \"t\"\n    query \"{query}\"\n}}\n");
+    let dir = project(&[("views/v.kdl", &declare("SELECT a, b FROM t"))]);
+    reconcile(&db, dir.path());
+    db.batch(
+        "CREATE FUNCTION v_insert() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';
+         CREATE TRIGGER v_insert INSTEAD OF INSERT ON v FOR EACH ROW EXECUTE FUNCTION v_insert();
+         GRANT SELECT (a) ON v TO column_reader;",
+    );
+    let first = oid(&db, "v");
+    std::fs::write(
+        dir.path().join("views/v.kdl"),
+        declare("SELECT a, b FROM t WHERE a > 0"),
+    )
+    .expect("edit");
+    let (code, _, stderr) = run(&db, dir.path(), &["reconcile"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(
+            "rebuilding public.v would lose its trigger v_insert, column privileges on a"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(oid(&db, "v"), first);
+}

@@ -274,44 +274,43 @@ pub async fn refresh_one(
         target.name.to_sql()
     );
     let started = Instant::now();
-    match transaction.batch_execute(&sql).await {
-        Ok(()) => {
-            if record {
-                state::log_refresh(
-                    &transaction,
-                    state_schema,
-                    &target.name,
-                    started_at,
-                    concurrently,
-                    None,
-                )
-                .await?;
-            }
-            transaction.commit().await?;
-            Ok(Outcome::Refreshed {
-                took: started.elapsed(),
-                concurrently,
-                started_at,
-            })
-        }
+    // A savepoint keeps the transaction, and with it the view's lock, alive after a failure,
+    // so the failure is on record before another scheduler may try: backoff holds for all.
+    transaction
+        .batch_execute("SAVEPOINT viewkeeper_refresh")
+        .await?;
+    let result = transaction.batch_execute(&sql).await;
+    let outcome = match result {
+        Ok(()) => Outcome::Refreshed {
+            took: started.elapsed(),
+            concurrently,
+            started_at,
+        },
         Err(error) if error.as_db_error().is_some() => {
-            let message = describe(&error);
-            transaction.rollback().await?;
-            if record {
-                state::log_refresh(
-                    &*client,
-                    state_schema,
-                    &target.name,
-                    started_at,
-                    concurrently,
-                    Some(&message),
-                )
+            transaction
+                .batch_execute("ROLLBACK TO SAVEPOINT viewkeeper_refresh")
                 .await?;
-            }
-            Ok(Outcome::Failed(message))
+            Outcome::Failed(describe(&error))
         }
-        Err(error) => Err(error),
+        Err(error) => return Err(error),
+    };
+    if record {
+        let error = match &outcome {
+            Outcome::Failed(message) => Some(message.as_str()),
+            _ => None,
+        };
+        state::log_refresh(
+            &transaction,
+            state_schema,
+            &target.name,
+            started_at,
+            concurrently,
+            error,
+        )
+        .await?;
     }
+    transaction.commit().await?;
+    Ok(outcome)
 }
 
 /// Takes a transaction-level advisory lock, shared or exclusive; with [`Wait::Skip`],

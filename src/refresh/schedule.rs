@@ -179,11 +179,17 @@ pub async fn run(
     let mut last_reload = tokio::time::Instant::now();
     let mut last_prune = None::<tokio::time::Instant>;
     let mut healer = Healer::default();
+    // SIGHUP wakes the sleep below, which also marks the signal seen: remember it here.
+    let mut force_reload = false;
     loop {
         if *stopping.borrow() {
             break;
         }
-        if reloading.has_changed().unwrap_or(false) || last_reload.elapsed() >= RELOAD_EVERY {
+        if force_reload
+            || reloading.has_changed().unwrap_or(false)
+            || last_reload.elapsed() >= RELOAD_EVERY
+        {
+            force_reload = false;
             reloading.mark_unchanged();
             last_reload = tokio::time::Instant::now();
             match Project::load(root) {
@@ -245,7 +251,7 @@ pub async fn run(
         }
         tokio::select! {
             _ = sleep_or_stop(&mut stopping, sleep) => {}
-            _ = reloading.changed() => {}
+            _ = reloading.changed() => force_reload = true,
             _ = healer.dropped() => {}
         }
     }
