@@ -538,10 +538,14 @@ pub fn normalisation_candidates(
                 .is_some_and(|live| live.kind == declaration.kind)
         })
         .filter(|declaration| {
+            let live = catalog.relations.get(&declaration.name);
             managed
                 .and_then(|objects| objects.get(&declaration.name))
                 .is_none_or(|managed| {
                     managed.query_sha256 != query_hash(declaration.kind, &declaration.query.text)
+                        // Drifted: perhaps only PostgreSQL's printing changed (a major
+                        // upgrade, another search_path), which is no reason to rebuild.
+                        || live.is_some_and(|live| live.definition != managed.applied_definition)
                 })
         })
         .map(|declaration| (declaration.name.clone(), declaration.query.text.clone()))
@@ -636,6 +640,9 @@ fn status(
         };
     }
     if live.definition != managed.applied_definition {
+        if equivalent {
+            return Status::Adopt;
+        }
         return Status::Replace {
             reason: "the live definition drifted from what viewkeeper applied".to_owned(),
             diff: Some(unified_diff(

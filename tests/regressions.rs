@@ -318,3 +318,34 @@ fn a_rebuild_that_would_lose_a_trigger_or_column_grant_is_refused() {
     );
     assert_eq!(oid(&db, "v"), first);
 }
+
+#[test]
+fn a_change_in_how_postgres_prints_a_view_is_not_a_reason_to_rebuild_it() {
+    let db = test_db();
+    db.batch("CREATE SCHEMA app; CREATE TABLE app.t (a int);");
+    let dir = project(&[
+        ("viewkeeper.kdl", "search-path \"app\"\n"),
+        (
+            "views/v.kdl",
+            "view \"app.v\" {\n    depends-on \"app.t\"\n    query \"SELECT a FROM app.t\"\n}\n",
+        ),
+    ]);
+    reconcile(&db, dir.path());
+    let first = oid(&db, "app.v");
+    // Under another search_path PostgreSQL prints the definition schema-qualified: the
+    // applied and live texts differ, but the view is the same.
+    std::fs::write(
+        dir.path().join("viewkeeper.kdl"),
+        "search-path \"public\"\n",
+    )
+    .expect("edit");
+    let (code, plan, stderr) = run(&db, dir.path(), &["plan", "--detailed-exitcode"]);
+    assert_eq!(code, 0, "{plan}{stderr}");
+    assert!(
+        plan.contains("already matches the declarations (app.v)"),
+        "{plan}"
+    );
+    reconcile(&db, dir.path());
+    assert_eq!(oid(&db, "app.v"), first);
+    assert_in_sync(&db, dir.path());
+}
