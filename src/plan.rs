@@ -930,25 +930,22 @@ impl Plan {
             live.grants.difference(&declared).cloned().collect();
         let to_grant: BTreeSet<(Grantee, String)> =
             declared.difference(&live.grants).cloned().collect();
-        for (grantee, privileges) in grouped(&to_revoke) {
-            let summary = format!("revoke {} from {grantee}", privileges.join(", "));
-            details.push(summary.clone());
-            self.push(
-                Phase::Grant,
-                name,
-                summary,
-                grant_sql(name, &grantee, &privileges, false),
-            );
-        }
-        for (grantee, privileges) in grouped(&to_grant) {
-            let summary = format!("grant {} to {grantee}", privileges.join(", "));
-            details.push(summary.clone());
-            self.push(
-                Phase::Grant,
-                name,
-                summary,
-                grant_sql(name, &grantee, &privileges, true),
-            );
+        // Revokes first, so a privilege moving between roles never exists twice.
+        for (pairs, grant) in [(&to_revoke, false), (&to_grant, true)] {
+            for (grantee, privileges) in grouped(pairs) {
+                let summary = if grant {
+                    format!("grant {} to {grantee}", privileges.join(", "))
+                } else {
+                    format!("revoke {} from {grantee}", privileges.join(", "))
+                };
+                details.push(summary.clone());
+                self.push(
+                    Phase::Grant,
+                    name,
+                    summary,
+                    grant_sql(name, &grantee, &privileges, grant),
+                );
+            }
         }
 
         let resets: Vec<&String> = live

@@ -220,16 +220,18 @@ async fn attempt(
         config.password(password);
     }
     use tokio_postgres::config::SslMode as Wire;
-    // libpq never uses TLS over a Unix socket, whatever sslmode says.
-    if matches!(target.host, Host::Unix(_)) {
-        return once(
+    let plain = || {
+        once(
             settings,
             &config,
             Wire::Disable,
             tls::Check::Nothing,
             listener,
         )
-        .await;
+    };
+    // libpq never uses TLS over a Unix socket, whatever sslmode says.
+    if matches!(target.host, Host::Unix(_)) {
+        return plain().await;
     }
     // Without verify-*, a root certificate at hand still gets checked, as in libpq.
     let lenient = if rootcert(settings).is_some() {
@@ -238,25 +240,8 @@ async fn attempt(
         tls::Check::Nothing
     };
     match settings.sslmode {
-        SslMode::Disable => {
-            once(
-                settings,
-                &config,
-                Wire::Disable,
-                tls::Check::Nothing,
-                listener,
-            )
-            .await
-        }
-        SslMode::Allow => match once(
-            settings,
-            &config,
-            Wire::Disable,
-            tls::Check::Nothing,
-            listener,
-        )
-        .await
-        {
+        SslMode::Disable => plain().await,
+        SslMode::Allow => match plain().await {
             Err(failure) if failure.server => {
                 tracing::debug!("retrying with TLS: {}", failure.message);
                 once(settings, &config, Wire::Require, lenient, listener).await
@@ -266,14 +251,7 @@ async fn attempt(
         SslMode::Prefer => match once(settings, &config, Wire::Prefer, lenient, listener).await {
             Err(failure) if failure.tls => {
                 tracing::debug!("retrying without TLS: {}", failure.message);
-                once(
-                    settings,
-                    &config,
-                    Wire::Disable,
-                    tls::Check::Nothing,
-                    listener,
-                )
-                .await
+                plain().await
             }
             other => other,
         },
