@@ -625,10 +625,12 @@ fn status(
             diff: None,
         };
     };
-    if managed.query_sha256 != query_hash(declaration.kind, &declaration.query.text) {
-        if equivalent {
-            return Status::Adopt;
-        }
+    let changed = managed.query_sha256 != query_hash(declaration.kind, &declaration.query.text);
+    let drifted = live.definition != managed.applied_definition;
+    if (changed || drifted) && equivalent {
+        return Status::Adopt;
+    }
+    if changed {
         return Status::Replace {
             reason: "declared query changed".to_owned(),
             diff: Some(unified_diff(
@@ -639,10 +641,7 @@ fn status(
             )),
         };
     }
-    if live.definition != managed.applied_definition {
-        if equivalent {
-            return Status::Adopt;
-        }
+    if drifted {
         return Status::Replace {
             reason: "the live definition drifted from what viewkeeper applied".to_owned(),
             diff: Some(unified_diff(

@@ -7,20 +7,7 @@ use assert_cmd::Command;
 use support::project;
 
 fn check(dir: &std::path::Path) -> (i32, String, String) {
-    let output = Command::cargo_bin("viewkeeper")
-        .expect("binary")
-        .arg("--project")
-        .arg(dir)
-        .arg("check")
-        .env("NO_COLOR", "1")
-        .env_remove("DATABASE_URL")
-        .output()
-        .expect("run");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    viewkeeper_offline(dir, &["check"])
 }
 
 fn assert_problem(stderr: &str, location: &str, message: &str) {
