@@ -772,6 +772,30 @@ impl Plan {
         });
     }
 
+    /// One GRANT (or REVOKE) per grantee; returns what each does, in words
+    /// (`grant SELECT to reporting`, `revoke default SELECT from app`).
+    fn push_grants(
+        &mut self,
+        name: &QualifiedName,
+        pairs: &BTreeSet<(Grantee, String)>,
+        grant: bool,
+        verb: &str,
+    ) -> Vec<String> {
+        let mut summaries = Vec::new();
+        for (grantee, privileges) in grouped(pairs) {
+            let preposition = if grant { "to" } else { "from" };
+            let summary = format!("{verb} {} {preposition} {grantee}", privileges.join(", "));
+            self.push(
+                Phase::Grant,
+                name,
+                summary.clone(),
+                grant_sql(name, &grantee, &privileges, grant),
+            );
+            summaries.push(summary);
+        }
+        summaries
+    }
+
     /// Statements that create `declaration` from nothing, with all its attributes. A rebuilt
     /// object without a declared owner keeps the owner it had (`live_owner`).
     fn create(&mut self, declaration: &Declaration, catalog: &Catalog, live_owner: Option<&str>) {
@@ -824,22 +848,8 @@ impl Plan {
             .filter(|grant| !declared.contains(*grant))
             .cloned()
             .collect();
-        for (grantee, privileges) in grouped(&defaults) {
-            self.push(
-                Phase::Grant,
-                name,
-                format!("revoke default {} from {grantee}", privileges.join(", ")),
-                grant_sql(name, &grantee, &privileges, false),
-            );
-        }
-        for (grantee, privileges) in grouped(&declared) {
-            self.push(
-                Phase::Grant,
-                name,
-                format!("grant {} to {grantee}", privileges.join(", ")),
-                grant_sql(name, &grantee, &privileges, true),
-            );
-        }
+        self.push_grants(name, &defaults, false, "revoke default");
+        self.push_grants(name, &declared, true, "grant");
         if let Some(comment) = &declaration.comment {
             self.push(
                 Phase::Comment,
@@ -930,22 +940,8 @@ impl Plan {
         let to_grant: BTreeSet<(Grantee, String)> =
             declared.difference(&live.grants).cloned().collect();
         // Revokes first, so a privilege moving between roles never exists twice.
-        for (pairs, grant) in [(&to_revoke, false), (&to_grant, true)] {
-            for (grantee, privileges) in grouped(pairs) {
-                let summary = if grant {
-                    format!("grant {} to {grantee}", privileges.join(", "))
-                } else {
-                    format!("revoke {} from {grantee}", privileges.join(", "))
-                };
-                details.push(summary.clone());
-                self.push(
-                    Phase::Grant,
-                    name,
-                    summary,
-                    grant_sql(name, &grantee, &privileges, grant),
-                );
-            }
-        }
+        details.extend(self.push_grants(name, &to_revoke, false, "revoke"));
+        details.extend(self.push_grants(name, &to_grant, true, "grant"));
 
         let resets: Vec<&String> = live
             .options
