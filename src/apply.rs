@@ -86,12 +86,21 @@ pub struct Reconciled {
 
 /// Plans and applies in one transaction. `on_statement` hears about each statement after it
 /// ran, with its duration (for progress output).
+///
+/// Unless `allow_drop`, a project with no declarations at all may not drop managed objects
+/// (see [`plan::refuse_dropping_everything`]).
 pub async fn reconcile(
     client: &mut Client,
     project: &Project,
+    allow_drop: bool,
     on_statement: impl FnMut(&Statement, Duration),
 ) -> Result<Reconciled, ApplyError> {
-    apply_with(client, project, plan::plan, on_statement).await
+    let planner = |project: &Project, catalog: &Catalog| {
+        let plan = plan::plan(project, catalog)?;
+        plan::refuse_dropping_everything(project, &plan, allow_drop)?;
+        Ok(plan)
+    };
+    apply_with(client, project, planner, on_statement).await
 }
 
 /// Drops every managed view and materialized view, dependents first, in one transaction
@@ -109,7 +118,7 @@ pub async fn drop_managed(
 async fn apply_with(
     client: &mut Client,
     project: &Project,
-    planner: fn(&Project, &Catalog) -> Result<Plan, PlanError>,
+    planner: impl Fn(&Project, &Catalog) -> Result<Plan, PlanError>,
     mut on_statement: impl FnMut(&Statement, Duration),
 ) -> Result<Reconciled, ApplyError> {
     let started = Instant::now();
@@ -368,10 +377,6 @@ struct Spot {
 /// Maps PostgreSQL's 1-based character position in the statement to the file and line of
 /// the declared query.
 fn locate(query: &EmbeddedQuery, position: usize) -> Option<Spot> {
-    let origin = &query.origin;
-    if !origin.exact {
-        return None;
-    }
     let index = position.checked_sub(1)?.checked_sub(query.offset_chars)?;
     let before: String = query.text.chars().take(index).collect();
     if before.chars().count() < index {
@@ -379,41 +384,14 @@ fn locate(query: &EmbeddedQuery, position: usize) -> Option<Spot> {
     }
     let line_in_query = before.matches('\n').count();
     let column_in_line = before.rsplit('\n').next().map_or(0, |l| l.chars().count());
-    let query_line = query.text.lines().nth(line_in_query)?;
+    let origin = &query.origin;
+    let spot = origin.spot(&query.text, line_in_query, column_in_line)?;
     let file = &origin.file;
-    let line = origin.first_line + line_in_query;
-    let file_line = file.text.lines().nth(line.checked_sub(1)?)?;
-    // Multi-line strings lose their indentation when KDL dedents them, and query lines lose
-    // trailing blanks: the file line is the query line with that indentation in front.
-    let column = match origin.first_column {
-        Some(first) if line_in_query == 0 => first + column_in_line,
-        _ => {
-            file_line
-                .trim_end()
-                .chars()
-                .count()
-                .saturating_sub(query_line.chars().count())
-                + column_in_line
-                + 1
-        }
-    };
-    // Byte offsets from the text itself, so `\r\n` line ends count as two bytes.
-    let line_start: usize = file
-        .text
-        .split_inclusive('\n')
-        .take(line - 1)
-        .map(str::len)
-        .sum();
-    let column_bytes: usize = file_line.chars().take(column - 1).map(char::len_utf8).sum();
-    let token_len = file_line[column_bytes.min(file_line.len())..]
-        .find(|c: char| c.is_whitespace() || c == ',' || c == ')')
-        .unwrap_or(file_line.len() - column_bytes.min(file_line.len()))
-        .max(1);
     Some(Spot {
         path: file.path.display().to_string(),
-        line,
-        column,
+        line: spot.line,
+        column: spot.column,
         source: NamedSource::new(file.path.display().to_string(), Arc::clone(&file.text)),
-        span: SourceSpan::new((line_start + column_bytes).into(), token_len),
+        span: spot.span,
     })
 }

@@ -394,32 +394,15 @@ fn relation_by_oid<'c>(
     catalog.relations.get_mut(name)
 }
 
-// A temporary function so that every query is normalised in one round trip, each in its own
-// subtransaction (the EXCEPTION block), whatever the number of queries.
-// language=SQL
-const NORMALISE_FUNCTION: &str = "
-CREATE FUNCTION pg_temp.viewkeeper_normalise(queries text[]) RETURNS SETOF text
-LANGUAGE plpgsql AS $body$
-DECLARE
-    query text;
-    definition text;
-BEGIN
-    FOREACH query IN ARRAY queries LOOP
-        BEGIN
-            EXECUTE 'CREATE TEMPORARY VIEW viewkeeper_normalise AS ' || query;
-            EXECUTE 'SELECT pg_get_viewdef(''pg_temp.viewkeeper_normalise''::regclass)' INTO definition;
-            EXECUTE 'DROP VIEW pg_temp.viewkeeper_normalise';
-        EXCEPTION WHEN OTHERS THEN
-            definition := NULL;
-        END;
-        RETURN NEXT definition;
-    END LOOP;
-END
-$body$";
-
 /// Lets PostgreSQL print each declared query the way it prints a live view, by creating it
 /// as a temporary view. Creates objects: run it inside a savepoint or transaction that is
 /// rolled back. A query PostgreSQL rejects gets no entry.
+///
+/// Each declared text reaches the server as exactly one statement through the extended
+/// protocol (`CREATE TEMPORARY VIEW … AS <query>`), which PostgreSQL refuses to run when the
+/// text holds a second statement: nothing a declaration smuggles in after a `;` is ever
+/// executed. The statements are pipelined on the connection (sent without waiting for each
+/// answer), so thousands of queries cost a few round trips, not one each.
 pub async fn normalise(
     client: &impl GenericClient,
     queries: &[(QualifiedName, String)],
@@ -427,20 +410,48 @@ pub async fn normalise(
     if queries.is_empty() {
         return Ok(BTreeMap::new());
     }
-    client.batch_execute(NORMALISE_FUNCTION).await?;
-    let texts: Vec<&str> = queries.iter().map(|(_, query)| query.as_str()).collect();
-    let rows = client
-        .query("SELECT pg_temp.viewkeeper_normalise($1)", &[&texts])
-        .await?;
-    Ok(queries
+    client.execute(NORMALISE_SAVEPOINT, &[]).await?;
+    let creates: Vec<String> = queries
         .iter()
-        .zip(rows)
-        .filter_map(|((name, _), row)| {
-            row.get::<_, Option<String>>(0)
-                .map(|text| (name.clone(), text))
-        })
-        .collect())
+        .map(|(_, query)| format!("CREATE TEMPORARY VIEW {NORMALISE_VIEW} AS\n{query}"))
+        .collect();
+    // Requests go out in the order the futures are first polled, which `join_all` does in
+    // order: for each query, create, read back, roll back. Each future is one request, so
+    // none waits for an answer before the next is sent.
+    let requests = creates.iter().flat_map(|create| {
+        [create.as_str(), NORMALISE_READ_BACK, NORMALISE_UNDO]
+            .map(|sql| client.query_typed(sql, &[]))
+    });
+    let mut answers = futures_util::future::join_all(requests).await.into_iter();
+    let mut normalised = BTreeMap::new();
+    for (name, _) in queries {
+        let (Some(created), Some(definition), Some(undone)) =
+            (answers.next(), answers.next(), answers.next())
+        else {
+            break;
+        };
+        undone?;
+        if let Err(error) = created {
+            tracing::debug!("PostgreSQL rejects the declared query of {name}: {error}");
+            continue;
+        }
+        if let Some(text) = definition?
+            .first()
+            .and_then(|row| row.get::<_, Option<String>>(0))
+        {
+            normalised.insert(name.clone(), text);
+        }
+    }
+    Ok(normalised)
 }
+
+const NORMALISE_VIEW: &str = "pg_temp.viewkeeper_normalise";
+const NORMALISE_SAVEPOINT: &str = "SAVEPOINT viewkeeper_normalise_each";
+// `to_regclass` at run time: a `'…'::regclass` literal would be resolved when the statement
+// is parsed, before the view exists.
+const NORMALISE_READ_BACK: &str =
+    "SELECT pg_get_viewdef(to_regclass('pg_temp.viewkeeper_normalise'))";
+const NORMALISE_UNDO: &str = "ROLLBACK TO SAVEPOINT viewkeeper_normalise_each";
 
 // Every column of every user relation: changes whenever a migration adds, drops, renames
 // or retypes a column, or creates or drops a relation.

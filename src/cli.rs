@@ -9,9 +9,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "viewkeeper", version, about, max_term_width = 100)]
 pub struct Cli {
-    /// Project folder holding viewkeeper.kdl and the declarations folder.
-    #[arg(long, global = true, default_value = ".", value_name = "DIR")]
-    pub project: PathBuf,
+    /// Project folder holding viewkeeper.kdl and the declarations folder [default: the
+    /// nearest folder upward holding viewkeeper.kdl].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub project: Option<PathBuf>,
 
     #[command(flatten)]
     pub connect: ConnectOpts,
@@ -46,9 +47,16 @@ pub enum Command {
         /// Exit 0 when in sync, 2 when changes are pending, 1 on error.
         #[arg(long)]
         detailed_exitcode: bool,
+        /// Plan drops even when no declaration is found at all.
+        #[arg(long)]
+        allow_drop: bool,
     },
     /// Apply the plan in one transaction (exit 0 done or nothing to do, 1 failed and rolled back).
-    Reconcile,
+    Reconcile {
+        /// Drop managed objects even when no declaration is found at all.
+        #[arg(long)]
+        allow_drop: bool,
+    },
     /// Refresh materialized views in dependency order (all declared ones when none is named).
     Refresh {
         /// Materialized views to refresh, such as public.sales_summary.

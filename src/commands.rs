@@ -1,7 +1,7 @@
 //! What each command does, at the IO edge: load, connect, call the pure stages, print.
 
 use std::io::{self, IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::apply;
@@ -51,36 +51,74 @@ pub fn run(cli: Cli) -> Result<Status, Error> {
 
 async fn dispatch(cli: Cli) -> Result<Status, Error> {
     let url = cli.connect.database_url.as_deref();
+    let touches_database = !matches!(
+        cli.command,
+        Command::Check
+            | Command::Graph { .. }
+            | Command::Init
+            | Command::Completions { .. }
+            | Command::Demo
+    );
+    let project = match (&cli.project, &cli.command) {
+        (Some(dir), _) => dir.clone(),
+        // `init` starts a project where it is run, never in a folder above.
+        (None, Command::Init) => PathBuf::from("."),
+        (None, _) => find_project(touches_database)?,
+    };
+    let project = project.as_path();
     match cli.command {
-        Command::Check => check(&cli.project),
+        Command::Check => check(project),
         Command::Plan {
             format,
             detailed_exitcode,
-        } => plan(&cli.project, url, format, detailed_exitcode).await,
-        Command::Reconcile => reconcile(&cli.project, url).await,
-        Command::Refresh { views, downstream } => {
-            refresh(&cli.project, url, &views, downstream).await
-        }
+            allow_drop,
+        } => plan(project, url, format, detailed_exitcode, allow_drop).await,
+        Command::Reconcile { allow_drop } => reconcile(project, url, allow_drop).await,
+        Command::Refresh { views, downstream } => refresh(project, url, &views, downstream).await,
         Command::Schedule {
             emit,
             grace,
             no_heal,
-        } => schedule(&cli.project, url, emit, grace, !no_heal).await,
-        Command::Status { format } => status(&cli.project, url, format).await,
+        } => schedule(project, url, emit, grace, !no_heal).await,
+        Command::Status { format } => status(project, url, format).await,
         Command::Run {
             drop_first,
             command,
-        } => run_migration(&cli.project, url, drop_first, &command).await,
-        Command::Guard { action } => guard(&cli.project, url, action).await,
-        Command::Import { schemas } => import(&cli.project, url, &schemas).await,
-        Command::Graph { format } => graph(&cli.project, format),
-        Command::Init => init(&cli.project),
+        } => run_migration(project, url, drop_first, &command).await,
+        Command::Guard { action } => guard(project, url, action).await,
+        Command::Import { schemas } => import(project, url, &schemas).await,
+        Command::Graph { format } => graph(project, format),
+        Command::Init => init(project),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "viewkeeper", &mut io::stdout());
             Ok(Status::Done)
         }
         Command::Demo => crate::demo::run().await,
+    }
+}
+
+/// The project folder, found as git finds its repository: the nearest folder upward from
+/// the current one that holds `viewkeeper.kdl`. Without one, offline commands read the
+/// current folder, and commands that touch a database refuse: a folder that happens to have
+/// no declarations must not turn into "drop every managed view".
+fn find_project(touches_database: bool) -> Result<PathBuf, Error> {
+    let here = std::env::current_dir().map_err(|source| Error::Io {
+        context: "cannot read the current folder".to_owned(),
+        source,
+    })?;
+    if let Some(found) = here
+        .ancestors()
+        .find(|dir| dir.join(crate::project::CONFIG_FILE).is_file())
+    {
+        return Ok(found.to_path_buf());
+    }
+    if touches_database {
+        Err(Error::NoProject {
+            searched_from: here,
+        })
+    } else {
+        Ok(PathBuf::from("."))
     }
 }
 
@@ -116,10 +154,14 @@ async fn plan(
     url: Option<&str>,
     format: Format,
     detailed_exitcode: bool,
+    allow_drop: bool,
 ) -> Result<Status, Error> {
     let project = Project::load(root)?;
     let mut client = connect(url, &project).await?;
-    let plan = show_plan(&project, &mut client, format).await?;
+    let catalog = read_catalog(&mut client, &project).await?;
+    let plan = plan::plan(&project, &catalog)?;
+    plan::refuse_dropping_everything(&project, &plan, allow_drop)?;
+    print_plan(&plan, format)?;
     Ok(if detailed_exitcode && !plan.is_empty() {
         Status::ChangesPending
     } else {
@@ -136,18 +178,23 @@ pub(crate) async fn show_plan(
 ) -> Result<plan::Plan, Error> {
     let catalog = read_catalog(client, project).await?;
     let plan = plan::plan(project, &catalog)?;
-    let mut out = stdout();
-    ignore_broken_pipe(match format {
-        Format::Text => render::plan_text(&plan, &mut out),
-        Format::Json => render::plan_json(&plan, &mut out),
-    })?;
+    print_plan(&plan, format)?;
     Ok(plan)
 }
 
-async fn reconcile(root: &Path, url: Option<&str>) -> Result<Status, Error> {
+fn print_plan(plan: &plan::Plan, format: Format) -> Result<(), Error> {
+    let mut out = stdout();
+    ignore_broken_pipe(match format {
+        Format::Text => render::plan_text(plan, &mut out),
+        Format::Json => render::plan_json(plan, &mut out),
+    })?;
+    Ok(())
+}
+
+async fn reconcile(root: &Path, url: Option<&str>, allow_drop: bool) -> Result<Status, Error> {
     let project = Project::load(root)?;
     let mut client = connect(url, &project).await?;
-    run_reconcile(&project, &mut client).await?;
+    run_reconcile(&project, &mut client, allow_drop).await?;
     Ok(Status::Done)
 }
 
@@ -155,10 +202,11 @@ async fn reconcile(root: &Path, url: Option<&str>) -> Result<Status, Error> {
 pub(crate) async fn run_reconcile(
     project: &Project,
     client: &mut tokio_postgres::Client,
+    allow_drop: bool,
 ) -> Result<apply::Reconciled, Error> {
     let mut out = stdout();
     let mut write_error = None;
-    let reconciled = apply::reconcile(client, project, |statement, took| {
+    let reconciled = apply::reconcile(client, project, allow_drop, |statement, took| {
         if let Err(error) = render::statement_done(statement, took, &mut out) {
             write_error.get_or_insert(error);
         }
@@ -372,7 +420,7 @@ async fn run_migration(
         eprintln!("viewkeeper: {program} exited with status {code}; reconciling anyway");
     }
     let mut client = connect(url, &project).await?;
-    let reconciled = run_reconcile(&project, &mut client).await;
+    let reconciled = run_reconcile(&project, &mut client, false).await;
     match (code, reconciled) {
         (0, Ok(_)) => Ok(Status::Done),
         (0, Err(error)) => Err(error),

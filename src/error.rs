@@ -41,6 +41,14 @@ pub enum Error {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Guard(#[from] crate::guard::GuardError),
+    #[error(
+        "no viewkeeper.kdl in {} or any folder above it",
+        crate::project::display_path(searched_from).display()
+    )]
+    #[diagnostic(help(
+        "run `viewkeeper init` to start a project here, or pass --project DIR to name one"
+    ))]
+    NoProject { searched_from: std::path::PathBuf },
     #[error("invalid view name `{name}`: {message}")]
     InvalidName { name: String, message: String },
     #[error(transparent)]

@@ -163,9 +163,40 @@ pub enum PlanError {
         )
     )]
     WouldLose(Vec<(QualifiedName, Vec<String>)>),
+    #[error("no declarations found in {folder}; refusing to drop {managed} managed objects")]
+    #[diagnostic(
+        code(viewkeeper::no_declarations),
+        help(
+            "check --project and views-dir; to drop every managed view on purpose, pass --allow-drop"
+        )
+    )]
+    NoDeclarations { folder: String, managed: usize },
     #[error("the declared and the live dependencies form a cycle: {0}")]
     #[diagnostic(code(viewkeeper::cycle))]
     Cycle(#[from] Cycle),
+}
+
+/// Refuses a plan that drops managed objects while nothing at all is declared: that is far
+/// more often a wrong folder than an intent, so it takes `--allow-drop`.
+pub fn refuse_dropping_everything(
+    project: &Project,
+    plan: &Plan,
+    allow_drop: bool,
+) -> Result<(), PlanError> {
+    let managed = plan
+        .actions
+        .iter()
+        .filter(|action| matches!(action.change, Change::Drop | Change::Forget))
+        .count();
+    if allow_drop || !project.declarations.is_empty() || managed == 0 {
+        return Ok(());
+    }
+    Err(PlanError::NoDeclarations {
+        folder: crate::project::display_path(&project.views_dir)
+            .display()
+            .to_string(),
+        managed,
+    })
 }
 
 /// An object viewkeeper must drop or rebuild, and one it does not manage that reads it.

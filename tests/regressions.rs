@@ -33,7 +33,7 @@ fn a_declared_query_cannot_run_a_second_statement() {
     assert_eq!(code, 1, "{stdout}{stderr}");
     assert!(exists(&db, "victim"), "the table must survive");
     assert!(!exists(&db, "v"));
-    assert!(stderr.contains("multiple commands"), "{stderr}");
+    assert!(stderr.contains("one statement"), "{stderr}");
 }
 
 #[test]

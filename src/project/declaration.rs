@@ -8,8 +8,9 @@ use kdl::KdlNode;
 use miette::SourceSpan;
 
 use super::reader::{NodeReader, parse_document};
+use super::statement::{Statements, single_statement};
 use super::{
-    Config, Declaration, Dependency, Grant, Grantee, Index, Kind, Problem, Query, QueryOrigin,
+    Declaration, Dependency, Grant, Grantee, Index, Kind, Problem, Query, QueryOrigin,
     RefreshPolicy, RefreshTrigger, SourceFile, display_path,
 };
 use crate::name::{QualifiedName, is_plain_identifier, parse_identifier};
@@ -69,7 +70,7 @@ const MATERIALIZED_CHILDREN: &[&str] = &[
 /// Every declaration in one file; problems go to `problems`.
 pub(super) fn parse_file(
     file: &Arc<SourceFile>,
-    _config: &Config,
+    root: &Path,
     problems: &mut Vec<Problem>,
 ) -> Vec<Declaration> {
     let Some(document) = parse_document(file, problems) else {
@@ -78,13 +79,14 @@ pub(super) fn parse_file(
     document
         .nodes()
         .iter()
-        .filter_map(|node| parse_declaration(node, file, problems))
+        .filter_map(|node| parse_declaration(node, file, root, problems))
         .collect()
 }
 
 fn parse_declaration(
     node: &KdlNode,
     file: &Arc<SourceFile>,
+    root: &Path,
     problems: &mut Vec<Problem>,
 ) -> Option<Declaration> {
     let mut reader = NodeReader::new(node, file, problems);
@@ -132,7 +134,7 @@ fn parse_declaration(
             "needs a { … } block with a query",
         )),
     }
-    builder.finish(file, problems)
+    builder.finish(file, root, problems)
 }
 
 /// Collects a declaration's children, remembering which singletons were seen.
@@ -557,11 +559,19 @@ impl Builder {
         });
     }
 
-    fn finish(self, file: &Arc<SourceFile>, problems: &mut Vec<Problem>) -> Option<Declaration> {
+    fn finish(
+        self,
+        file: &Arc<SourceFile>,
+        root: &Path,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Declaration> {
         let query = match self.query {
-            Some((QueryText::Inline { text, span }, _)) => Some(inline_query(file, span, &text)),
+            Some((QueryText::Inline { text, span }, _)) => {
+                one_statement(inline_query(file, span, &text), file, span, problems)
+            }
             Some((QueryText::File { path, span }, _)) => {
-                query_from_file(file, &path, span, problems)
+                query_from_file(file, root, &path, span, problems)
+                    .and_then(|query| one_statement(query, file, span, problems))
             }
             None => {
                 if !self.query_failed {
@@ -647,15 +657,83 @@ fn inline_query(file: &Arc<SourceFile>, span: SourceSpan, text: &str) -> Query {
     Query { text, origin }
 }
 
+/// Refuses a query that holds more than one statement, pointing at the `;` that ends the
+/// first; drops a final `;`.
+fn one_statement(
+    query: Query,
+    file: &Arc<SourceFile>,
+    span: SourceSpan,
+    problems: &mut Vec<Problem>,
+) -> Option<Query> {
+    match single_statement(&query.text) {
+        Statements::One { text } => Some(Query { text, ..query }),
+        Statements::More { line, column } => {
+            let problem = match query.origin.spot(&query.text, line, column) {
+                Some(spot) => Problem::at(
+                    &query.origin.file,
+                    SourceSpan::new(spot.span.offset().into(), 1),
+                    "a query must be one statement, but this `;` starts another",
+                    "the first statement ends here",
+                ),
+                None => Problem::at(
+                    file,
+                    span,
+                    "a query must be one statement, but it holds several",
+                    "this query",
+                ),
+            };
+            problems.push(problem.with_help(
+                "a view is one SELECT (or VALUES, or WITH … SELECT); remove what follows the `;`",
+            ));
+            None
+        }
+    }
+}
+
 fn query_from_file(
     file: &Arc<SourceFile>,
+    root: &Path,
     relative: &str,
     span: SourceSpan,
     problems: &mut Vec<Problem>,
 ) -> Option<Query> {
     let base = file.path.parent().unwrap_or(Path::new(""));
     let path = display_path(&base.join(relative));
-    match std::fs::read_to_string(&path) {
+    let cannot_read = |error: std::io::Error| {
+        Problem::at(
+            file,
+            span,
+            format!("cannot read query file {}: {error}", path.display()),
+            "this file",
+        )
+        .with_help("query-file paths are relative to the .kdl file that names them")
+    };
+    // Only files inside the project: a declaration must not make viewkeeper read (and print
+    // in an error) a file such as ~/.pgpass. Checked after `..` and symlinks are resolved.
+    let resolved = match (path.canonicalize(), root.canonicalize()) {
+        (Ok(resolved), Ok(root)) if resolved.starts_with(&root) => resolved,
+        (Ok(_), Ok(root)) => {
+            problems.push(
+                Problem::at(
+                    file,
+                    span,
+                    format!(
+                        "query file {} is outside the project folder {}",
+                        path.display(),
+                        display_path(&root).display()
+                    ),
+                    "outside the project",
+                )
+                .with_help("keep query files inside the project folder; it was not read"),
+            );
+            return None;
+        }
+        (Err(error), _) | (_, Err(error)) => {
+            problems.push(cannot_read(error));
+            return None;
+        }
+    };
+    match std::fs::read_to_string(&resolved) {
         Ok(text) => {
             let (query, skipped_lines) = normalise_query(&text);
             if query.is_empty() {
@@ -678,15 +756,7 @@ fn query_from_file(
             })
         }
         Err(error) => {
-            problems.push(
-                Problem::at(
-                    file,
-                    span,
-                    format!("cannot read query file {}: {error}", path.display()),
-                    "this file",
-                )
-                .with_help("query-file paths are relative to the .kdl file that names them"),
-            );
+            problems.push(cannot_read(error));
             None
         }
     }

@@ -8,6 +8,7 @@ mod config;
 mod declaration;
 mod diagnostic;
 mod reader;
+mod statement;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,6 +34,8 @@ pub struct Project {
     pub config: Config,
     /// Declarations keyed by name, in file order then position within the file.
     pub declarations: IndexMap<QualifiedName, Declaration>,
+    /// The folder the declarations were read from.
+    pub views_dir: PathBuf,
 }
 
 /// What kind of relation a declaration makes.
@@ -119,6 +122,68 @@ pub struct QueryOrigin {
     /// False when escapes (`\n`, `\t`, `\"`) make the text's positions differ from the
     /// file's: errors then point at the query's first line only.
     pub exact: bool,
+}
+
+/// A place in a declaration or query file, found from a place in a query's text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSpot {
+    /// 1-based line and column in the file.
+    pub line: usize,
+    pub column: usize,
+    /// The token there, as a span of the file's bytes.
+    pub span: SourceSpan,
+}
+
+impl QueryOrigin {
+    /// Maps a 0-based line and character column of the query `text` (as it came from this
+    /// origin) to the file. `None` when escapes make the positions inexact.
+    pub fn spot(
+        &self,
+        text: &str,
+        line_in_query: usize,
+        column_in_line: usize,
+    ) -> Option<FileSpot> {
+        if !self.exact {
+            return None;
+        }
+        let query_line = text.lines().nth(line_in_query)?;
+        let file = &self.file;
+        let line = self.first_line + line_in_query;
+        let file_line = file.text.lines().nth(line.checked_sub(1)?)?;
+        // Multi-line strings lose their indentation when KDL dedents them, and query lines
+        // lose trailing blanks: the file line is the query line with that indentation in
+        // front.
+        let column = match self.first_column {
+            Some(first) if line_in_query == 0 => first + column_in_line,
+            _ => {
+                file_line
+                    .trim_end()
+                    .chars()
+                    .count()
+                    .saturating_sub(query_line.chars().count())
+                    + column_in_line
+                    + 1
+            }
+        };
+        // Byte offsets from the text itself, so `\r\n` line ends count as two bytes.
+        let line_start: usize = file
+            .text
+            .split_inclusive('\n')
+            .take(line - 1)
+            .map(str::len)
+            .sum();
+        let column_bytes: usize = file_line.chars().take(column - 1).map(char::len_utf8).sum();
+        let rest = &file_line[column_bytes.min(file_line.len())..];
+        let token_len = rest
+            .find(|c: char| c.is_whitespace() || c == ',' || c == ')')
+            .unwrap_or(rest.len())
+            .max(1);
+        Some(FileSpot {
+            line,
+            column,
+            span: SourceSpan::new((line_start + column_bytes).into(), token_len),
+        })
+    }
 }
 
 /// An `index` entry of a materialized view.
@@ -215,7 +280,7 @@ impl Project {
                 }
             };
             let file = Arc::new(SourceFile::new(display_path(&path), text));
-            for declaration in declaration::parse_file(&file, &config, &mut problems) {
+            for declaration in declaration::parse_file(&file, root, &mut problems) {
                 if let Some(first) = declarations.get(&declaration.name) {
                     let (line, col) = first.file.line_col(first.name_span.offset());
                     problems.push(
@@ -258,6 +323,7 @@ impl Project {
             Ok(Project {
                 config,
                 declarations,
+                views_dir,
             })
         } else {
             Err(Problems::new(problems))
