@@ -256,6 +256,40 @@ pub async fn read_catalog(
     Ok(catalog)
 }
 
+/// Proves that `plan` applies: compiles every query it creates as a temporary view, in
+/// plan order, inside `transaction` (which the caller rolls back). The statements are
+/// pipelined; the first one PostgreSQL rejects is reported as reconcile would report it.
+pub async fn prove(
+    transaction: &Transaction<'_>,
+    project: &Project,
+    plan: &Plan,
+) -> Result<(), ApplyError> {
+    let statements = crate::compile::compile_statements(plan, project);
+    if statements.is_empty() {
+        return Ok(());
+    }
+    let outcomes = futures_util::future::join_all(
+        statements
+            .iter()
+            .map(|statement| transaction.query_typed(&statement.sql, &[])),
+    )
+    .await;
+    let compile_plan = Plan {
+        statements,
+        ..Plan::default()
+    };
+    for (statement, outcome) in compile_plan.statements.iter().zip(outcomes) {
+        if let Err(error) = outcome {
+            return Err(ApplyError::Statement(Box::new(statement_error(
+                &compile_plan,
+                statement,
+                &error,
+            ))));
+        }
+    }
+    Ok(())
+}
+
 /// Every relation named in a `depends-on`, for the catalog to look up.
 pub fn dependency_names(project: &Project) -> Vec<crate::name::QualifiedName> {
     let mut names: Vec<_> = project
@@ -378,6 +412,7 @@ struct Spot {
 /// the declared query.
 fn locate(query: &EmbeddedQuery, position: usize) -> Option<Spot> {
     let index = position.checked_sub(1)?.checked_sub(query.offset_chars)?;
+    let index = crate::compile::unshift(&query.shifts, index);
     let before: String = query.text.chars().take(index).collect();
     if before.chars().count() < index {
         return None;

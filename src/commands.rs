@@ -158,10 +158,7 @@ async fn plan(
 ) -> Result<Status, Error> {
     let project = Project::load(root)?;
     let mut client = connect(url, &project).await?;
-    let catalog = read_catalog(&mut client, &project).await?;
-    let plan = plan::plan(&project, &catalog)?;
-    plan::refuse_dropping_everything(&project, &plan, allow_drop)?;
-    print_plan(&plan, format)?;
+    let plan = proven_plan(&mut client, &project, allow_drop, format).await?;
     Ok(if detailed_exitcode && !plan.is_empty() {
         Status::ChangesPending
     } else {
@@ -169,16 +166,42 @@ async fn plan(
     })
 }
 
-/// Reads the catalog in a transaction that is rolled back (plan never leaves anything
-/// behind), plans, and prints the plan to stdout.
+/// Plans, and proves the plan applies, and prints it to stdout.
 pub(crate) async fn show_plan(
     project: &Project,
     client: &mut tokio_postgres::Client,
     format: Format,
 ) -> Result<plan::Plan, Error> {
-    let catalog = read_catalog(client, project).await?;
+    proven_plan(client, project, false, format).await
+}
+
+/// Reads the catalog, plans, prints the plan, and compiles every query the plan creates,
+/// all in one transaction that is rolled back: plan never leaves anything behind, and waits
+/// for no lock longer than `lock-timeout`. The plan is printed before it is proven, so a
+/// plan that cannot be applied still shows what it would do (and why objects are missing).
+async fn proven_plan(
+    client: &mut tokio_postgres::Client,
+    project: &Project,
+    allow_drop: bool,
+    format: Format,
+) -> Result<plan::Plan, Error> {
+    let catalog_error = |error: tokio_postgres::Error| Error::Catalog(db::describe(&error));
+    let mut transaction = client.transaction().await.map_err(catalog_error)?;
+    let timeout_ms = project.config.lock_timeout.as_millis();
+    transaction
+        .batch_execute(&format!("SET LOCAL lock_timeout = {timeout_ms}"))
+        .await
+        .map_err(catalog_error)?;
+    let catalog = apply::read_catalog(&mut transaction, project)
+        .await
+        .map_err(catalog_error)?;
     let plan = plan::plan(project, &catalog)?;
+    plan::refuse_dropping_everything(project, &plan, allow_drop)?;
     print_plan(&plan, format)?;
+    apply::prove(&transaction, project, &plan)
+        .await
+        .map_err(Error::Unprovable)?;
+    transaction.rollback().await.map_err(catalog_error)?;
     Ok(plan)
 }
 

@@ -27,6 +27,9 @@ pub enum Error {
     #[error("reconcile failed, nothing was changed")]
     #[diagnostic(forward(0))]
     Apply(#[source] ApplyError),
+    #[error("the plan cannot be applied: PostgreSQL rejects a declared query; nothing was changed")]
+    #[diagnostic(forward(0))]
+    Unprovable(#[source] ApplyError),
     #[error(
         "could not drop the managed views before the migration; nothing was changed and the migration did not run"
     )]

@@ -9,6 +9,7 @@ pub mod apply;
 pub mod catalog;
 pub mod cli;
 pub mod commands;
+pub mod compile;
 pub mod db;
 mod demo;
 pub mod error;

@@ -131,6 +131,8 @@ pub struct EmbeddedQuery {
     pub offset_chars: usize,
     pub text: String,
     pub origin: QueryOrigin,
+    /// Where the text sent differs in length from `text` (see [`crate::compile`]).
+    pub shifts: Vec<crate::compile::Shift>,
 }
 
 /// A note about the declarations that does not block the plan.
@@ -860,6 +862,7 @@ impl Plan {
                 offset_chars: prefix.chars().count(),
                 text: declaration.query.text.clone(),
                 origin: declaration.query.origin.clone(),
+                shifts: Vec::new(),
             }),
         });
         for index in &declaration.indexes {
@@ -1115,7 +1118,7 @@ fn grant_sql(
 
 /// `security_invoker='true', check_option='local'`: keys were checked to be plain words
 /// when the files were read; values are quoted.
-fn options_sql(options: &std::collections::BTreeMap<String, String>) -> String {
+pub(crate) fn options_sql(options: &std::collections::BTreeMap<String, String>) -> String {
     options
         .iter()
         .map(|(key, value)| format!("{key}={}", quote_literal(value)))

@@ -136,6 +136,11 @@ impl TestDb {
         }
     }
 
+    /// Another connection to this database, e.g. to hold a lock while viewkeeper runs.
+    pub(crate) fn second_session(&self) -> Client {
+        self.runtime.block_on(connect(&self.url))
+    }
+
     /// Runs a future on this database's runtime, e.g. a library call taking the client.
     pub(crate) fn block_on<F: Future>(&self, future: F) -> F::Output {
         self.runtime.block_on(future)
