@@ -261,9 +261,15 @@ async fn measure(
     // First reconcile: creates everything.
     let mut first_phases: BTreeMap<Phase, Duration> = BTreeMap::new();
     let started = Instant::now();
-    let reconciled = apply::reconcile(&mut client, &project, false, |statement, took| {
-        *first_phases.entry(statement.phase).or_default() += took;
-    })
+    let reconciled = apply::reconcile(
+        &mut client,
+        &project,
+        false,
+        &|_| false,
+        |statement, took| {
+            *first_phases.entry(statement.phase).or_default() += took;
+        },
+    )
     .await
     .map_err(report)?;
     let first = started.elapsed();
@@ -321,7 +327,7 @@ async fn measure(
     let mut noop_reconcile_queries = 0;
     for _ in 0..NOOP_RUNS {
         let started = Instant::now();
-        let reconciled = apply::reconcile(&mut client, &project, false, |_, _| {})
+        let reconciled = apply::reconcile(&mut client, &project, false, &|_| false, |_, _| {})
             .await
             .map_err(report)?;
         reconcile_times.push(started.elapsed());
@@ -339,7 +345,7 @@ async fn measure(
         std::fs::write(&tree, declarations(n, run % 2 + 1))?;
         let edited = Project::load(project_dir.path()).map_err(report)?;
         let started = Instant::now();
-        let reconciled = apply::reconcile(&mut client, &edited, false, |_, _| {})
+        let reconciled = apply::reconcile(&mut client, &edited, false, &|_| false, |_, _| {})
             .await
             .map_err(report)?;
         leaf_times.push(started.elapsed());

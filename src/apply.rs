@@ -89,15 +89,20 @@ pub struct Reconciled {
 ///
 /// Unless `allow_drop`, a project with no declarations at all may not drop managed objects
 /// (see [`plan::refuse_dropping_everything`]).
+///
+/// Drops of materialized views that hold data need `allow_drop` too, or `confirm` to agree
+/// when shown them (a prompt on a terminal).
 pub async fn reconcile(
     client: &mut Client,
     project: &Project,
     allow_drop: bool,
+    confirm: &dyn Fn(&[&plan::Action]) -> bool,
     on_statement: impl FnMut(&Statement, Duration),
 ) -> Result<Reconciled, ApplyError> {
     let planner = |project: &Project, catalog: &Catalog| {
         let plan = plan::plan(project, catalog)?;
         plan::refuse_dropping_everything(project, &plan, allow_drop)?;
+        plan::refuse_data_loss(&plan, allow_drop, confirm)?;
         Ok(plan)
     };
     apply_with(client, project, planner, on_statement).await

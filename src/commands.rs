@@ -221,6 +221,27 @@ async fn reconcile(root: &Path, url: Option<&str>, allow_drop: bool) -> Result<S
     Ok(Status::Done)
 }
 
+/// On a terminal, lists the data a reconcile would destroy and asks for `yes`. Anywhere
+/// else (CI, cron, a pipe) there is nobody to ask: the answer is no.
+fn confirm_data_loss(losses: &[&plan::Action]) -> bool {
+    use std::io::{BufRead, IsTerminal};
+    if !io::stdin().is_terminal() || !io::stderr().is_terminal() {
+        return false;
+    }
+    let mut err = io::stderr().lock();
+    let _ = writeln!(
+        err,
+        "Reconcile would drop these materialized views and lose their data:"
+    );
+    for action in losses {
+        let _ = writeln!(err, "  {} ({})", action.object, action.reason);
+    }
+    let _ = write!(err, "Type yes to drop them: ");
+    let _ = err.flush();
+    let mut answer = String::new();
+    io::stdin().lock().read_line(&mut answer).is_ok() && answer.trim() == "yes"
+}
+
 /// Reconciles, printing each statement as it completes and a summary at the end.
 pub(crate) async fn run_reconcile(
     project: &Project,
@@ -229,11 +250,17 @@ pub(crate) async fn run_reconcile(
 ) -> Result<apply::Reconciled, Error> {
     let mut out = stdout();
     let mut write_error = None;
-    let reconciled = apply::reconcile(client, project, allow_drop, |statement, took| {
-        if let Err(error) = render::statement_done(statement, took, &mut out) {
-            write_error.get_or_insert(error);
-        }
-    })
+    let reconciled = apply::reconcile(
+        client,
+        project,
+        allow_drop,
+        &confirm_data_loss,
+        |statement, took| {
+            if let Err(error) = render::statement_done(statement, took, &mut out) {
+                write_error.get_or_insert(error);
+            }
+        },
+    )
     .await?;
     if let Some(error) = write_error {
         ignore_broken_pipe(Err(error))?;

@@ -65,6 +65,10 @@ pub struct Action {
     /// Alterations made in place (indexes, grants, comment, owner).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<String>,
+    /// The drop of a materialized view that holds data: the data is lost for good (a
+    /// rebuild refills it, a drop does not). Reconcile asks for intent.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub destroys_data: bool,
 }
 
 /// The kinds of action, in the order plans list them.
@@ -173,6 +177,17 @@ pub enum PlanError {
         )
     )]
     NoDeclarations { folder: String, managed: usize },
+    #[error(
+        "refusing to drop materialized views that hold data: {}",
+        names_list(.0)
+    )]
+    #[diagnostic(
+        code(viewkeeper::destroys_data),
+        help(
+            "their data cannot be brought back; pass --allow-drop to drop them, or keep their declarations"
+        )
+    )]
+    DestroysData(Vec<QualifiedName>),
     #[error("the declared and the live dependencies form a cycle: {0}")]
     #[diagnostic(code(viewkeeper::cycle))]
     Cycle(#[from] Cycle),
@@ -201,6 +216,29 @@ pub fn refuse_dropping_everything(
     })
 }
 
+impl Plan {
+    /// The actions that lose data for good: drops of materialized views that hold data.
+    pub fn data_losses(&self) -> Vec<&Action> {
+        self.actions.iter().filter(|a| a.destroys_data).collect()
+    }
+}
+
+/// Refuses a plan that destroys data unless the user said so (`--allow-drop`) or, on a
+/// terminal, `confirm` (shown the losses) agrees.
+pub fn refuse_data_loss(
+    plan: &Plan,
+    allow_drop: bool,
+    confirm: &dyn Fn(&[&Action]) -> bool,
+) -> Result<(), PlanError> {
+    let losses = plan.data_losses();
+    if allow_drop || losses.is_empty() || confirm(&losses) {
+        return Ok(());
+    }
+    Err(PlanError::DestroysData(
+        losses.iter().map(|action| action.object.clone()).collect(),
+    ))
+}
+
 /// An object viewkeeper must drop or rebuild, and one it does not manage that reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Blocker {
@@ -210,6 +248,14 @@ pub struct Blocker {
     pub dependent_kind: Kind,
     /// The dependent is declared but would lose the object it reads.
     pub dependent_declared: bool,
+}
+
+fn names_list(names: &[QualifiedName]) -> String {
+    names
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn losses_message(losses: &[(QualifiedName, Vec<String>)]) -> String {
@@ -361,7 +407,8 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
         if let Some(managed) = state.objects.get(name)
             && to_drop.contains(name)
         {
-            let kind = catalog.relations.get(name).map_or(managed.kind, |r| r.kind);
+            let live = catalog.relations.get(name);
+            let kind = live.map_or(managed.kind, |r| r.kind);
             plan.actions.push(Action {
                 change: Change::Drop,
                 object: name.clone(),
@@ -369,6 +416,8 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
                 reason: "no longer declared".to_owned(),
                 diff: None,
                 details: Vec::new(),
+                destroys_data: live
+                    .is_some_and(|r| r.kind == Kind::MaterializedView && r.populated),
             });
             plan.forget.push(name.clone());
             plan.push(
@@ -397,6 +446,7 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
                 reason: "no longer declared, and already gone from the database".to_owned(),
                 diff: None,
                 details: Vec::new(),
+                destroys_data: false,
             });
             plan.forget.push(managed.name.clone());
         }
@@ -434,6 +484,7 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
                         reason: "attributes differ from the declaration".to_owned(),
                         diff: None,
                         details,
+                        destroys_data: false,
                     });
                 }
                 if adopt || altered {
@@ -460,6 +511,7 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
             reason,
             diff,
             details: Vec::new(),
+            destroys_data: false,
         });
         plan.create(declaration, catalog, live.map(|live| live.owner.as_str()));
         plan.records.push(record(declaration));
@@ -476,6 +528,7 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
             reason: reason.to_owned(),
             diff: None,
             details: Vec::new(),
+            destroys_data: false,
         });
         plan.push(
             Phase::Refresh,
@@ -542,6 +595,7 @@ pub fn drop_managed(project: &Project, catalog: &Catalog) -> Result<Plan, PlanEr
             reason: "dropped before the migration; the reconcile after it restores it".to_owned(),
             diff: None,
             details: Vec::new(),
+            destroys_data: false,
         });
         plan.push(
             Phase::Drop,

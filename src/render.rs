@@ -69,6 +69,12 @@ fn action_text(action: &Action, out: &mut impl Write) -> io::Result<()> {
         action.kind.words()
     )?;
     writeln!(out, "         {}", action.reason)?;
+    if action.destroys_data {
+        writeln!(
+            out,
+            "         {RED}destroys data:{RED:#} its rows are lost for good (reconcile needs --allow-drop)"
+        )?;
+    }
     for detail in &action.details {
         writeln!(out, "         - {detail}")?;
     }

@@ -102,3 +102,93 @@ fn dropping_a_plain_view_that_is_no_longer_declared_needs_no_flag() {
     reconcile(&db, dir.path());
     assert!(!exists(&db, "a") && exists(&db, "m"));
 }
+
+#[test]
+fn dropping_a_materialized_view_that_holds_data_needs_intent() {
+    let db = test_db();
+    let dir = project(&[("views/a.kdl", VIEWS)]);
+    reconcile(&db, dir.path());
+    std::fs::write(
+        dir.path().join("views/a.kdl"),
+        "view \"a\" {\n    query \"SELECT 1 AS x\"\n}\n",
+    )
+    .expect("write");
+    let (code, stdout, _) = run(&db, dir.path(), &["plan", "--detailed-exitcode"]);
+    assert_eq!(code, 2);
+    assert!(stdout.contains("destroys data"), "{stdout}");
+    let (_, json, _) = run(&db, dir.path(), &["plan", "--format", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&json).expect("json");
+    let drop = &json["actions"][0];
+    assert_eq!(drop["object"], "public.m");
+    assert_eq!(drop["destroys_data"], true, "{json}");
+
+    // Without a terminal nobody can answer: refused, nothing changed.
+    let (code, stdout, stderr) = run(&db, dir.path(), &["reconcile"]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("refusing to drop materialized views that hold data: public.m"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--allow-drop"), "{stderr}");
+    assert!(exists(&db, "m"));
+
+    // On a terminal, anything but `yes` keeps the data.
+    let (code, output) = reconcile_on_a_terminal(&db, dir.path(), "no\n");
+    assert_ne!(code, 0, "{output}");
+    assert!(
+        output.contains("public.m"),
+        "the prompt lists the loss:\n{output}"
+    );
+    assert!(exists(&db, "m"));
+    let (code, output) = reconcile_on_a_terminal(&db, dir.path(), "yes\n");
+    assert_eq!(code, 0, "{output}");
+    assert!(!exists(&db, "m"));
+}
+
+#[test]
+fn allow_drop_drops_data_and_a_rebuild_needs_no_flag() {
+    let db = test_db();
+    let dir = project(&[("views/a.kdl", VIEWS)]);
+    reconcile(&db, dir.path());
+    // A changed query rebuilds and refills: no data is lost, no flag needed.
+    std::fs::write(
+        dir.path().join("views/a.kdl"),
+        VIEWS.replace("SELECT 2 AS y", "SELECT 3 AS y"),
+    )
+    .expect("write");
+    let (_, stdout, _) = run(&db, dir.path(), &["plan"]);
+    assert!(!stdout.contains("destroys data"), "{stdout}");
+    reconcile(&db, dir.path());
+    assert_eq!(db.scalar_i64("SELECT y FROM m"), 3);
+
+    std::fs::write(
+        dir.path().join("views/a.kdl"),
+        "view \"a\" {\n    query \"SELECT 1 AS x\"\n}\n",
+    )
+    .expect("write");
+    let (code, stdout, stderr) = run(&db, dir.path(), &["reconcile", "--allow-drop"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(!exists(&db, "m"));
+}
+
+/// Runs `reconcile` under a pseudo-terminal (util-linux `script`), typing `answer`.
+fn reconcile_on_a_terminal(db: &TestDb, dir: &Path, answer: &str) -> (i32, String) {
+    let binary = assert_cmd::cargo::cargo_bin("viewkeeper");
+    let command = format!("{} --project {} reconcile", binary.display(), dir.display());
+    let output = assert_cmd::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("DATABASE_URL", &db.url)
+        .env("NO_COLOR", "1")
+        .write_stdin(answer)
+        .timeout(std::time::Duration::from_secs(60))
+        .output()
+        .unwrap_or_else(|err| panic!("could not run script(1): {err}"));
+    (
+        output.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
