@@ -84,6 +84,9 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        /// Exit 0 when everything is in sync, 2 when anything is pending or missing, 1 on error.
+        #[arg(long)]
+        detailed_exitcode: bool,
     },
     /// Run a migration command, then reconcile; exits with the command's status.
     ///

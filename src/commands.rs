@@ -80,7 +80,10 @@ async fn dispatch(cli: Cli) -> Result<Status, Error> {
             grace,
             no_heal,
         } => schedule(project, url, emit, grace, !no_heal).await,
-        Command::Status { format } => status(project, url, format).await,
+        Command::Status {
+            format,
+            detailed_exitcode,
+        } => status(project, url, format, detailed_exitcode).await,
         Command::Run {
             drop_first,
             command,
@@ -366,7 +369,12 @@ async fn schedule(
     Ok(Status::Done)
 }
 
-async fn status(root: &Path, url: Option<&str>, format: Format) -> Result<Status, Error> {
+async fn status(
+    root: &Path,
+    url: Option<&str>,
+    format: Format,
+    detailed_exitcode: bool,
+) -> Result<Status, Error> {
     let project = Project::load(root)?;
     let mut client = connect(url, &project).await?;
     let schema = &project.config.state_schema;
@@ -397,7 +405,13 @@ async fn status(root: &Path, url: Option<&str>, format: Format) -> Result<Status
         Format::Text => render::status_text(&rows, now, &mut out),
         Format::Json => render::status_json(&rows, &mut out),
     })?;
-    Ok(Status::Done)
+    let pending = plan.as_ref().map_or(true, |plan| !plan.is_empty())
+        || rows.iter().any(|row| row.sync != crate::status::IN_SYNC);
+    Ok(if detailed_exitcode && pending {
+        Status::ChangesPending
+    } else {
+        Status::Done
+    })
 }
 
 /// A spinner with the elapsed time while a refresh runs, when stdout is a terminal.

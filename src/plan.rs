@@ -59,7 +59,8 @@ pub struct Action {
     pub object: QualifiedName,
     pub kind: Kind,
     pub reason: String,
-    /// Unified diff of the query (applied → declared) or of the definition (applied → live).
+    /// Unified diff of the query (applied → declared) or of a drifted definition (live →
+    /// what reconcile restores): `+` lines are what reconcile brings.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub diff: Option<String>,
     /// Alterations made in place (indexes, grants, comment, owner).
@@ -144,6 +145,8 @@ pub struct EmbeddedQuery {
 pub struct Warning {
     pub object: QualifiedName,
     pub message: String,
+    /// `file:line` of the declaration (or of the `depends-on` entry) it is about.
+    pub location: String,
 }
 
 /// Why no plan could be made; nothing has been changed.
@@ -731,11 +734,12 @@ fn status(
     if drifted {
         return Status::Replace {
             reason: "the live definition drifted from what viewkeeper applied".to_owned(),
+            // In the direction of the change reconcile makes: `+` is what it brings back.
             diff: Some(unified_diff(
-                &managed.applied_definition,
                 &live.definition,
-                &format!("{} (as applied)", declaration.name),
+                &managed.applied_definition,
                 &format!("{} (live)", declaration.name),
+                &format!("{} (after reconcile)", declaration.name),
             )),
         };
     }
@@ -822,17 +826,28 @@ fn warn_about_dependencies(plan: &mut Plan, declaration: &Declaration, catalog: 
             plan.warnings.push(Warning {
                 object: declaration.name.clone(),
                 message: format!("reads {read}, but its depends-on does not list it"),
+                location: file_line(declaration, declaration.name_span),
             });
         }
     }
-    for dependency in declared {
-        if !reads.contains(dependency) {
+    for dependency in &declaration.depends_on {
+        if !reads.contains(&dependency.name) {
             plan.warnings.push(Warning {
                 object: declaration.name.clone(),
-                message: format!("declares depends-on {dependency}, but the database shows no such dependency (stale?)"),
+                message: format!(
+                    "declares depends-on {}, but the database shows no such dependency (stale?)",
+                    dependency.name
+                ),
+                location: file_line(declaration, dependency.span),
             });
         }
     }
+}
+
+/// `path:line` of a span in a declaration's file.
+fn file_line(declaration: &Declaration, span: miette::SourceSpan) -> String {
+    let (line, _) = declaration.file.line_col(span.offset());
+    format!("{}:{line}", declaration.file.path.display())
 }
 
 fn record(declaration: &Declaration) -> Record {

@@ -120,8 +120,8 @@ fn warnings_text(warnings: &[Warning], out: &mut impl Write) -> io::Result<()> {
     for warning in warnings {
         writeln!(
             out,
-            "{YELLOW}warning:{YELLOW:#} {}: {}",
-            warning.object, warning.message
+            "{YELLOW}warning:{YELLOW:#} {}: {} {DIM}({}){DIM:#}",
+            warning.object, warning.message, warning.location
         )?;
     }
     Ok(())

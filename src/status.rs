@@ -14,6 +14,9 @@ use crate::refresh::schedule::{next_due, scheduled_views};
 use crate::state::RefreshHistory;
 
 /// One row of the status table.
+/// The `sync` of an object that needs nothing.
+pub const IN_SYNC: &str = "in-sync";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ObjectStatus {
     pub object: QualifiedName,
@@ -81,7 +84,7 @@ pub fn status(
                         Some(action) => {
                             (action.change.verb().to_owned(), Some(action.reason.clone()))
                         }
-                        None => ("in-sync".to_owned(), None),
+                        None => (IN_SYNC.to_owned(), None),
                     }
                 }
                 Err(message) => ("unknown".to_owned(), Some(message.clone())),

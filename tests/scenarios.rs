@@ -250,13 +250,13 @@ view "public.v" {
     );
     assert!(
         diff.iter()
-            .any(|l| l.starts_with('-') && !l.starts_with("---") && l.contains("amt > 7")),
-        "the diff must remove the applied condition:\n{stdout}"
+            .any(|l| l.starts_with('+') && !l.starts_with("+++") && l.contains("amt > 7")),
+        "the diff reads live → declared: reconcile adds back the applied condition:\n{stdout}"
     );
     assert!(
         diff.iter()
-            .any(|l| l.starts_with('+') && !l.starts_with("+++") && l.contains("amt > 1000")),
-        "the diff must add the live condition:\n{stdout}"
+            .any(|l| l.starts_with('-') && !l.starts_with("---") && l.contains("amt > 1000")),
+        "and removes the hand-edited one:\n{stdout}"
     );
 
     reconcile(&db, dir.path());
