@@ -249,7 +249,7 @@ pub async fn read_catalog(
         let savepoint = transaction.savepoint("viewkeeper_normalise").await?;
         // Normalising needs temporary objects; without that right (or on a read-only
         // replica) objects are simply not adopted, and the plan says what it would do.
-        match catalog::normalise(&savepoint, &candidates).await {
+        match normalise_both_sides(&savepoint, &catalog, &candidates).await {
             Ok(normalised) => catalog.normalised = normalised,
             Err(error) => tracing::info!(
                 "cannot compare declared queries with live ones, so nothing is adopted: {}",
@@ -259,6 +259,34 @@ pub async fn read_catalog(
         savepoint.rollback().await?;
     }
     Ok(catalog)
+}
+
+/// How PostgreSQL prints each candidate's declared query. `pg_get_viewdef` is not always a
+/// fixed point (a `NATURAL JOIN` with no common column prints as `ON TRUE`, which prints
+/// back as `ON (true)`), so where the declared query prints differently from the live
+/// definition, the live definition is put through the same round trip; when both sides
+/// then print the same, the declared query counts as the live one.
+async fn normalise_both_sides(
+    client: &Transaction<'_>,
+    catalog: &Catalog,
+    candidates: &[(crate::name::QualifiedName, String)],
+) -> Result<std::collections::BTreeMap<crate::name::QualifiedName, String>, tokio_postgres::Error> {
+    let mut normalised = catalog::normalise(client, candidates).await?;
+    let differing: Vec<_> = normalised
+        .iter()
+        .filter_map(|(name, declared)| {
+            let live = catalog.relations.get(name)?;
+            (*declared != live.definition).then(|| (name.clone(), live.definition.clone()))
+        })
+        .collect();
+    for (name, live) in catalog::normalise(client, &differing).await? {
+        if normalised.get(&name) == Some(&live)
+            && let Some(relation) = catalog.relations.get(&name)
+        {
+            normalised.insert(name, relation.definition.clone());
+        }
+    }
+    Ok(normalised)
 }
 
 /// Proves that `plan` applies: compiles every query it creates as a temporary view, in

@@ -29,7 +29,8 @@ pub struct Catalog {
     /// (`ALTER DEFAULT PRIVILEGES`), by schema; `""` holds the ones for every schema.
     pub default_grants: BTreeMap<String, BTreeSet<(Grantee, String)>>,
     /// How PostgreSQL prints some declared queries (`pg_get_viewdef` of a throwaway view made
-    /// from them), to tell an equivalent query from a changed one. Filled by [`normalise`].
+    /// from them), to tell an equivalent query from a changed one; the live definition
+    /// itself where the live one, printed again, reads the same. Filled by [`normalise`].
     pub normalised: BTreeMap<QualifiedName, String>,
     /// The latest drop the guard recorded for each object (empty without the guard).
     pub drops: BTreeMap<QualifiedName, crate::guard::DropRecord>,
