@@ -264,8 +264,7 @@ async fn measure(
     let reconciled = apply::reconcile(
         &mut client,
         &project,
-        false,
-        &|_| false,
+        &apply::Intent::UNATTENDED,
         |statement, took| {
             *first_phases.entry(statement.phase).or_default() += took;
         },
@@ -327,9 +326,10 @@ async fn measure(
     let mut noop_reconcile_queries = 0;
     for _ in 0..NOOP_RUNS {
         let started = Instant::now();
-        let reconciled = apply::reconcile(&mut client, &project, false, &|_| false, |_, _| {})
-            .await
-            .map_err(report)?;
+        let reconciled =
+            apply::reconcile(&mut client, &project, &apply::Intent::UNATTENDED, |_, _| {})
+                .await
+                .map_err(report)?;
         reconcile_times.push(started.elapsed());
         noop_reconcile_queries = reconciled.catalog_queries;
         if !reconciled.plan.is_empty() {
@@ -345,9 +345,10 @@ async fn measure(
         std::fs::write(&tree, declarations(n, run % 2 + 1))?;
         let edited = Project::load(project_dir.path()).map_err(report)?;
         let started = Instant::now();
-        let reconciled = apply::reconcile(&mut client, &edited, false, &|_| false, |_, _| {})
-            .await
-            .map_err(report)?;
+        let reconciled =
+            apply::reconcile(&mut client, &edited, &apply::Intent::UNATTENDED, |_, _| {})
+                .await
+                .map_err(report)?;
         leaf_times.push(started.elapsed());
         leaf_queries = reconciled.catalog_queries;
         leaf_statements = reconciled.plan.statements.len();

@@ -92,20 +92,53 @@ pub struct Reconciled {
 ///
 /// Drops of materialized views that hold data need `allow_drop` too, or `confirm` to agree
 /// when shown them (a prompt on a terminal).
+///
+/// With `intent.saved`, the plan is applied only if the catalog, the schema and the
+/// declarations are what the saved plan was made from, and only if it is the saved plan.
 pub async fn reconcile(
     client: &mut Client,
     project: &Project,
-    allow_drop: bool,
-    confirm: &dyn Fn(&[&plan::Action]) -> bool,
+    intent: &Intent<'_>,
     on_statement: impl FnMut(&Statement, Duration),
 ) -> Result<Reconciled, ApplyError> {
     let planner = |project: &Project, catalog: &Catalog| {
         let plan = plan::plan(project, catalog)?;
-        plan::refuse_dropping_everything(project, &plan, allow_drop)?;
-        plan::refuse_data_loss(&plan, allow_drop, confirm)?;
+        if let Some(saved) = intent.saved {
+            let schema = catalog.schema_digest.clone().unwrap_or_default();
+            let now = crate::saved_plan::fingerprint(project, catalog, schema);
+            crate::saved_plan::check(saved, &now, &plan)?;
+        }
+        plan::refuse_dropping_everything(project, &plan, intent.allow_drop)?;
+        plan::refuse_data_loss(&plan, intent.allow_drop, intent.confirm)?;
         Ok(plan)
     };
-    apply_with(client, project, planner, on_statement).await
+    apply_with(
+        client,
+        project,
+        planner,
+        intent.saved.is_some(),
+        on_statement,
+    )
+    .await
+}
+
+/// What the user allowed a reconcile to do.
+pub struct Intent<'a> {
+    /// `--allow-drop`: drops that lose data, or that empty the database of managed objects.
+    pub allow_drop: bool,
+    /// Asked, with the drops that lose data, when `allow_drop` is not given.
+    pub confirm: &'a dyn Fn(&[&plan::Action]) -> bool,
+    /// `--plan FILE`: apply this saved plan or nothing.
+    pub saved: Option<&'a crate::saved_plan::SavedPlan>,
+}
+
+impl Intent<'_> {
+    /// Nobody to ask and nothing allowed beyond the safe: `schedule`'s healing, `run`.
+    pub const UNATTENDED: Intent<'static> = Intent {
+        allow_drop: false,
+        confirm: &|_| false,
+        saved: None,
+    };
 }
 
 /// Drops every managed view and materialized view, dependents first, in one transaction
@@ -115,7 +148,7 @@ pub async fn drop_managed(
     project: &Project,
     on_statement: impl FnMut(&Statement, Duration),
 ) -> Result<Reconciled, ApplyError> {
-    apply_with(client, project, plan::drop_managed, on_statement).await
+    apply_with(client, project, plan::drop_managed, false, on_statement).await
 }
 
 /// Locks, reads the catalog, makes a plan with `planner` and applies it, all in one
@@ -124,6 +157,7 @@ async fn apply_with(
     client: &mut Client,
     project: &Project,
     planner: impl Fn(&Project, &Catalog) -> Result<Plan, PlanError>,
+    read_schema_digest: bool,
     mut on_statement: impl FnMut(&Statement, Duration),
 ) -> Result<Reconciled, ApplyError> {
     let started = Instant::now();
@@ -157,9 +191,16 @@ async fn apply_with(
         .await
         .map_err(database("cannot set lock_timeout"))?;
 
-    let catalog = read_catalog(&mut transaction, project)
+    let mut catalog = read_catalog(&mut transaction, project)
         .await
         .map_err(database("cannot read the catalog"))?;
+    if read_schema_digest {
+        catalog.schema_digest = Some(
+            catalog::schema_fingerprint(&transaction)
+                .await
+                .map_err(database("cannot read the catalog"))?,
+        );
+    }
     let plan = planner(project, &catalog)?;
     if plan.is_empty() && plan.records.is_empty() {
         // Nothing to do: no DDL, no lock on any view, nothing written.

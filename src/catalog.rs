@@ -32,6 +32,8 @@ pub struct Catalog {
     /// from them), to tell an equivalent query from a changed one; the live definition
     /// itself where the live one, printed again, reads the same. Filled by [`normalise`].
     pub normalised: BTreeMap<QualifiedName, String>,
+    /// [`schema_fingerprint`], when a saved plan needs it.
+    pub schema_digest: Option<String>,
     /// The latest drop the guard recorded for each object (empty without the guard).
     pub drops: BTreeMap<QualifiedName, crate::guard::DropRecord>,
     /// viewkeeper's records; `None` when the state schema does not exist yet.

@@ -50,12 +50,21 @@ pub enum Command {
         /// Plan drops even when no declaration is found at all.
         #[arg(long)]
         allow_drop: bool,
+        /// Also save the plan, with a fingerprint of what it was made from, for
+        /// `reconcile --plan FILE`.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// Apply the plan in one transaction (exit 0 done or nothing to do, 1 failed and rolled back).
     Reconcile {
-        /// Drop managed objects even when no declaration is found at all.
+        /// Allow drops that lose data (materialized views that hold data), or that remove
+        /// every managed object because no declaration is found.
         #[arg(long)]
         allow_drop: bool,
+        /// Apply this plan, saved by `plan --out`, exactly; refuse if the database or the
+        /// declarations changed since.
+        #[arg(long, value_name = "FILE")]
+        plan: Option<PathBuf>,
     },
     /// Refresh materialized views in dependency order (all declared ones when none is named).
     Refresh {

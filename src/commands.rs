@@ -72,8 +72,22 @@ async fn dispatch(cli: Cli) -> Result<Status, Error> {
             format,
             detailed_exitcode,
             allow_drop,
-        } => plan(project, url, format, detailed_exitcode, allow_drop).await,
-        Command::Reconcile { allow_drop } => reconcile(project, url, allow_drop).await,
+            out,
+        } => {
+            plan(
+                project,
+                url,
+                format,
+                detailed_exitcode,
+                allow_drop,
+                out.as_deref(),
+            )
+            .await
+        }
+        Command::Reconcile {
+            allow_drop,
+            plan: saved,
+        } => reconcile(project, url, allow_drop, saved.as_deref()).await,
         Command::Refresh { views, downstream } => refresh(project, url, &views, downstream).await,
         Command::Schedule {
             emit,
@@ -158,15 +172,56 @@ async fn plan(
     format: Format,
     detailed_exitcode: bool,
     allow_drop: bool,
+    out: Option<&Path>,
 ) -> Result<Status, Error> {
     let project = Project::load(root)?;
     let mut client = connect(url, &project).await?;
-    let plan = proven_plan(&mut client, &project, allow_drop, format).await?;
+    let (plan, fingerprint) =
+        proven_plan(&mut client, &project, allow_drop, format, out.is_some()).await?;
+    if let (Some(path), Some(fingerprint)) = (out, fingerprint) {
+        let mut file = Vec::new();
+        render::plan_json_with(&plan, Some(&fingerprint), &mut file)
+            .and_then(|()| std::fs::write(path, file))
+            .map_err(|source| Error::Io {
+                context: format!("cannot write the plan to {}", path.display()),
+                source,
+            })?;
+    }
     Ok(if detailed_exitcode && !plan.is_empty() {
         Status::ChangesPending
     } else {
         Status::Done
     })
+}
+
+/// Reads a plan saved by `plan --out`.
+fn read_saved_plan(path: &Path) -> Result<crate::saved_plan::SavedPlan, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        context: format!("cannot read the saved plan {}", path.display()),
+        source,
+    })?;
+    let saved: crate::saved_plan::SavedPlan =
+        serde_json::from_str(&text).map_err(|error| Error::Io {
+            context: format!(
+                "{} is not a plan saved by `viewkeeper plan --out`",
+                path.display()
+            ),
+            source: io::Error::new(io::ErrorKind::InvalidData, error),
+        })?;
+    if saved.format_version != render::PLAN_FORMAT_VERSION {
+        return Err(Error::Io {
+            context: format!("cannot apply {}", path.display()),
+            source: io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "it has format_version {}, this viewkeeper reads {}; plan again",
+                    saved.format_version,
+                    render::PLAN_FORMAT_VERSION
+                ),
+            ),
+        });
+    }
+    Ok(saved)
 }
 
 /// Plans, and proves the plan applies, and prints it to stdout.
@@ -175,7 +230,7 @@ pub(crate) async fn show_plan(
     client: &mut tokio_postgres::Client,
     format: Format,
 ) -> Result<plan::Plan, Error> {
-    proven_plan(client, project, false, format).await
+    Ok(proven_plan(client, project, false, format, false).await?.0)
 }
 
 /// Reads the catalog, plans, prints the plan, and compiles every query the plan creates,
@@ -187,7 +242,8 @@ async fn proven_plan(
     project: &Project,
     allow_drop: bool,
     format: Format,
-) -> Result<plan::Plan, Error> {
+    with_fingerprint: bool,
+) -> Result<(plan::Plan, Option<crate::saved_plan::Fingerprint>), Error> {
     let catalog_error = |error: tokio_postgres::Error| Error::Catalog(db::describe(&error));
     let mut transaction = client.transaction().await.map_err(catalog_error)?;
     let timeout_ms = project.config.lock_timeout.as_millis();
@@ -200,12 +256,20 @@ async fn proven_plan(
         .map_err(catalog_error)?;
     let plan = plan::plan(project, &catalog)?;
     plan::refuse_dropping_everything(project, &plan, allow_drop)?;
+    let fingerprint = if with_fingerprint {
+        let schema = catalog::schema_fingerprint(&transaction)
+            .await
+            .map_err(catalog_error)?;
+        Some(crate::saved_plan::fingerprint(project, &catalog, schema))
+    } else {
+        None
+    };
     print_plan(&plan, format)?;
     apply::prove(&transaction, project, &plan)
         .await
         .map_err(Error::Unprovable)?;
     transaction.rollback().await.map_err(catalog_error)?;
-    Ok(plan)
+    Ok((plan, fingerprint))
 }
 
 fn print_plan(plan: &plan::Plan, format: Format) -> Result<(), Error> {
@@ -217,10 +281,24 @@ fn print_plan(plan: &plan::Plan, format: Format) -> Result<(), Error> {
     Ok(())
 }
 
-async fn reconcile(root: &Path, url: Option<&str>, allow_drop: bool) -> Result<Status, Error> {
+async fn reconcile(
+    root: &Path,
+    url: Option<&str>,
+    allow_drop: bool,
+    saved_plan: Option<&Path>,
+) -> Result<Status, Error> {
     let project = Project::load(root)?;
     let mut client = connect(url, &project).await?;
-    run_reconcile(&project, &mut client, allow_drop).await?;
+    let saved = match saved_plan {
+        Some(path) => Some(read_saved_plan(path)?),
+        None => None,
+    };
+    let intent = apply::Intent {
+        allow_drop,
+        confirm: &confirm_data_loss,
+        saved: saved.as_ref(),
+    };
+    run_reconcile(&project, &mut client, &intent).await?;
     Ok(Status::Done)
 }
 
@@ -249,21 +327,15 @@ fn confirm_data_loss(losses: &[&plan::Action]) -> bool {
 pub(crate) async fn run_reconcile(
     project: &Project,
     client: &mut tokio_postgres::Client,
-    allow_drop: bool,
+    intent: &apply::Intent<'_>,
 ) -> Result<apply::Reconciled, Error> {
     let mut out = stdout();
     let mut write_error = None;
-    let reconciled = apply::reconcile(
-        client,
-        project,
-        allow_drop,
-        &confirm_data_loss,
-        |statement, took| {
-            if let Err(error) = render::statement_done(statement, took, &mut out) {
-                write_error.get_or_insert(error);
-            }
-        },
-    )
+    let reconciled = apply::reconcile(client, project, intent, |statement, took| {
+        if let Err(error) = render::statement_done(statement, took, &mut out) {
+            write_error.get_or_insert(error);
+        }
+    })
     .await?;
     if let Some(error) = write_error {
         ignore_broken_pipe(Err(error))?;
@@ -484,7 +556,7 @@ async fn run_migration(
         eprintln!("viewkeeper: {program} exited with status {code}; reconciling anyway");
     }
     let mut client = connect(url, &project).await?;
-    let reconciled = run_reconcile(&project, &mut client, false).await;
+    let reconciled = run_reconcile(&project, &mut client, &apply::Intent::UNATTENDED).await;
     match (code, reconciled) {
         (0, Ok(_)) => Ok(Status::Done),
         (0, Err(error)) => Err(error),

@@ -99,7 +99,7 @@ pub(crate) async fn run() -> Result<Status, Error> {
     show_plan(&project, &mut client, Format::Text).await?;
 
     say("$ viewkeeper reconcile")?;
-    run_reconcile(&project, &mut client, false).await?;
+    run_reconcile(&project, &mut client, &crate::apply::Intent::UNATTENDED).await?;
     inspect(&client).await?;
 
     say("$ viewkeeper guard install        (records who drops a managed view, and how)")?;
@@ -115,7 +115,7 @@ pub(crate) async fn run() -> Result<Status, Error> {
     show_plan(&project, &mut client, Format::Text).await?;
 
     say("$ viewkeeper reconcile")?;
-    run_reconcile(&project, &mut client, false).await?;
+    run_reconcile(&project, &mut client, &crate::apply::Intent::UNATTENDED).await?;
 
     say("Everything is back: views, index, grant, comment and data")?;
     inspect(&client).await?;

@@ -22,6 +22,7 @@ pub mod project;
 pub mod refresh;
 pub mod render;
 pub mod sandbox;
+pub mod saved_plan;
 mod sql;
 pub mod state;
 pub mod status;

@@ -191,6 +191,9 @@ pub enum PlanError {
         )
     )]
     DestroysData(Vec<QualifiedName>),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    SavedPlan(#[from] crate::saved_plan::SavedPlanError),
     #[error("the declared and the live dependencies form a cycle: {0}")]
     #[diagnostic(code(viewkeeper::cycle))]
     Cycle(#[from] Cycle),

@@ -138,12 +138,28 @@ struct PlanDocument<'p> {
     statements: &'p [Statement],
     adopted: &'p [crate::name::QualifiedName],
     warnings: &'p [Warning],
+    /// Only in files written by `plan --out`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fingerprint: Option<&'p crate::saved_plan::Fingerprint>,
 }
+
+/// The `format_version` of the JSON plan.
+pub const PLAN_FORMAT_VERSION: u32 = 1;
 
 /// The plan as one JSON document.
 pub fn plan_json(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
+    plan_json_with(plan, None, out)
+}
+
+/// The plan as one JSON document, with the fingerprint of what it was made from.
+pub fn plan_json_with(
+    plan: &Plan,
+    fingerprint: Option<&crate::saved_plan::Fingerprint>,
+    out: &mut impl Write,
+) -> io::Result<()> {
     let document = PlanDocument {
-        format_version: 1,
+        format_version: PLAN_FORMAT_VERSION,
+        fingerprint,
         in_sync: plan.is_empty(),
         summary: plan.summary(),
         actions: &plan.actions,

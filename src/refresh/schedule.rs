@@ -375,7 +375,14 @@ impl Healer {
             return;
         }
         self.last_attempt = Some(tokio::time::Instant::now());
-        match crate::apply::reconcile(client, project, false, &|_| false, |_, _| {}).await {
+        match crate::apply::reconcile(
+            client,
+            project,
+            &crate::apply::Intent::UNATTENDED,
+            |_, _| {},
+        )
+        .await
+        {
             Ok(reconciled) => {
                 self.pending = false;
                 self.blocked = None;
