@@ -4,6 +4,7 @@
 //! transaction, so a reconcile that waited for another one plans against what that one
 //! left. Any error rolls everything back: the database is exactly as it was.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use tokio_postgres::{Client, Transaction};
 
 use crate::catalog::{self, Catalog};
 use crate::db::describe;
+use crate::graph::DependencyGraph;
 use crate::name::QualifiedName;
 use crate::plan::{self, EmbeddedQuery, Phase, Plan, PlanError, Statement};
 use crate::project::Project;
@@ -76,12 +78,19 @@ pub fn lock_key(state_schema: &str) -> i64 {
     i64::from_be_bytes(bytes)
 }
 
+/// An object that keep-going left out, and why.
+pub type Failure = (QualifiedName, StatementError);
+
 /// What a reconcile did.
 #[derive(Debug)]
 pub struct Reconciled {
     pub plan: Plan,
     pub catalog_queries: usize,
     pub elapsed: Duration,
+    /// With keep-going: the objects that failed, with why (nothing of them was applied).
+    pub failed: Vec<(QualifiedName, StatementError)>,
+    /// With keep-going: objects left alone because of a failed one (named second).
+    pub skipped: Vec<(QualifiedName, QualifiedName)>,
 }
 
 /// Plans and applies in one transaction. `on_statement` hears about each statement after it
@@ -117,6 +126,7 @@ pub async fn reconcile(
         project,
         planner,
         intent.saved.is_some(),
+        intent.keep_going,
         on_statement,
     )
     .await
@@ -130,6 +140,9 @@ pub struct Intent<'a> {
     pub confirm: &'a dyn Fn(&[&plan::Action]) -> bool,
     /// `--plan FILE`: apply this saved plan or nothing.
     pub saved: Option<&'a crate::saved_plan::SavedPlan>,
+    /// `--keep-going`: apply every object that can be applied, each in its own savepoint;
+    /// leave alone (and report) the ones that fail and what depends on them.
+    pub keep_going: bool,
 }
 
 impl Intent<'_> {
@@ -138,6 +151,14 @@ impl Intent<'_> {
         allow_drop: false,
         confirm: &|_| false,
         saved: None,
+        keep_going: false,
+    };
+
+    /// Bring back whatever can be brought back, nothing destructive: `run` after a
+    /// migration, `schedule`'s healing.
+    pub const RESTORE: Intent<'static> = Intent {
+        keep_going: true,
+        ..Intent::UNATTENDED
     };
 }
 
@@ -148,7 +169,15 @@ pub async fn drop_managed(
     project: &Project,
     on_statement: impl FnMut(&Statement, Duration),
 ) -> Result<Reconciled, ApplyError> {
-    apply_with(client, project, plan::drop_managed, false, on_statement).await
+    apply_with(
+        client,
+        project,
+        plan::drop_managed,
+        false,
+        false,
+        on_statement,
+    )
+    .await
 }
 
 /// Locks, reads the catalog, makes a plan with `planner` and applies it, all in one
@@ -158,6 +187,7 @@ async fn apply_with(
     project: &Project,
     planner: impl Fn(&Project, &Catalog) -> Result<Plan, PlanError>,
     read_schema_digest: bool,
+    keep_going: bool,
     mut on_statement: impl FnMut(&Statement, Duration),
 ) -> Result<Reconciled, ApplyError> {
     let started = Instant::now();
@@ -201,58 +231,95 @@ async fn apply_with(
                 .map_err(database("cannot read the catalog"))?,
         );
     }
-    let plan = planner(project, &catalog)?;
-    if plan.is_empty() && plan.records.is_empty() {
-        // Nothing to do: no DDL, no lock on any view, nothing written.
+    let graph = catalog.graph_of(project);
+    let mut left_out = LeftOut::default();
+    let mut schema_ready = false;
+    // One attempt, or with keep-going one more per object that fails: each attempt plans
+    // without what failed before, and runs in a savepoint that a failure rolls back.
+    let plan = loop {
+        let plan = if left_out.is_empty() {
+            planner(project, &catalog)
+        } else {
+            let (project, catalog) = left_out.apply(project, &catalog);
+            planner(&project, &catalog)
+        };
+        let plan = match plan {
+            Ok(plan) => plan,
+            // Leaving a failed object alone can keep an upstream that reads into it from
+            // being rebuilt (viewkeeper never uses CASCADE): leave that upstream alone too.
+            Err(PlanError::Blocked(blockers)) if keep_going && !left_out.is_empty() => {
+                for blocker in blockers {
+                    left_out.skip(&blocker.object, &blocker.dependent);
+                }
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if plan.is_empty() && plan.records.is_empty() && left_out.is_empty() {
+            // Nothing to do: no DDL, no lock on any view, nothing written.
+            transaction
+                .rollback()
+                .await
+                .map_err(database("cannot end the transaction"))?;
+            return Ok(Reconciled {
+                plan,
+                catalog_queries: catalog.queries_issued,
+                elapsed: started.elapsed(),
+                failed: Vec::new(),
+                skipped: Vec::new(),
+            });
+        }
+        if !schema_ready {
+            transaction
+                .batch_execute(&state::ensure_schema_sql(&config.state_schema))
+                .await
+                .map_err(database("cannot create viewkeeper's state schema"))?;
+            schema_ready = true;
+        }
+        if !keep_going {
+            if let Err((index, error)) =
+                run_statements(&transaction, &plan, config, &mut on_statement).await
+            {
+                return Err(ApplyError::Statement(Box::new(statement_error(
+                    &plan,
+                    &plan.statements[index],
+                    &error,
+                ))));
+            }
+            break plan;
+        }
         transaction
-            .rollback()
+            .batch_execute("SAVEPOINT viewkeeper_attempt")
             .await
-            .map_err(database("cannot end the transaction"))?;
-        return Ok(Reconciled {
-            plan,
-            catalog_queries: catalog.queries_issued,
-            elapsed: started.elapsed(),
-        });
-    }
-
-    transaction
-        .batch_execute(&state::ensure_schema_sql(&config.state_schema))
-        .await
-        .map_err(database("cannot create viewkeeper's state schema"))?;
-    for statement in &plan.statements {
-        let statement_started = Instant::now();
-        // Refreshes made here count in the history, so `schedule` starts its periods from them.
-        let refresh_started: Option<chrono::DateTime<chrono::Utc>> =
-            if statement.phase == Phase::Refresh {
-                let row = transaction
-                    .query_one("SELECT clock_timestamp()", &[])
+            .map_err(database("cannot start a savepoint"))?;
+        // Progress is told once the attempt stands, so nothing rolled back is reported.
+        let mut done = Vec::new();
+        let outcome = run_statements(&transaction, &plan, config, &mut |statement, took| {
+            done.push((statement.clone(), took));
+        })
+        .await;
+        match outcome {
+            Ok(()) => {
+                for (statement, took) in &done {
+                    on_statement(statement, *took);
+                }
+                break plan;
+            }
+            // A lost connection is not the object's fault: nothing more can be done.
+            Err((_, error)) if error.as_db_error().is_none() => {
+                return Err(database("lost the connection")(error));
+            }
+            Err((index, error)) => {
+                let statement = &plan.statements[index];
+                let failure = statement_error(&plan, statement, &error);
+                transaction
+                    .batch_execute("ROLLBACK TO SAVEPOINT viewkeeper_attempt")
                     .await
-                    .map_err(database("cannot read the clock"))?;
-                Some(row.get(0))
-            } else {
-                None
-            };
-        // The extended protocol runs exactly one statement: a declared query cannot smuggle
-        // in a second one (`SELECT …; DROP TABLE …`) or end the transaction early.
-        if let Err(error) = transaction.execute(&statement.sql, &[]).await {
-            return Err(ApplyError::Statement(Box::new(statement_error(
-                &plan, statement, &error,
-            ))));
+                    .map_err(database("cannot roll back to a savepoint"))?;
+                left_out.fail(&statement.object, failure, &graph);
+            }
         }
-        if let Some(started_at) = refresh_started {
-            state::log_refresh(
-                &transaction,
-                &config.state_schema,
-                &statement.object,
-                started_at,
-                false,
-                None,
-            )
-            .await
-            .map_err(database("cannot record the refresh"))?;
-        }
-        on_statement(statement, statement_started.elapsed());
-    }
+    };
     state::write(
         &transaction,
         &config.state_schema,
@@ -265,11 +332,108 @@ async fn apply_with(
         .commit()
         .await
         .map_err(database("cannot commit"))?;
+    let (failed, skipped) = left_out.into_report();
     Ok(Reconciled {
         plan,
         catalog_queries: catalog.queries_issued,
         elapsed: started.elapsed(),
+        failed,
+        skipped,
     })
+}
+
+/// Runs the plan's statements in order; on failure, the index of the failing one.
+async fn run_statements(
+    transaction: &Transaction<'_>,
+    plan: &Plan,
+    config: &crate::project::Config,
+    on_statement: &mut impl FnMut(&Statement, Duration),
+) -> Result<(), (usize, tokio_postgres::Error)> {
+    for (index, statement) in plan.statements.iter().enumerate() {
+        let statement_started = Instant::now();
+        // Refreshes made here count in the history, so `schedule` starts its periods from them.
+        let refresh_started: Option<chrono::DateTime<chrono::Utc>> =
+            if statement.phase == Phase::Refresh {
+                let row = transaction
+                    .query_one("SELECT clock_timestamp()", &[])
+                    .await
+                    .map_err(|error| (index, error))?;
+                Some(row.get(0))
+            } else {
+                None
+            };
+        // The extended protocol runs exactly one statement: a declared query cannot smuggle
+        // in a second one (`SELECT …; DROP TABLE …`) or end the transaction early.
+        transaction
+            .execute(&statement.sql, &[])
+            .await
+            .map_err(|error| (index, error))?;
+        if let Some(started_at) = refresh_started {
+            state::log_refresh(
+                transaction,
+                &config.state_schema,
+                &statement.object,
+                started_at,
+                false,
+                None,
+            )
+            .await
+            .map_err(|error| (index, error))?;
+        }
+        on_statement(statement, statement_started.elapsed());
+    }
+    Ok(())
+}
+
+/// With keep-going: the objects left as they are, because they failed or because they
+/// depend on (or are read by) one that did.
+#[derive(Default)]
+struct LeftOut {
+    failed: Vec<(QualifiedName, StatementError)>,
+    /// Each with the object that made it so.
+    skipped: BTreeMap<QualifiedName, QualifiedName>,
+}
+
+impl LeftOut {
+    fn is_empty(&self) -> bool {
+        self.failed.is_empty() && self.skipped.is_empty()
+    }
+
+    fn contains(&self, name: &QualifiedName) -> bool {
+        self.skipped.contains_key(name) || self.failed.iter().any(|(failed, _)| failed == name)
+    }
+
+    fn fail(&mut self, name: &QualifiedName, error: StatementError, graph: &DependencyGraph) {
+        self.skipped.remove(name);
+        self.failed.push((name.clone(), error));
+        for dependent in graph.with_dependents(std::slice::from_ref(name)) {
+            if dependent != *name {
+                self.skip(&dependent, name);
+            }
+        }
+    }
+
+    fn skip(&mut self, name: &QualifiedName, because: &QualifiedName) {
+        if !self.contains(name) {
+            self.skipped.insert(name.clone(), because.clone());
+        }
+    }
+
+    /// The project and catalog as the planner should see them: the left-out objects are
+    /// neither declared nor managed, so it neither changes nor drops them.
+    fn apply(&self, project: &Project, catalog: &Catalog) -> (Project, Catalog) {
+        let mut project = project.clone();
+        project.declarations.retain(|name, _| !self.contains(name));
+        let mut catalog = catalog.clone();
+        if let Some(state) = catalog.state.as_mut() {
+            state.objects.retain(|name, _| !self.contains(name));
+        }
+        (project, catalog)
+    }
+
+    fn into_report(self) -> (Vec<Failure>, Vec<(QualifiedName, QualifiedName)>) {
+        (self.failed, self.skipped.into_iter().collect())
+    }
 }
 
 /// Reads the catalog for planning: introspection, then PostgreSQL's own reading of the

@@ -65,6 +65,13 @@ pub enum Command {
         /// declarations changed since.
         #[arg(long, value_name = "FILE")]
         plan: Option<PathBuf>,
+        /// Apply each object in its own savepoint; one that fails is left as it is, with
+        /// everything that depends on it, and the rest is applied (exit 1 lists what was not).
+        #[arg(long)]
+        keep_going: bool,
+        /// Output format: progress lines, or one JSON document of what was applied.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
     /// Refresh materialized views in dependency order (all declared ones when none is named).
     Refresh {

@@ -87,7 +87,21 @@ async fn dispatch(cli: Cli) -> Result<Status, Error> {
         Command::Reconcile {
             allow_drop,
             plan: saved,
-        } => reconcile(project, url, allow_drop, saved.as_deref()).await,
+            keep_going,
+            format,
+        } => {
+            let saved = match saved {
+                Some(path) => Some(read_saved_plan(&path)?),
+                None => None,
+            };
+            let intent = apply::Intent {
+                allow_drop,
+                confirm: &confirm_data_loss,
+                saved: saved.as_ref(),
+                keep_going,
+            };
+            reconcile(project, url, &intent, format).await
+        }
         Command::Refresh { views, downstream } => refresh(project, url, &views, downstream).await,
         Command::Schedule {
             emit,
@@ -284,22 +298,41 @@ fn print_plan(plan: &plan::Plan, format: Format) -> Result<(), Error> {
 async fn reconcile(
     root: &Path,
     url: Option<&str>,
-    allow_drop: bool,
-    saved_plan: Option<&Path>,
+    intent: &apply::Intent<'_>,
+    format: Format,
 ) -> Result<Status, Error> {
     let project = Project::load(root)?;
     let mut client = connect(url, &project).await?;
-    let saved = match saved_plan {
-        Some(path) => Some(read_saved_plan(path)?),
-        None => None,
+    let reconciled = match format {
+        Format::Text => run_reconcile(&project, &mut client, intent).await?,
+        Format::Json => {
+            let reconciled = apply::reconcile(&mut client, &project, intent, |_, _| {}).await?;
+            ignore_broken_pipe(render::reconciled_json(&reconciled, &mut stdout()))?;
+            reconciled
+        }
     };
-    let intent = apply::Intent {
-        allow_drop,
-        confirm: &confirm_data_loss,
-        saved: saved.as_ref(),
-    };
-    run_reconcile(&project, &mut client, &intent).await?;
+    kept_going(reconciled)?;
     Ok(Status::Done)
+}
+
+/// A keep-going reconcile that left objects out is a failure, reported with each reason.
+fn kept_going(reconciled: apply::Reconciled) -> Result<(), Error> {
+    if reconciled.failed.is_empty() {
+        return Ok(());
+    }
+    let skipped = reconciled
+        .skipped
+        .iter()
+        .map(|(name, because)| format!("{name} (because of {because})"))
+        .collect::<Vec<_>>();
+    Err(Error::NotAllApplied {
+        failed: reconciled
+            .failed
+            .into_iter()
+            .map(|(_, error)| error)
+            .collect(),
+        skipped,
+    })
 }
 
 /// On a terminal, lists the data a reconcile would destroy and asks for `yes`. Anywhere
@@ -556,7 +589,9 @@ async fn run_migration(
         eprintln!("viewkeeper: {program} exited with status {code}; reconciling anyway");
     }
     let mut client = connect(url, &project).await?;
-    let reconciled = run_reconcile(&project, &mut client, &apply::Intent::UNATTENDED).await;
+    let reconciled = run_reconcile(&project, &mut client, &apply::Intent::RESTORE)
+        .await
+        .and_then(kept_going);
     match (code, reconciled) {
         (0, Ok(_)) => Ok(Status::Done),
         (0, Err(error)) => Err(error),

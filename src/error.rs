@@ -27,6 +27,28 @@ pub enum Error {
     #[error("reconcile failed, nothing was changed")]
     #[diagnostic(forward(0))]
     Apply(#[source] ApplyError),
+    #[error(
+        "reconcile applied what it could, but {} object{} failed{}",
+        failed.len(),
+        if failed.len() == 1 { "" } else { "s" },
+        if skipped.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; left as they are because of them: {}",
+                skipped.join(", ")
+            )
+        }
+    )]
+    #[diagnostic(
+        code(viewkeeper::not_all_applied),
+        help("fix the failing declarations and reconcile again; everything else was applied")
+    )]
+    NotAllApplied {
+        #[related]
+        failed: Vec<crate::apply::StatementError>,
+        skipped: Vec<String>,
+    },
     #[error("the plan cannot be applied: PostgreSQL rejects a declared query; nothing was changed")]
     #[diagnostic(forward(0))]
     Unprovable(#[source] ApplyError),

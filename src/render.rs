@@ -471,3 +471,51 @@ fn dot_id(name: &QualifiedName) -> String {
         name.to_string().replace('\\', "\\\\").replace('"', "\\\"")
     )
 }
+
+/// `reconcile --format json`: what was applied, what failed and what was left alone.
+pub fn reconciled_json(
+    reconciled: &crate::apply::Reconciled,
+    out: &mut impl Write,
+) -> io::Result<()> {
+    #[derive(Serialize)]
+    struct Failed<'r> {
+        object: &'r crate::name::QualifiedName,
+        error: &'r str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        location: Option<&'r str>,
+    }
+    #[derive(Serialize)]
+    struct Skipped<'r> {
+        object: &'r crate::name::QualifiedName,
+        because: &'r crate::name::QualifiedName,
+    }
+    #[derive(Serialize)]
+    struct Document<'r> {
+        format_version: u32,
+        applied: &'r [Action],
+        adopted: &'r [crate::name::QualifiedName],
+        failed: Vec<Failed<'r>>,
+        skipped: Vec<Skipped<'r>>,
+    }
+    let document = Document {
+        format_version: PLAN_FORMAT_VERSION,
+        applied: &reconciled.plan.actions,
+        adopted: &reconciled.plan.adopted,
+        failed: reconciled
+            .failed
+            .iter()
+            .map(|(object, error)| Failed {
+                object,
+                error: &error.message,
+                location: error.location.as_deref(),
+            })
+            .collect(),
+        skipped: reconciled
+            .skipped
+            .iter()
+            .map(|(object, because)| Skipped { object, because })
+            .collect(),
+    };
+    serde_json::to_writer_pretty(&mut *out, &document).map_err(io::Error::other)?;
+    writeln!(out)
+}

@@ -29,7 +29,7 @@ use crate::name::QualifiedName;
 pub const CONFIG_FILE: &str = "viewkeeper.kdl";
 
 /// Everything declared in a project, validated.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Project {
     pub config: Config,
     /// Declarations keyed by name, in file order then position within the file.
@@ -73,7 +73,7 @@ impl Kind {
 }
 
 /// One `view` or `materialized-view` node.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Declaration {
     pub kind: Kind,
     pub name: QualifiedName,

@@ -375,28 +375,46 @@ impl Healer {
             return;
         }
         self.last_attempt = Some(tokio::time::Instant::now());
-        match crate::apply::reconcile(
-            client,
-            project,
-            &crate::apply::Intent::UNATTENDED,
-            |_, _| {},
-        )
-        .await
+        match crate::apply::reconcile(client, project, &crate::apply::Intent::RESTORE, |_, _| {})
+            .await
         {
             Ok(reconciled) => {
-                self.pending = false;
-                self.blocked = None;
                 let summary: Vec<String> = reconciled
                     .plan
                     .actions
                     .iter()
                     .map(|action| format!("{} {}", action.change.verb(), action.object))
                     .collect();
-                on_event(Event::Healed(if summary.is_empty() {
-                    "nothing was missing".to_owned()
+                if !summary.is_empty() || reconciled.failed.is_empty() {
+                    on_event(Event::Healed(if summary.is_empty() {
+                        "nothing was missing".to_owned()
+                    } else {
+                        summary.join(", ")
+                    }));
+                }
+                // What could not be brought back: wait for a change, or retry shortly when
+                // only locks or the connection were in the way.
+                let errors: Vec<String> = reconciled
+                    .failed
+                    .iter()
+                    .map(|(name, error)| format!("{name}: {}", error.message))
+                    .collect();
+                if errors.is_empty() {
+                    self.pending = false;
+                    self.blocked = None;
+                } else if reconciled.failed.iter().all(|(_, error)| error.transient) {
+                    on_event(Event::Problem(format!(
+                        "cannot restore the dropped views yet ({}); trying again shortly",
+                        errors.join("; ")
+                    )));
                 } else {
-                    summary.join(", ")
-                }));
+                    self.blocked = Some(fingerprint);
+                    on_event(Event::Problem(format!(
+                        "cannot restore the dropped views yet ({}); the database stays as it is \
+                         until the declarations or the schema change",
+                        errors.join("; ")
+                    )));
+                }
             }
             Err(error) if error.is_transient() => {
                 on_event(Event::Problem(format!(
