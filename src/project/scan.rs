@@ -160,7 +160,10 @@ impl Scan<'_> {
     /// rest of the file is inside a string.
     fn skip_string(&mut self, hashes: usize) -> bool {
         let opened = self.at - hashes;
-        let multiline = self.bytes[self.at..].starts_with(b"\"\"\"");
+        // As in KDL 2.0, `"""` opens a multi-line string only when a newline follows it;
+        // otherwise it is an empty string and a quote.
+        let after = &self.bytes[self.at..];
+        let multiline = after.starts_with(b"\"\"\"\n") || after.starts_with(b"\"\"\"\r\n");
         let quote: &[u8] = if multiline { b"\"\"\"" } else { b"\"" };
         self.at += quote.len();
         let raw = hashes > 0;
