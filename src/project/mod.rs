@@ -263,7 +263,27 @@ pub enum RefreshTrigger {
 
 impl Project {
     /// Reads and validates the project in `root`: all problems at once, or the project.
+    ///
+    /// The KDL parser recurses; the pre-scan keeps nesting shallow, and reading on a thread
+    /// with a generous stack (reserved, not used unless needed) is a second guard for input
+    /// the pre-scan reads differently from the parser.
     pub fn load(root: &Path) -> Result<Project, Problems> {
+        const READER_STACK: usize = 256 * 1024 * 1024;
+        std::thread::scope(|scope| {
+            let reader = std::thread::Builder::new()
+                .name("project-reader".to_owned())
+                .stack_size(READER_STACK)
+                .spawn_scoped(scope, || Self::load_here(root));
+            match reader {
+                Ok(reader) => reader
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                Err(_) => Self::load_here(root),
+            }
+        })
+    }
+
+    fn load_here(root: &Path) -> Result<Project, Problems> {
         let mut problems = Vec::new();
         let config = Config::load(root, &mut problems);
         let views_dir = root.join(&config.views_dir);
@@ -463,8 +483,9 @@ fn declaration_files(dir: &Path, problems: &mut Vec<Problem>) -> Vec<PathBuf> {
     let mut visited = std::collections::HashSet::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(folder) = pending.pop() {
-        if let Ok(canonical) = std::fs::canonicalize(&folder)
-            && !visited.insert(canonical)
+        let canonical_folder = std::fs::canonicalize(&folder).ok();
+        if let Some(canonical) = &canonical_folder
+            && !visited.insert(canonical.clone())
         {
             continue;
         }
@@ -483,13 +504,25 @@ fn declaration_files(dir: &Path, problems: &mut Vec<Problem>) -> Vec<PathBuf> {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.is_dir() {
+            let link = entry.file_type().is_ok_and(|kind| kind.is_symlink());
+            let is_dir = if link {
+                path.is_dir()
+            } else {
+                entry.file_type().is_ok_and(|kind| kind.is_dir())
+            };
+            if is_dir {
                 pending.push(path);
             } else if path.extension().is_some_and(|ext| ext == "kdl") {
-                // A file reached through two links is read once.
-                let seen =
-                    std::fs::canonicalize(&path).is_ok_and(|canonical| !visited.insert(canonical));
-                if !seen {
+                // A file reached through two links is read once. Only links need resolving:
+                // any other file's real path is its real folder's and its name.
+                let canonical = if link {
+                    std::fs::canonicalize(&path).ok()
+                } else {
+                    canonical_folder
+                        .as_ref()
+                        .map(|folder| folder.join(entry.file_name()))
+                };
+                if canonical.is_none_or(|canonical| visited.insert(canonical)) {
                     files.push(path);
                 }
             }

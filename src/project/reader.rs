@@ -20,18 +20,9 @@ pub(super) fn parse_document(
         problems.extend(found);
         return None;
     }
-    match parse_with_room(&file.text) {
-        None => {
-            problems.push(Problem::at(
-                file,
-                SourceSpan::from((0, 0)),
-                "the KDL parser gave up on this file",
-                "here",
-            ));
-            None
-        }
-        Some(Ok(document)) => Some(document),
-        Some(Err(error)) => {
+    match KdlDocument::parse_v2(&file.text) {
+        Ok(document) => Some(document),
+        Err(error) => {
             let total = error.diagnostics.len();
             for diagnostic in error.diagnostics.into_iter().take(super::MAX_SHOWN) {
                 let message = diagnostic
@@ -50,22 +41,6 @@ pub(super) fn parse_document(
             None
         }
     }
-}
-
-/// The parser recurses; the pre-scan keeps nesting shallow, and a thread with a generous
-/// stack (reserved, not used, unless needed) is a second guard for input the pre-scan reads
-/// differently. `None` if the parser panicked.
-fn parse_with_room(text: &str) -> Option<Result<KdlDocument, kdl::KdlError>> {
-    const PARSER_STACK: usize = 256 * 1024 * 1024;
-    std::thread::scope(|scope| {
-        std::thread::Builder::new()
-            .name("kdl-parser".to_owned())
-            .stack_size(PARSER_STACK)
-            .spawn_scoped(scope, || KdlDocument::parse_v2(text))
-            .ok()?
-            .join()
-            .ok()
-    })
 }
 
 /// One node being read, with the file it came from and the list problems go to.

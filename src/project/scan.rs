@@ -355,10 +355,11 @@ mod tests {
             ["t.kdl:1:3 the string opened here is never closed"]
         );
         assert_eq!(
-            messages("}}"),
+            messages("}}}\n} }"),
             [
                 "t.kdl:1:1 this `}` closes no block",
-                "t.kdl:1:2 this `}` closes no block"
+                "t.kdl:2:1 this `}` closes no block",
+                "t.kdl:2:3 this `}` closes no block"
             ]
         );
         assert_eq!(
@@ -374,6 +375,16 @@ mod tests {
                 "t.kdl:1:{} comments are nested more than 64 deep",
                 2 * 64 + 1
             )]
+        );
+    }
+
+    #[test]
+    fn triple_quotes_without_a_newline_open_no_multiline_string() {
+        // Found by fuzzing: read as one long string, these braces overflowed the parser.
+        let text = format!("\"\"\"\"\"\"\"\" {}", "a {".repeat(100));
+        assert_eq!(
+            messages(&text),
+            ["t.kdl:1:204 blocks are nested more than 64 deep"]
         );
     }
 
