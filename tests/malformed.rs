@@ -313,3 +313,11 @@ fn random_bytes_never_crash_or_flood() {
         assert_reader_survives(&bytes, None);
     }
 }
+
+#[test]
+fn a_megabyte_line_of_mistakes_is_not_quoted_back_whole() {
+    let dir = project(&[("views/a.kdl", &format!("a {}", "true ".repeat(200_000)))]);
+    let stderr = assert_refused(dir.path(), "views/a.kdl:1:3", "`true` is written `#true`");
+    assert!(stderr.contains("… and 199900 more"), "{stderr}");
+    assert!(stderr.len() < 100_000, "{} bytes of output", stderr.len());
+}

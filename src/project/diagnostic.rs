@@ -33,6 +33,16 @@ impl SourceFile {
             .with_language("kdl")
     }
 
+    /// Length in bytes of 1-based `line`, without its newline.
+    fn line_len(&self, line: usize) -> usize {
+        let start = self.line_starts.get(line - 1).copied().unwrap_or(0);
+        let end = self
+            .line_starts
+            .get(line)
+            .map_or(self.text.len(), |next| next - 1);
+        end.saturating_sub(start)
+    }
+
     /// 1-based line and column of a byte offset.
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
         let mut offset = offset.min(self.text.len());
@@ -45,6 +55,9 @@ impl SourceFile {
         (line, col)
     }
 }
+
+/// Lines longer than this are not quoted in messages.
+const MAX_QUOTED_LINE: usize = 500;
 
 /// One problem in the project's files.
 #[derive(Debug, thiserror::Error, Diagnostic)]
@@ -73,10 +86,17 @@ impl Problem {
         label: impl Into<String>,
     ) -> Self {
         let (line, col) = file.line_col(span.offset());
+        // A quoted line is printed whole: past a screenful, say where instead of quoting it.
+        let quotable = file.line_len(line) <= MAX_QUOTED_LINE;
+        let message = if quotable {
+            message.into()
+        } else {
+            format!("{}:{line}:{col}: {}", file.path.display(), message.into())
+        };
         Self {
-            message: message.into(),
-            source_code: Some(file.named_source()),
-            span: Some(span),
+            message,
+            source_code: quotable.then(|| file.named_source()),
+            span: quotable.then_some(span),
             label: label.into(),
             help: None,
             location: Some((file.path.clone(), line, col)),

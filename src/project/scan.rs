@@ -363,18 +363,17 @@ mod tests {
             ]
         );
         assert_eq!(
-            messages(&"a {".repeat(2000)),
-            [format!(
-                "t.kdl:1:{} blocks are nested more than 64 deep",
-                3 * 64 + 3
-            )]
+            messages(&"a {\n".repeat(2000)),
+            ["t.kdl:65:3 blocks are nested more than 64 deep"]
         );
         assert_eq!(
+            messages(&"/*\n".repeat(4000)),
+            ["t.kdl:65:1 comments are nested more than 64 deep"]
+        );
+        // On a line too long to quote, the message itself says where.
+        assert_eq!(
             messages(&"/*".repeat(4000)),
-            [format!(
-                "t.kdl:1:{} comments are nested more than 64 deep",
-                2 * 64 + 1
-            )]
+            ["t.kdl:1:129 t.kdl:1:129: comments are nested more than 64 deep"]
         );
     }
 
