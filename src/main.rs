@@ -29,8 +29,14 @@ fn main() -> ExitCode {
         .init();
     // Long lines stay whole when piped, so messages can be searched and parsed.
     let wrap = std::io::stderr().is_terminal();
+    // Related problems nest under their headline, with no bare `Error:` line before each.
     let _ = miette::set_hook(Box::new(move |_| {
-        Box::new(miette::MietteHandlerOpts::new().wrap_lines(wrap).build())
+        Box::new(
+            miette::MietteHandlerOpts::new()
+                .wrap_lines(wrap)
+                .show_related_errors_as_nested()
+                .build(),
+        )
     }));
     match viewkeeper::run(cli) {
         Ok(status) => status.into(),

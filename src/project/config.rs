@@ -1,11 +1,10 @@
 //! `viewkeeper.kdl`: project settings, every key optional.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::reader::{NodeReader, parse_document};
-use super::{CONFIG_FILE, Problem, SourceFile, display_path, parse_duration};
+use super::{CONFIG_FILE, Problem, parse_duration};
 use crate::name::parse_identifier;
 
 /// Project settings with their defaults applied.
@@ -59,18 +58,13 @@ impl Config {
     pub(super) fn load(root: &Path, problems: &mut Vec<Problem>) -> Config {
         let path = root.join(CONFIG_FILE);
         let mut config = Config::default();
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return config,
-            Err(error) => {
-                problems.push(Problem::in_file(
-                    &path,
-                    format!("cannot read the file: {error}"),
-                ));
-                return config;
-            }
+        if matches!(std::fs::symlink_metadata(&path), Err(error) if error.kind() == std::io::ErrorKind::NotFound)
+        {
+            return config;
+        }
+        let Some(file) = super::read_source(&path, problems) else {
+            return config;
         };
-        let file = Arc::new(SourceFile::new(display_path(&path), text));
         let Some(document) = parse_document(&file, problems) else {
             return config;
         };

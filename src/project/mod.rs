@@ -8,6 +8,7 @@ mod config;
 mod declaration;
 mod diagnostic;
 mod reader;
+mod scan;
 mod statement;
 
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ use serde::Serialize;
 
 pub use config::Config;
 pub(crate) use declaration::{all_privileges, parse_cron};
-pub use diagnostic::{Problem, Problems, SourceFile};
+pub use diagnostic::{MAX_SHOWN, Problem, Problems, SourceFile};
 
 use crate::graph::DependencyGraph;
 use crate::name::QualifiedName;
@@ -262,24 +263,36 @@ pub enum RefreshTrigger {
 
 impl Project {
     /// Reads and validates the project in `root`: all problems at once, or the project.
+    ///
+    /// The KDL parser recurses; the pre-scan keeps nesting shallow, and reading on a thread
+    /// with a generous stack (reserved, not used unless needed) is a second guard for input
+    /// the pre-scan reads differently from the parser.
     pub fn load(root: &Path) -> Result<Project, Problems> {
+        const READER_STACK: usize = 256 * 1024 * 1024;
+        std::thread::scope(|scope| {
+            let reader = std::thread::Builder::new()
+                .name("project-reader".to_owned())
+                .stack_size(READER_STACK)
+                .spawn_scoped(scope, || Self::load_here(root));
+            match reader {
+                Ok(reader) => reader
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                Err(_) => Self::load_here(root),
+            }
+        })
+    }
+
+    fn load_here(root: &Path) -> Result<Project, Problems> {
         let mut problems = Vec::new();
         let config = Config::load(root, &mut problems);
         let views_dir = root.join(&config.views_dir);
         let files = declaration_files(&views_dir, &mut problems);
         let mut declarations: IndexMap<QualifiedName, Declaration> = IndexMap::new();
         for path in files {
-            let text = match std::fs::read_to_string(&path) {
-                Ok(text) => text,
-                Err(error) => {
-                    problems.push(Problem::in_file(
-                        &path,
-                        format!("cannot read the file: {error}"),
-                    ));
-                    continue;
-                }
+            let Some(file) = read_source(&path, &mut problems) else {
+                continue;
             };
-            let file = Arc::new(SourceFile::new(display_path(&path), text));
             for declaration in declaration::parse_file(&file, root, &mut problems) {
                 if let Some(first) = declarations.get(&declaration.name) {
                     let (line, col) = first.file.line_col(first.name_span.offset());
@@ -412,11 +425,70 @@ fn check_dependencies(
     }
 }
 
-/// All `.kdl` files under the declaration folder, sorted so runs are reproducible.
+/// Reads a project file: only a regular file (a FIFO would block, a device never end), and
+/// only UTF-8 text, else a problem at the first byte that is not.
+pub(super) fn read_source(path: &Path, problems: &mut Vec<Problem>) -> Option<Arc<SourceFile>> {
+    let shown = display_path(path);
+    match std::fs::metadata(path) {
+        Ok(metadata) if metadata.is_file() => {}
+        Ok(_) => {
+            problems.push(Problem::in_file(
+                &shown,
+                "not a regular file (a pipe, socket or device?), so it is not read",
+            ));
+            return None;
+        }
+        Err(error) => {
+            problems.push(Problem::in_file(
+                &shown,
+                format!("cannot read the file: {error}"),
+            ));
+            return None;
+        }
+    }
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            problems.push(Problem::in_file(
+                &shown,
+                format!("cannot read the file: {error}"),
+            ));
+            return None;
+        }
+    };
+    match String::from_utf8(bytes) {
+        Ok(text) => Some(Arc::new(SourceFile::new(shown, text))),
+        Err(error) => {
+            let valid = error.utf8_error().valid_up_to();
+            let text = String::from_utf8_lossy(error.as_bytes()).into_owned();
+            let file = SourceFile::new(shown, text);
+            problems.push(
+                Problem::at(
+                    &file,
+                    SourceSpan::from((valid, 1)),
+                    "the file is not UTF-8 text",
+                    "not UTF-8",
+                )
+                .with_help("save the file as UTF-8"),
+            );
+            None
+        }
+    }
+}
+
+/// All `.kdl` files under the declaration folder, sorted so runs are reproducible. Symbolic
+/// links are followed, but each folder and file is visited once, so a link loop ends.
 fn declaration_files(dir: &Path, problems: &mut Vec<Problem>) -> Vec<PathBuf> {
     let mut files = Vec::new();
+    let mut visited = std::collections::HashSet::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(folder) = pending.pop() {
+        let canonical_folder = std::fs::canonicalize(&folder).ok();
+        if let Some(canonical) = &canonical_folder
+            && !visited.insert(canonical.clone())
+        {
+            continue;
+        }
         let entries = match std::fs::read_dir(&folder) {
             Ok(entries) => entries,
             Err(error) => {
@@ -432,10 +504,27 @@ fn declaration_files(dir: &Path, problems: &mut Vec<Problem>) -> Vec<PathBuf> {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.is_dir() {
+            let link = entry.file_type().is_ok_and(|kind| kind.is_symlink());
+            let is_dir = if link {
+                path.is_dir()
+            } else {
+                entry.file_type().is_ok_and(|kind| kind.is_dir())
+            };
+            if is_dir {
                 pending.push(path);
             } else if path.extension().is_some_and(|ext| ext == "kdl") {
-                files.push(path);
+                // A file reached through two links is read once. Only links need resolving:
+                // any other file's real path is its real folder's and its name.
+                let canonical = if link {
+                    std::fs::canonicalize(&path).ok()
+                } else {
+                    canonical_folder
+                        .as_ref()
+                        .map(|folder| folder.join(entry.file_name()))
+                };
+                if canonical.is_none_or(|canonical| visited.insert(canonical)) {
+                    files.push(path);
+                }
             }
         }
     }

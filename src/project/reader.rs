@@ -13,36 +13,34 @@ pub(super) fn parse_document(
     file: &SourceFile,
     problems: &mut Vec<Problem>,
 ) -> Option<KdlDocument> {
+    // Mistakes the parser reports in its own terms (or overflows its stack on) are found
+    // first and reported in ours.
+    let found = super::scan::prescan(file);
+    if !found.is_empty() {
+        problems.extend(found);
+        return None;
+    }
     match KdlDocument::parse_v2(&file.text) {
         Ok(document) => Some(document),
         Err(error) => {
-            let help_v1 = looks_like_kdl_v1(&file.text).then_some(
-                "viewkeeper files are KDL 2.0: booleans and null are written #true, #false and #null",
-            );
-            for diagnostic in error.diagnostics {
+            let total = error.diagnostics.len();
+            for diagnostic in error.diagnostics.into_iter().take(super::MAX_SHOWN) {
                 let message = diagnostic
                     .message
-                    .clone()
                     .unwrap_or_else(|| "invalid KDL".to_owned());
-                let label = diagnostic
-                    .label
-                    .clone()
-                    .unwrap_or_else(|| "here".to_owned());
+                let label = diagnostic.label.unwrap_or_else(|| "here".to_owned());
                 let mut problem = Problem::at(file, diagnostic.span, message, label);
-                if let Some(help) = help_v1.map(str::to_owned).or(diagnostic.help) {
+                if let Some(help) = diagnostic.help {
                     problem = problem.with_help(help);
                 }
                 problems.push(problem);
             }
+            if total > super::MAX_SHOWN {
+                problems.push(Problem::omitted(total - super::MAX_SHOWN));
+            }
             None
         }
     }
-}
-
-/// KDL 1.0 wrote bare `true`/`false`/`null`; KDL 2.0 rejects them.
-fn looks_like_kdl_v1(text: &str) -> bool {
-    text.split(|c: char| c.is_whitespace() || c == '=' || c == ';' || c == '{' || c == '}')
-        .any(|word| matches!(word, "true" | "false" | "null"))
 }
 
 /// One node being read, with the file it came from and the list problems go to.
