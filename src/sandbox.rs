@@ -397,12 +397,17 @@ impl Sandbox {
     /// server that did not start.
     fn pg_ctl_start(&self, socket_dir: &Path) -> Result<Result<(), SandboxError>, SandboxError> {
         let log = self.path()?.join("server.log");
-        let options = format!(
+        let mut options = format!(
             "-c listen_addresses=127.0.0.1 -p {port} -k {socket} -c fsync=off -c max_connections=200",
             port = self.port,
             // pg_ctl hands the options to a shell.
             socket = shell_quote(&socket_dir.to_string_lossy()),
         );
+        // Lets tests count on the server the statements a client sent; PostgreSQL's packages
+        // ship the module next to the server binaries.
+        if self.has_library("pg_stat_statements") {
+            options.push_str(" -c shared_preload_libraries=pg_stat_statements");
+        }
         let mut start = self.command("pg_ctl", self.path()?);
         start
             .arg("start")
@@ -422,6 +427,13 @@ impl Sandbox {
             stderr: failure_text(&output),
             log_tail: log_tail(&log),
         }))
+    }
+
+    /// Whether the server's library folder (`<bindir>/../lib`) holds this module.
+    fn has_library(&self, name: &str) -> bool {
+        self.bindir
+            .parent()
+            .is_some_and(|prefix| prefix.join("lib").join(format!("{name}.so")).is_file())
     }
 
     fn path(&self) -> Result<&Path, SandboxError> {

@@ -241,24 +241,29 @@ fn graph_renders_text_dot_and_mermaid() {
         "{text}"
     );
 
-    // Renders with Graphviz when it is installed.
-    if let Ok(mut child) = std::process::Command::new("dot")
+    // Renders with Graphviz when it is installed (.ci/run installs it); says so when not.
+    let Ok(mut child) = std::process::Command::new("dot")
         .arg("-Tsvg")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
-    {
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(dot.as_bytes())
-            .expect("write");
-        let output = child.wait_with_output().expect("dot");
-        assert!(output.status.success(), "dot rejected the graph");
-        assert!(String::from_utf8_lossy(&output.stdout).contains("<svg"));
-    }
+    else {
+        eprintln!(
+            "WARNING: graph_renders_text_dot_and_mermaid did not check the DOT output with \
+             Graphviz: `dot` is not installed (apt-get install graphviz)"
+        );
+        return;
+    };
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(dot.as_bytes())
+        .expect("write");
+    let output = child.wait_with_output().expect("dot");
+    assert!(output.status.success(), "dot rejected the graph");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("<svg"));
 }
 
 #[test]

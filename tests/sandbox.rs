@@ -84,12 +84,15 @@ fn dropping_a_sandbox_stops_it() {
 
 #[test]
 fn the_watchdog_cleans_up_after_a_killed_process() {
-    // Run the holder test below in a child process, then kill it without any chance to clean up.
+    if std::env::var_os(HOLDER_VAR).is_some() {
+        hold_a_sandbox_until_killed();
+    }
+    // Run this test again in a child process that holds a sandbox, then kill the child
+    // without any chance to clean up.
     let mut child = Command::new(std::env::current_exe().expect("the test binary's path"))
         .args([
             "--exact",
-            "holder_of_a_sandbox_until_killed",
-            "--ignored",
+            "the_watchdog_cleans_up_after_a_killed_process",
             "--nocapture",
         ])
         .env(HOLDER_VAR, "1")
@@ -129,19 +132,16 @@ fn the_watchdog_cleans_up_after_a_killed_process() {
     );
 }
 
-/// Not a test: the process that `the_watchdog_cleans_up_after_a_killed_process` kills.
-#[test]
-#[ignore = "run by the_watchdog_cleans_up_after_a_killed_process in a child process"]
-fn holder_of_a_sandbox_until_killed() {
-    if std::env::var_os(HOLDER_VAR).is_none() {
-        return;
-    }
+/// The child of `the_watchdog_cleans_up_after_a_killed_process`: starts a sandbox, says
+/// where it is, and waits to be killed.
+fn hold_a_sandbox_until_killed() -> ! {
     let sandbox = Sandbox::start()
         .unwrap_or_else(|err| panic!("could not start: {}", support::error_chain(&err)));
     let data_dir = data_directory(&sandbox.url("postgres"));
     println!("SANDBOX {} {}", sandbox.port(), data_dir.display());
     // Wait to be killed; the parent gives up long before this ends.
     std::thread::sleep(Duration::from_secs(120));
+    panic!("the parent test never killed this holder process");
 }
 
 #[test]
