@@ -41,9 +41,9 @@ pub enum Command {
     Check,
     /// Show what reconcile would do, with a diff of every changed query. Changes nothing.
     Plan {
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = Format::Text)]
-        format: Format,
+        /// Output format (markdown: for a pull-request comment).
+        #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+        format: PlanFormat,
         /// Exit 0 when in sync, 2 when changes are pending, 1 on error.
         #[arg(long)]
         detailed_exitcode: bool,
@@ -184,4 +184,12 @@ pub enum Emit {
 pub enum Format {
     Text,
     Json,
+}
+
+/// Formats of `viewkeeper plan`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanFormat {
+    Text,
+    Json,
+    Markdown,
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::apply;
 use crate::catalog;
-use crate::cli::{Cli, Command, Emit, Format, GraphFormat, GuardAction};
+use crate::cli::{Cli, Command, Emit, Format, GraphFormat, GuardAction, PlanFormat};
 use crate::db;
 use crate::error::Error;
 use crate::name::QualifiedName;
@@ -183,7 +183,7 @@ fn check(root: &Path) -> Result<Status, Error> {
 async fn plan(
     root: &Path,
     url: Option<&str>,
-    format: Format,
+    format: PlanFormat,
     detailed_exitcode: bool,
     allow_drop: bool,
     out: Option<&Path>,
@@ -242,7 +242,7 @@ fn read_saved_plan(path: &Path) -> Result<crate::saved_plan::SavedPlan, Error> {
 pub(crate) async fn show_plan(
     project: &Project,
     client: &mut tokio_postgres::Client,
-    format: Format,
+    format: PlanFormat,
 ) -> Result<plan::Plan, Error> {
     Ok(proven_plan(client, project, false, format, false).await?.0)
 }
@@ -255,7 +255,7 @@ async fn proven_plan(
     client: &mut tokio_postgres::Client,
     project: &Project,
     allow_drop: bool,
-    format: Format,
+    format: PlanFormat,
     with_fingerprint: bool,
 ) -> Result<(plan::Plan, Option<crate::saved_plan::Fingerprint>), Error> {
     let catalog_error = |error: tokio_postgres::Error| Error::Catalog(db::describe(&error));
@@ -286,11 +286,12 @@ async fn proven_plan(
     Ok((plan, fingerprint))
 }
 
-fn print_plan(plan: &plan::Plan, format: Format) -> Result<(), Error> {
+fn print_plan(plan: &plan::Plan, format: PlanFormat) -> Result<(), Error> {
     let mut out = stdout();
     ignore_broken_pipe(match format {
-        Format::Text => render::plan_text(plan, &mut out),
-        Format::Json => render::plan_json(plan, &mut out),
+        PlanFormat::Text => render::plan_text(plan, &mut out),
+        PlanFormat::Json => render::plan_json(plan, &mut out),
+        PlanFormat::Markdown => render::plan_markdown(plan, &mut out),
     })?;
     Ok(())
 }

@@ -6,7 +6,7 @@
 
 use std::io::Write;
 
-use crate::cli::Format;
+use crate::cli::PlanFormat;
 use crate::commands::{Status, ignore_broken_pipe, run_reconcile, show_plan, stdout};
 use crate::db;
 use crate::error::Error;
@@ -96,7 +96,7 @@ pub(crate) async fn run() -> Result<Status, Error> {
     client.batch_execute(SETUP).await.map_err(sql)?;
 
     say("$ viewkeeper plan        (declarations: views/invoices.kdl)")?;
-    show_plan(&project, &mut client, Format::Text).await?;
+    show_plan(&project, &mut client, PlanFormat::Text).await?;
 
     say("$ viewkeeper reconcile")?;
     run_reconcile(&project, &mut client, &crate::apply::Intent::UNATTENDED).await?;
@@ -112,7 +112,7 @@ pub(crate) async fn run() -> Result<Status, Error> {
     inspect(&client).await?;
 
     say("$ viewkeeper plan        (what the migration took away, and why)")?;
-    show_plan(&project, &mut client, Format::Text).await?;
+    show_plan(&project, &mut client, PlanFormat::Text).await?;
 
     say("$ viewkeeper reconcile")?;
     run_reconcile(&project, &mut client, &crate::apply::Intent::UNATTENDED).await?;
@@ -121,7 +121,7 @@ pub(crate) async fn run() -> Result<Status, Error> {
     inspect(&client).await?;
 
     say("$ viewkeeper plan")?;
-    show_plan(&project, &mut client, Format::Text).await?;
+    show_plan(&project, &mut client, PlanFormat::Text).await?;
     drop(client);
     sandbox.stop();
     Ok(Status::Done)

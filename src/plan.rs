@@ -116,6 +116,40 @@ pub enum Phase {
     Refresh,
 }
 
+/// The table locks plan statements take, weakest first (PostgreSQL's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Lock {
+    ShareUpdateExclusive,
+    Share,
+    AccessExclusive,
+}
+
+impl Lock {
+    pub fn words(self) -> &'static str {
+        match self {
+            Lock::ShareUpdateExclusive => "SHARE UPDATE EXCLUSIVE",
+            Lock::Share => "SHARE",
+            Lock::AccessExclusive => "ACCESS EXCLUSIVE",
+        }
+    }
+}
+
+impl Phase {
+    /// The lock a statement of this phase takes on its object, where known: readers of an
+    /// ACCESS EXCLUSIVE object wait until the transaction ends. `None` for statements whose
+    /// lock depends on the option or is not a table lock (grants).
+    pub fn lock(self) -> Option<Lock> {
+        match self {
+            Phase::DropIndex | Phase::Drop | Phase::Owner | Phase::Refresh => {
+                Some(Lock::AccessExclusive)
+            }
+            Phase::Index => Some(Lock::Share),
+            Phase::Comment => Some(Lock::ShareUpdateExclusive),
+            Phase::Create | Phase::Options | Phase::Grant => None,
+        }
+    }
+}
+
 /// One SQL statement of the plan.
 #[derive(Debug, Clone, Serialize)]
 pub struct Statement {

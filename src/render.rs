@@ -1,4 +1,5 @@
-//! Plans and reconcile progress as text (coloured by the caller's stream) or JSON.
+//! Plans and reconcile progress as text (coloured by the caller's stream), JSON, or
+//! Markdown for a pull-request comment.
 //!
 //! Renderers write ANSI styles unconditionally into any `io::Write`; the binary wraps
 //! stdout in `anstream`, which strips them when stdout is not a terminal or `NO_COLOR` is
@@ -13,7 +14,7 @@ use serde::Serialize;
 use chrono::{DateTime, Utc};
 
 use crate::name::QualifiedName;
-use crate::plan::{Action, Change, Phase, Plan, Statement, Warning};
+use crate::plan::{Action, Change, Lock, Phase, Plan, Statement, Warning};
 use crate::project::{Kind, Project};
 use crate::refresh::{Outcome, RefreshTarget, Skip};
 use crate::status::ObjectStatus;
@@ -169,6 +170,140 @@ pub fn plan_json_with(
     };
     serde_json::to_writer_pretty(&mut *out, &document).map_err(io::Error::other)?;
     writeln!(out)
+}
+
+/// The plan as Markdown for a pull-request comment: a summary line, a table of actions,
+/// each query diff and the SQL in collapsible blocks, warnings last. Plain text only (no
+/// styles, no timestamps), so the same plan always gives the same comment.
+pub fn plan_markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
+    if plan.is_empty() {
+        writeln!(
+            out,
+            "**In sync:** {} declared object{}, nothing to do.",
+            plan.declared,
+            if plan.declared == 1 { "" } else { "s" }
+        )?;
+    } else {
+        let summary: Vec<String> = plan
+            .summary()
+            .iter()
+            .map(|(change, count)| format!("{count} to {}", change.verb()))
+            .collect();
+        writeln!(out, "**Plan:** {}.", summary.join(", "))?;
+        writeln!(out)?;
+        writeln!(out, "| Object | Change | Reason | Lock |")?;
+        writeln!(out, "| --- | --- | --- | --- |")?;
+        for action in &plan.actions {
+            let mut reason = table_cell(&action.reason);
+            for detail in &action.details {
+                reason.push_str("<br>");
+                reason.push_str(&table_cell(detail));
+            }
+            writeln!(
+                out,
+                "| `{}` ({}) | {} | {reason} | {} |",
+                action.object,
+                action.kind.words(),
+                action.change.verb(),
+                action_lock(action, &plan.statements).map_or("", Lock::words)
+            )?;
+        }
+        for action in &plan.actions {
+            if let Some(diff) = &action.diff {
+                writeln!(out)?;
+                let summary = format!("Query diff of <code>{}</code>", action.object);
+                collapsible(&summary, "diff", diff, out)?;
+            }
+        }
+        if !plan.statements.is_empty() {
+            writeln!(out)?;
+            let sql: Vec<String> = plan
+                .statements
+                .iter()
+                .map(|statement| {
+                    format!(
+                        "-- {}: {}\n{};",
+                        statement.object,
+                        statement.summary.replace('\n', " "),
+                        statement.sql
+                    )
+                })
+                .collect();
+            let summary = format!(
+                "SQL ({} statement{}, in order, in one transaction)",
+                plan.statements.len(),
+                if plan.statements.len() == 1 { "" } else { "s" }
+            );
+            collapsible(&summary, "sql", &sql.join("\n\n"), out)?;
+        }
+    }
+    if !plan.adopted.is_empty() {
+        let names: Vec<String> = plan
+            .adopted
+            .iter()
+            .map(|name| format!("`{name}`"))
+            .collect();
+        writeln!(out)?;
+        writeln!(
+            out,
+            "Already matching the declarations, recorded as managed without rebuilding: {}.",
+            names.join(", ")
+        )?;
+    }
+    if !plan.warnings.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "**Warnings**")?;
+        writeln!(out)?;
+        for warning in &plan.warnings {
+            writeln!(
+                out,
+                "- `{}`: {}",
+                warning.object,
+                warning.message.replace('\n', " ")
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The strongest lock an action takes on an existing object, where known. Creating takes
+/// none that anyone waits for: the object is new.
+fn action_lock(action: &Action, statements: &[Statement]) -> Option<Lock> {
+    match action.change {
+        Change::Create | Change::Forget => None,
+        Change::Drop | Change::Replace | Change::Rebuild | Change::Refresh => {
+            Some(Lock::AccessExclusive)
+        }
+        Change::Alter => statements
+            .iter()
+            .filter(|statement| statement.object == action.object)
+            .filter_map(|statement| statement.phase.lock())
+            .max(),
+    }
+}
+
+/// Text fit for one Markdown table cell: one line, pipes escaped.
+fn table_cell(text: &str) -> String {
+    text.replace('\n', " ").replace('|', "\\|")
+}
+
+/// A `<details>` block holding a fenced code block; the fence is longer than any run of
+/// backticks in the code, so no declared query can close it early.
+fn collapsible(summary: &str, language: &str, code: &str, out: &mut impl Write) -> io::Result<()> {
+    let mut longest = 0;
+    let mut run = 0;
+    for c in code.chars() {
+        run = if c == '`' { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    let fence = "`".repeat(longest.max(2) + 1);
+    writeln!(out, "<details><summary>{summary}</summary>")?;
+    writeln!(out)?;
+    writeln!(out, "{fence}{language}")?;
+    writeln!(out, "{}", code.trim_end_matches('\n'))?;
+    writeln!(out, "{fence}")?;
+    writeln!(out)?;
+    writeln!(out, "</details>")
 }
 
 /// One line per executed statement: what was done to which object, and how long it took.

@@ -512,3 +512,45 @@ fn k_a_rewritten_but_equivalent_query_is_recorded_without_a_rebuild() {
         "recorded, so nothing left to adopt: {stdout}"
     );
 }
+
+#[test]
+fn l_plan_as_markdown_for_a_pull_request_comment() {
+    let db = invoices_db();
+    let dir = invoices_project(TOP_SELLERS, SUMMARY);
+    reconcile(&db, dir.path());
+    let (code, stdout, stderr) = run(&db, dir.path(), &["plan", "--format", "markdown"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "**In sync:** 3 declared objects, nothing to do.\n");
+
+    // A query edit (a diff) and an attribute edit (an alteration with a lock).
+    std::fs::write(
+        dir.path().join("views/reports.kdl"),
+        TOP_SELLERS.replace("LIMIT 10", "LIMIT 3"),
+    )
+    .expect("edit");
+    std::fs::write(
+        dir.path().join("views/sales.kdl"),
+        format!(
+            "{}{BY_SELLER}",
+            SUMMARY.replace("Sales per seller and day", "Sales | per seller")
+        ),
+    )
+    .expect("edit");
+    let (code, markdown, stderr) = run(&db, dir.path(), &["plan", "--format", "markdown"]);
+    assert_eq!(code, 0, "{stderr}");
+    insta::assert_snapshot!("markdown_plan", markdown);
+
+    // Every statement the JSON plan lists is in the comment, in the same order.
+    let (_, json, _) = run(&db, dir.path(), &["plan", "--format", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&json).expect("JSON plan");
+    let statements = json["statements"].as_array().expect("statements");
+    assert!(!statements.is_empty());
+    let mut from = 0;
+    for statement in statements {
+        let sql = statement["sql"].as_str().expect("sql");
+        let at = markdown[from..]
+            .find(sql)
+            .unwrap_or_else(|| panic!("{sql} missing or out of order in:\n{markdown}"));
+        from += at + sql.len();
+    }
+}
