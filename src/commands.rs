@@ -1,5 +1,7 @@
 //! What each command does, at the IO edge: load, connect, call the pure stages, print.
 
+mod demo;
+
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -125,7 +127,7 @@ async fn dispatch(cli: Cli) -> Result<Status, Error> {
             clap_complete::generate(shell, &mut command, "viewkeeper", &mut io::stdout());
             Ok(Status::Done)
         }
-        Command::Demo => crate::demo::run().await,
+        Command::Demo => demo::run().await,
     }
 }
 

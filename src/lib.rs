@@ -11,7 +11,6 @@ pub mod cli;
 pub mod commands;
 pub mod compile;
 pub mod db;
-mod demo;
 pub mod error;
 pub mod graph;
 pub mod guard;

@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio_postgres::GenericClient;
 
 use crate::name::QualifiedName;
 use crate::project::Kind;
+pub use crate::project::query_hash;
 use crate::sql::quote_ident;
 
 /// Table of managed objects, inside the configured state schema.
@@ -47,15 +47,6 @@ pub struct AppliedIndex {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State {
     pub objects: BTreeMap<QualifiedName, ManagedObject>,
-}
-
-/// SHA-256 of a declared query, stored to detect changes without comparing long texts.
-pub fn query_hash(kind: Kind, query: &str) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(kind.keyword().as_bytes());
-    hasher.update(b"\n");
-    hasher.update(query.as_bytes());
-    format!("{:x}", hasher.finalize())
 }
 
 /// `"schema"."table"` for a state table.

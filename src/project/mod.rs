@@ -18,6 +18,7 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use miette::SourceSpan;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 pub use config::Config;
 pub(crate) use declaration::{all_privileges, parse_cron};
@@ -350,7 +351,7 @@ impl Project {
             text.push_str(&format!(
                 "{}|{}|{}|{:?}\n",
                 declaration.name,
-                crate::state::query_hash(declaration.kind, &declaration.query.text),
+                query_hash(declaration.kind, &declaration.query.text),
                 declaration.owner.as_deref().unwrap_or(""),
                 declaration
                     .depends_on
@@ -359,13 +360,22 @@ impl Project {
                     .collect::<Vec<_>>(),
             ));
         }
-        crate::state::query_hash(Kind::View, &text)
+        query_hash(Kind::View, &text)
     }
 
     /// The graph of declared objects and the `depends-on` edges between them.
     pub fn graph(&self) -> DependencyGraph {
         declared_graph(&self.declarations)
     }
+}
+
+/// SHA-256 of a declared query, stored to detect changes without comparing long texts.
+pub fn query_hash(kind: Kind, query: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(kind.keyword().as_bytes());
+    hasher.update(b"\n");
+    hasher.update(query.as_bytes());
+    format!("{:x}", hasher.finalize())
 }
 
 fn declared_graph(declarations: &IndexMap<QualifiedName, Declaration>) -> DependencyGraph {

@@ -6,8 +6,8 @@
 
 use std::io::Write;
 
+use super::{Status, ignore_broken_pipe, run_reconcile, show_plan, stdout};
 use crate::cli::PlanFormat;
-use crate::commands::{Status, ignore_broken_pipe, run_reconcile, show_plan, stdout};
 use crate::db;
 use crate::error::Error;
 use crate::project::Project;
@@ -15,10 +15,13 @@ use crate::sandbox::Sandbox;
 
 /// The declarations, as in the repository's `views/` folder.
 const DECLARATIONS: &[(&str, &str)] = &[
-    ("views/invoices.kdl", include_str!("../views/invoices.kdl")),
+    (
+        "views/invoices.kdl",
+        include_str!("../../views/invoices.kdl"),
+    ),
     (
         "views/sales_by_seller.sql",
-        include_str!("../views/sales_by_seller.sql"),
+        include_str!("../../views/sales_by_seller.sql"),
     ),
 ];
 
