@@ -195,6 +195,9 @@ pub fn plan_markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
         writeln!(out, "| --- | --- | --- | --- |")?;
         for action in &plan.actions {
             let mut reason = table_cell(&action.reason);
+            if action.destroys_data {
+                reason.push_str("<br>**destroys its data**");
+            }
             for detail in &action.details {
                 reason.push_str("<br>");
                 reason.push_str(&table_cell(detail));
@@ -257,9 +260,10 @@ pub fn plan_markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
         for warning in &plan.warnings {
             writeln!(
                 out,
-                "- `{}`: {}",
+                "- `{}`: {} ({})",
                 warning.object,
-                warning.message.replace('\n', " ")
+                warning.message.replace('\n', " "),
+                warning.location
             )?;
         }
     }
@@ -653,4 +657,58 @@ pub fn reconciled_json(
     };
     serde_json::to_writer_pretty(&mut *out, &document).map_err(io::Error::other)?;
     writeln!(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markdown_marks_lost_data_keeps_fences_closed_and_lists_warnings_last() {
+        let object = QualifiedName::new("public", "old_summary");
+        let plan = Plan {
+            actions: vec![
+                Action {
+                    change: Change::Drop,
+                    object: object.clone(),
+                    kind: Kind::MaterializedView,
+                    reason: "no longer declared".to_owned(),
+                    diff: None,
+                    details: Vec::new(),
+                    destroys_data: true,
+                },
+                Action {
+                    change: Change::Replace,
+                    object: QualifiedName::new("public", "quoted"),
+                    kind: Kind::View,
+                    reason: "declared query changed".to_owned(),
+                    diff: Some("-SELECT 1\n+SELECT '```' AS fence\n".to_owned()),
+                    details: Vec::new(),
+                    destroys_data: false,
+                },
+            ],
+            warnings: vec![Warning {
+                object: object.clone(),
+                message: "reads public.t, but its depends-on does not list it".to_owned(),
+                location: "views/a.kdl:3".to_owned(),
+            }],
+            ..Plan::default()
+        };
+        let mut out = Vec::new();
+        plan_markdown(&plan, &mut out).expect("write");
+        let markdown = String::from_utf8(out).expect("utf-8");
+        assert!(
+            markdown.contains(
+                "| `public.old_summary` (materialized view) | drop | no longer declared<br>**destroys its data** | ACCESS EXCLUSIVE |"
+            ),
+            "{markdown}"
+        );
+        assert!(markdown.contains("````diff\n"), "{markdown}");
+        assert!(
+            markdown.ends_with(
+                "**Warnings**\n\n- `public.old_summary`: reads public.t, but its depends-on does not list it (views/a.kdl:3)\n"
+            ),
+            "{markdown}"
+        );
+    }
 }
