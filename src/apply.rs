@@ -528,12 +528,12 @@ pub async fn prove(
     Ok(())
 }
 
-/// Every relation named in a `depends-on`, for the catalog to look up.
+/// Every relation named in a `depends-on` or inferred from a query, for the catalog to look up.
 pub fn dependency_names(project: &Project) -> Vec<crate::name::QualifiedName> {
     let mut names: Vec<_> = project
         .declarations
         .values()
-        .flat_map(|declaration| declaration.depends_on.iter().map(|d| d.name.clone()))
+        .flat_map(|declaration| declaration.reads().cloned())
         .collect();
     names.sort();
     names.dedup();

@@ -189,14 +189,15 @@ CROSS JOIN LATERAL aclexplode(c.relacl) a
 WHERE c.relkind IN ('v', 'm') AND c.relacl IS NOT NULL AND a.grantee <> c.relowner
   AND n.nspname <> ALL($1::text[]) AND n.nspname NOT LIKE 'pg\\_%'";
 
-// A view's query is stored as a rewrite rule; the rule's pg_depend rows name every
-// relation the query reads.
+// A view's query is stored as its `_RETURN` rewrite rule; that rule's pg_depend rows name
+// every relation the query reads (other rules on the view are not its query).
 // language=SQL
 const READS: &str = "
 SELECT DISTINCT r.ev_class, dn.nspname::text, d.relname::text
 FROM pg_rewrite r
 JOIN pg_depend dep ON dep.classid = 'pg_rewrite'::regclass AND dep.objid = r.oid
                   AND dep.refclassid = 'pg_class'::regclass AND dep.refobjid <> r.ev_class
+                  AND r.rulename = '_RETURN'
 JOIN pg_class d ON d.oid = dep.refobjid
 JOIN pg_namespace dn ON dn.oid = d.relnamespace
 JOIN pg_class c ON c.oid = r.ev_class

@@ -128,6 +128,9 @@ pub enum Command {
         /// Only objects in these schemas (repeatable; default: every non-system schema).
         #[arg(long = "schema", value_name = "NAME")]
         schemas: Vec<String>,
+        /// Also write `depends-on`, even where it only repeats what the query shows.
+        #[arg(long)]
+        with_depends_on: bool,
     },
     /// Print the dependency graph of the declared views and the relations they read.
     Graph {

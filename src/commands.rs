@@ -119,7 +119,10 @@ async fn dispatch(cli: Cli) -> Result<Status, Error> {
             command,
         } => run_migration(project, url, drop_first, &command).await,
         Command::Guard { action } => guard(project, url, action).await,
-        Command::Import { schemas } => import(project, url, &schemas).await,
+        Command::Import {
+            schemas,
+            with_depends_on,
+        } => import(project, url, &schemas, with_depends_on).await,
         Command::Graph { format } => graph(project, format),
         Command::Init => init(project),
         Command::Completions { shell } => {
@@ -179,6 +182,16 @@ fn check(root: &Path) -> Result<Status, Error> {
             .collect::<Vec<_>>()
             .join(", ")
     ))?;
+    for declaration in project.declarations.values() {
+        if declaration.inferred.is_none() && declaration.depends_on.is_empty() {
+            ignore_broken_pipe(writeln!(
+                out,
+                "note: the SQL parser cannot read `{}`'s query; its dependencies will be taken \
+                 from the server when it is compiled",
+                declaration.name
+            ))?;
+        }
+    }
     Ok(Status::Done)
 }
 
@@ -706,7 +719,12 @@ async fn guard(root: &Path, url: Option<&str>, action: GuardAction) -> Result<St
     Ok(Status::Done)
 }
 
-async fn import(root: &Path, url: Option<&str>, schemas: &[String]) -> Result<Status, Error> {
+async fn import(
+    root: &Path,
+    url: Option<&str>,
+    schemas: &[String],
+    with_depends_on: bool,
+) -> Result<Status, Error> {
     let config = crate::project::Config::load_only(root)?;
     let views_dir = root.join(&config.views_dir);
     std::fs::create_dir_all(&views_dir).map_err(|source| Error::Io {
@@ -720,7 +738,7 @@ async fn import(root: &Path, url: Option<&str>, schemas: &[String]) -> Result<St
         .await
         .map_err(|error| Error::Catalog(db::describe(&error)))?;
     let declared = project.declarations.keys().cloned().collect();
-    let files = crate::import::import(&catalog, schemas, &declared);
+    let files = crate::import::import(&catalog, schemas, &declared, with_depends_on);
     let mut out = stdout();
     let mut written = 0;
     for file in &files {

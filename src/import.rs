@@ -26,6 +26,7 @@ pub fn import(
     catalog: &Catalog,
     schemas: &[String],
     skip: &BTreeSet<QualifiedName>,
+    with_depends_on: bool,
 ) -> Vec<ImportedFile> {
     catalog
         .relations
@@ -35,7 +36,7 @@ pub fn import(
         .map(|(name, relation)| ImportedFile {
             object: name.clone(),
             file_name: file_name(name),
-            text: declaration(name, relation, catalog.reads.get(name)),
+            text: declaration(name, relation, catalog.reads.get(name), with_depends_on),
         })
         .collect()
 }
@@ -60,6 +61,7 @@ fn declaration(
     name: &QualifiedName,
     relation: &Relation,
     reads: Option<&BTreeSet<QualifiedName>>,
+    with_depends_on: bool,
 ) -> String {
     let mut text = String::new();
     let _ = writeln!(
@@ -78,7 +80,9 @@ fn declaration(
         .filter(|read| !matches!(read.schema.as_str(), "pg_catalog" | "information_schema"))
         .map(|read| kdl_string(&read.to_string()))
         .collect();
-    if !dependencies.is_empty() {
+    // Without the flag, `depends-on` is written only for a query the parser cannot read.
+    let inferable = crate::project::infer::relations_read(&relation.definition).is_ok();
+    if !dependencies.is_empty() && (with_depends_on || !inferable) {
         let _ = writeln!(text, "    depends-on {}", dependencies.join(" "));
     }
     let _ = writeln!(

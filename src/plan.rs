@@ -856,6 +856,10 @@ fn warn_about_dependencies(plan: &mut Plan, declaration: &Declaration, catalog: 
     let reads = catalog.reads.get(&declaration.name).unwrap_or(&empty);
     let declared: BTreeSet<&QualifiedName> =
         declaration.depends_on.iter().map(|d| &d.name).collect();
+    if declared.is_empty() {
+        // Nothing declared: the dependencies are inferred, and PostgreSQL's are authoritative.
+        return;
+    }
     for read in reads {
         if !declared.contains(read)
             && !matches!(read.schema.as_str(), "pg_catalog" | "information_schema")

@@ -525,21 +525,22 @@ pub fn graph(project: &Project, style: GraphStyle, out: &mut impl Write) -> io::
     // Everything named: declared objects, then the tables and other relations they read.
     let mut external: std::collections::BTreeSet<&QualifiedName> = Default::default();
     for declaration in project.declarations.values() {
-        for dependency in &declaration.depends_on {
-            if !project.declarations.contains_key(&dependency.name) {
-                external.insert(&dependency.name);
+        for dependency in declaration.reads() {
+            if !project.declarations.contains_key(dependency) {
+                external.insert(dependency);
             }
         }
     }
     let kind_of = |name: &QualifiedName| project.declarations.get(name).map(|d| d.kind);
-    let edges: Vec<(&QualifiedName, &QualifiedName)> = order
+    // (read, reader, inferred from the query rather than listed in `depends-on`)
+    let edges: Vec<(&QualifiedName, &QualifiedName, bool)> = order
         .iter()
         .filter_map(|name| project.declarations.get(name))
         .flat_map(|declaration| {
-            declaration
-                .depends_on
-                .iter()
-                .map(move |dependency| (&dependency.name, &declaration.name))
+            declaration.reads().map(move |dependency| {
+                let inferred = declaration.is_inferred(dependency);
+                (dependency, &declaration.name, inferred)
+            })
         })
         .collect();
     match style {
@@ -549,9 +550,14 @@ pub fn graph(project: &Project, style: GraphStyle, out: &mut impl Write) -> io::
                     continue;
                 };
                 writeln!(out, "{name} ({})", declaration.kind.words())?;
-                for dependency in &declaration.depends_on {
-                    let what = kind_of(&dependency.name).map_or("relation", Kind::words);
-                    writeln!(out, "  reads {} ({what})", dependency.name)?;
+                for dependency in declaration.reads() {
+                    let what = kind_of(dependency).map_or("relation", Kind::words);
+                    let how = if declaration.is_inferred(dependency) {
+                        ", inferred"
+                    } else {
+                        ""
+                    };
+                    writeln!(out, "  reads {dependency} ({what}{how})")?;
                 }
             }
             Ok(())
@@ -570,8 +576,9 @@ pub fn graph(project: &Project, style: GraphStyle, out: &mut impl Write) -> io::
                 };
                 writeln!(out, "    {} [shape={shape}];", dot_id(name))?;
             }
-            for (from, to) in edges {
-                writeln!(out, "    {} -> {};", dot_id(from), dot_id(to))?;
+            for (from, to, inferred) in edges {
+                let style = if inferred { " [style=dashed]" } else { "" };
+                writeln!(out, "    {} -> {}{style};", dot_id(from), dot_id(to))?;
             }
             writeln!(out, "}}")
         }
@@ -593,9 +600,10 @@ pub fn graph(project: &Project, style: GraphStyle, out: &mut impl Write) -> io::
                 };
                 writeln!(out, "    {node}")?;
             }
-            for (from, to) in edges {
+            for (from, to, inferred) in edges {
                 if let (Some(from), Some(to)) = (ids.get(from), ids.get(to)) {
-                    writeln!(out, "    {from} --> {to}")?;
+                    let arrow = if inferred { "-.->" } else { "-->" };
+                    writeln!(out, "    {from} {arrow} {to}")?;
                 }
             }
             Ok(())

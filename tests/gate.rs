@@ -33,8 +33,9 @@ fn dependency_warnings_carry_the_declarations_file_and_line() {
     let dir = project(&[(
         "views/v.kdl",
         "view \"v\" {\n    depends-on \"t\"\n    depends-on \"u\"\n    query \"SELECT a FROM t\"\n}\n\
-         view \"w\" {\n    query \"SELECT a FROM v\"\n}\n",
+         view \"w\" {\n    depends-on \"u\"\n    query \"SELECT a FROM v, u\"\n}\n",
     )]);
+    // `w` lists a depends-on that misses `v` (one without any would be inferred, unwarned).
     reconcile(&db, dir.path());
     let (_, stdout, _) = run(&db, dir.path(), &["plan"]);
     assert!(

@@ -609,6 +609,7 @@ impl Builder {
             kind: self.kind,
             name: self.name,
             depends_on: self.depends_on,
+            inferred: None,
             query: query?,
             indexes: self.indexes,
             grants: self.grants,

@@ -7,6 +7,7 @@
 mod config;
 mod declaration;
 mod diagnostic;
+pub mod infer;
 mod reader;
 mod scan;
 mod statement;
@@ -80,6 +81,9 @@ pub struct Declaration {
     pub kind: Kind,
     pub name: QualifiedName,
     pub depends_on: Vec<Dependency>,
+    /// What the query reads, found by the SQL parser; `None` when the parser cannot read
+    /// it, and PostgreSQL's `pg_depend` is the only answer.
+    pub inferred: Option<Vec<QualifiedName>>,
     pub query: Query,
     pub indexes: Vec<Index>,
     pub grants: Vec<Grant>,
@@ -95,6 +99,22 @@ pub struct Declaration {
     pub span: SourceSpan,
     /// The span of the name argument.
     pub name_span: SourceSpan,
+}
+
+impl Declaration {
+    /// Everything this declaration reads: its `depends-on` and what its query names.
+    pub fn reads(&self) -> impl Iterator<Item = &QualifiedName> {
+        let mut names: Vec<&QualifiedName> = self.depends_on.iter().map(|d| &d.name).collect();
+        names.extend(self.inferred.iter().flatten());
+        names.sort();
+        names.dedup();
+        names.into_iter()
+    }
+
+    /// Whether `name` is read only by inference, not listed in `depends-on`.
+    pub fn is_inferred(&self, name: &QualifiedName) -> bool {
+        !self.depends_on.iter().any(|d| &d.name == name)
+    }
 }
 
 /// A `depends-on` entry.
@@ -332,6 +352,7 @@ impl Project {
                 );
             }
         }
+        infer_dependencies(&mut declarations, &config.search_path);
         check_dependencies(&declarations, &mut problems);
         if problems.is_empty() {
             Ok(Project {
@@ -378,15 +399,39 @@ pub fn query_hash(kind: Kind, query: &str) -> String {
     format!("{:x}", hasher.finalize())
 }
 
+/// Fills each declaration's `inferred` from its query text.
+fn infer_dependencies(
+    declarations: &mut IndexMap<QualifiedName, Declaration>,
+    search_path: &[String],
+) {
+    let declared: std::collections::BTreeSet<QualifiedName> =
+        declarations.keys().cloned().collect();
+    let is_declared = |name: &QualifiedName| declared.contains(name);
+    for declaration in declarations.values_mut() {
+        declaration.inferred = match infer::relations_read(&declaration.query.text) {
+            Ok(reads) => Some(
+                infer::resolve(&reads, search_path, &is_declared)
+                    .into_iter()
+                    .filter(|name| name != &declaration.name)
+                    .collect(),
+            ),
+            Err(error) => {
+                tracing::debug!("cannot infer what `{}` reads: {error}", declaration.name);
+                None
+            }
+        };
+    }
+}
+
 fn declared_graph(declarations: &IndexMap<QualifiedName, Declaration>) -> DependencyGraph {
     let mut graph = DependencyGraph::default();
     for name in declarations.keys() {
         graph.add_node(name);
     }
     for declaration in declarations.values() {
-        for dependency in &declaration.depends_on {
-            if declarations.contains_key(&dependency.name) {
-                graph.add_edge(&dependency.name, &declaration.name);
+        for dependency in declaration.reads() {
+            if declarations.contains_key(dependency) {
+                graph.add_edge(dependency, &declaration.name);
             }
         }
     }
