@@ -26,5 +26,6 @@ pub mod saved_plan;
 mod sql;
 pub mod state;
 pub mod status;
+pub mod waits;
 
 pub use commands::{Status, run};
