@@ -260,15 +260,31 @@ async fn proven_plan(
     with_fingerprint: bool,
 ) -> Result<(plan::Plan, Option<crate::saved_plan::Fingerprint>), Error> {
     let catalog_error = |error: tokio_postgres::Error| Error::Catalog(db::describe(&error));
-    let mut transaction = client.transaction().await.map_err(catalog_error)?;
-    let timeout_ms = project.config.lock_timeout.as_millis();
-    transaction
-        .batch_execute(&format!("SET LOCAL lock_timeout = {timeout_ms}"))
-        .await
-        .map_err(catalog_error)?;
-    let catalog = apply::read_catalog(&mut transaction, project)
-        .await
-        .map_err(catalog_error)?;
+    let timeout = project.config.lock_timeout;
+    let mut attempt = 1;
+    let (transaction, catalog) = loop {
+        let mut transaction = client.transaction().await.map_err(catalog_error)?;
+        let read = async {
+            waits::bound(&transaction, timeout).await?;
+            // Never read views while a reconcile drops and recreates them.
+            waits::share_reconcile_lock(&transaction, &project.config.state_schema).await?;
+            apply::read_catalog(&mut transaction, project).await
+        }
+        .await;
+        match read {
+            Ok(catalog) => break (transaction, catalog),
+            Err(error) => {
+                transaction.rollback().await.map_err(catalog_error)?;
+                if waits::lost_relation(&error) && attempt < 3 {
+                    attempt += 1;
+                    continue;
+                }
+                return Err(Error::Catalog(
+                    waits::explain(client, &error, timeout).await,
+                ));
+            }
+        }
+    };
     let plan = plan::plan(project, &catalog)?;
     plan::refuse_dropping_everything(project, &plan, allow_drop)?;
     let fingerprint = if with_fingerprint {
