@@ -196,15 +196,35 @@ async fn apply_with(
         .transaction()
         .await
         .map_err(database("cannot start a transaction"))?;
-    // Waits for a concurrent reconcile to finish; released by commit or rollback, so it
-    // cannot leak (unlike a session lock on an early return).
-    transaction
+    // Give up instead of queueing behind a long-running query that holds a view: waiting
+    // would also block every reader queued behind our own ACCESS EXCLUSIVE request. Set
+    // first, so it bounds the wait for the advisory lock too.
+    crate::waits::bound(&transaction, config.lock_timeout)
+        .await
+        .map_err(database("cannot set lock_timeout"))?;
+    // Waits for a concurrent reconcile (or reader) to finish; released by commit or
+    // rollback, so it cannot leak (unlike a session lock on an early return).
+    if let Err(error) = transaction
         .execute(
             "SELECT pg_advisory_xact_lock($1)",
             &[&lock_key(&config.state_schema)],
         )
         .await
-        .map_err(database("cannot take viewkeeper's advisory lock"))?;
+    {
+        let context = "cannot take viewkeeper's advisory lock";
+        if !crate::waits::timed_out(&error) {
+            return Err(database(context)(error));
+        }
+        transaction
+            .rollback()
+            .await
+            .map_err(database("cannot end the transaction"))?;
+        let holders = crate::waits::holders(&*client).await.unwrap_or_default();
+        return Err(ApplyError::Database {
+            context,
+            message: crate::waits::gave_up("it", config.lock_timeout, &holders),
+        });
+    }
     // viewkeeper's own drops are not "dropped outside viewkeeper": the guard skips them.
     transaction
         .batch_execute(&format!(
@@ -213,13 +233,6 @@ async fn apply_with(
         ))
         .await
         .map_err(database("cannot mark the transaction"))?;
-    // Give up instead of queueing behind a long-running query that holds a view: waiting
-    // would also block every reader queued behind our own ACCESS EXCLUSIVE request.
-    let timeout_ms = config.lock_timeout.as_millis();
-    transaction
-        .batch_execute(&format!("SET LOCAL lock_timeout = {timeout_ms}"))
-        .await
-        .map_err(database("cannot set lock_timeout"))?;
 
     let mut catalog = read_catalog(&mut transaction, project)
         .await

@@ -17,6 +17,7 @@ use crate::project::Project;
 use crate::refresh::{self, schedule::Event as ScheduleEvent};
 use crate::render;
 use crate::state;
+use crate::waits;
 
 /// How a successful command ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,15 +275,31 @@ async fn proven_plan(
     with_fingerprint: bool,
 ) -> Result<(plan::Plan, Option<crate::saved_plan::Fingerprint>), Error> {
     let catalog_error = |error: tokio_postgres::Error| Error::Catalog(db::describe(&error));
-    let mut transaction = client.transaction().await.map_err(catalog_error)?;
-    let timeout_ms = project.config.lock_timeout.as_millis();
-    transaction
-        .batch_execute(&format!("SET LOCAL lock_timeout = {timeout_ms}"))
-        .await
-        .map_err(catalog_error)?;
-    let catalog = apply::read_catalog(&mut transaction, project)
-        .await
-        .map_err(catalog_error)?;
+    let timeout = project.config.lock_timeout;
+    let mut attempt = 1;
+    let (transaction, catalog) = loop {
+        let mut transaction = client.transaction().await.map_err(catalog_error)?;
+        let read = async {
+            waits::bound(&transaction, timeout).await?;
+            // Never read views while a reconcile drops and recreates them.
+            waits::share_reconcile_lock(&transaction, &project.config.state_schema).await?;
+            apply::read_catalog(&mut transaction, project).await
+        }
+        .await;
+        match read {
+            Ok(catalog) => break (transaction, catalog),
+            Err(error) => {
+                transaction.rollback().await.map_err(catalog_error)?;
+                if waits::lost_relation(&error) && attempt < 3 {
+                    attempt += 1;
+                    continue;
+                }
+                return Err(Error::Catalog(
+                    waits::explain(client, &error, timeout).await,
+                ));
+            }
+        }
+    };
     let plan = plan::plan(project, &catalog)?;
     plan::refuse_dropping_everything(project, &plan, allow_drop)?;
     let fingerprint = if with_fingerprint {
@@ -813,7 +830,7 @@ fn graph(root: &Path, format: GraphFormat) -> Result<Status, Error> {
 const INIT_CONFIG: &str = "// viewkeeper settings: every key is optional; these are the defaults.
 views-dir \"views\"            // where declarations live
 state-schema \"viewkeeper\"    // where viewkeeper keeps its own bookkeeping
-lock-timeout \"5s\"            // reconcile gives up instead of queueing behind long locks
+lock-timeout \"5s\"            // every command gives up instead of queueing behind long locks
 search-path \"public\"         // how unqualified names in queries resolve
 ";
 
@@ -861,12 +878,33 @@ async fn read_catalog(
     project: &Project,
 ) -> Result<catalog::Catalog, Error> {
     let catalog_error = |error: tokio_postgres::Error| Error::Catalog(db::describe(&error));
-    let mut transaction = client.transaction().await.map_err(catalog_error)?;
-    let catalog = apply::read_catalog(&mut transaction, project)
-        .await
-        .map_err(catalog_error)?;
-    transaction.rollback().await.map_err(catalog_error)?;
-    Ok(catalog)
+    let timeout = project.config.lock_timeout;
+    let mut attempt = 1;
+    loop {
+        let mut transaction = client.transaction().await.map_err(catalog_error)?;
+        let read = async {
+            waits::bound(&transaction, timeout).await?;
+            // Never read views while a reconcile drops and recreates them.
+            waits::share_reconcile_lock(&transaction, &project.config.state_schema).await?;
+            apply::read_catalog(&mut transaction, project).await
+        }
+        .await;
+        transaction.rollback().await.map_err(catalog_error)?;
+        match read {
+            Ok(catalog) => return Ok(catalog),
+            // A migration outside viewkeeper dropped a view under the read: read again.
+            Err(error) if waits::lost_relation(&error) && attempt < 3 => attempt += 1,
+            Err(error) if waits::timed_out(&error) => {
+                let holders = waits::holders(&*client).await.unwrap_or_default();
+                return Err(Error::Catalog(waits::gave_up(
+                    "reconcile's advisory lock or a lock on a view",
+                    timeout,
+                    &holders,
+                )));
+            }
+            Err(error) => return Err(catalog_error(error)),
+        }
+    }
 }
 
 async fn connect(url: Option<&str>, project: &Project) -> Result<tokio_postgres::Client, Error> {

@@ -25,5 +25,6 @@ pub mod saved_plan;
 mod sql;
 pub mod state;
 pub mod status;
+pub mod waits;
 
 pub use commands::{Status, run};

@@ -17,7 +17,7 @@ use miette::Diagnostic;
 use tokio_postgres::{Client, GenericClient};
 
 use crate::apply::{dependency_names, lock_key};
-use crate::catalog::{self, Catalog};
+use crate::catalog::Catalog;
 use crate::db::describe;
 use crate::graph::Cycle;
 use crate::name::QualifiedName;
@@ -32,6 +32,8 @@ pub struct RefreshTarget {
     pub concurrently: bool,
     /// `statement_timeout` for the refresh: the view's own, else the project's.
     pub statement_timeout: Option<Duration>,
+    /// The project's `lock-timeout`: bounds the wait for the advisory locks.
+    pub lock_timeout: Duration,
 }
 
 impl RefreshTarget {
@@ -44,6 +46,7 @@ impl RefreshTarget {
             statement_timeout: policy
                 .and_then(|p| p.statement_timeout)
                 .or(project.config.statement_timeout),
+            lock_timeout: project.config.lock_timeout,
         }
     }
 }
@@ -166,9 +169,16 @@ pub async fn refresh(
     mut on_event: impl FnMut(Event<'_>),
 ) -> Result<usize, RefreshError> {
     let schema = &project.config.state_schema;
-    let catalog = catalog::introspect(&*client, &dependency_names(project), schema)
-        .await
-        .map_err(|error| RefreshError::Database(describe(&error)))?;
+    let timeout = project.config.lock_timeout;
+    let catalog =
+        match crate::waits::introspect(client, &dependency_names(project), schema, timeout).await {
+            Ok(catalog) => catalog,
+            Err(error) => {
+                return Err(RefreshError::Database(
+                    crate::waits::explain(client, &error, timeout).await,
+                ));
+            }
+        };
     let targets = refresh_order(project, &catalog, requested, downstream)?;
     let graph = catalog.graph_of(project);
     let mut failed: Vec<QualifiedName> = Vec::new();
@@ -230,6 +240,7 @@ pub async fn refresh_one(
     still_due: Option<StillDue<'_>>,
 ) -> Result<Outcome, tokio_postgres::Error> {
     let transaction = client.transaction().await?;
+    crate::waits::bound(&transaction, target.lock_timeout).await?;
     if !advisory_lock(&transaction, lock_key(state_schema), true, wait).await? {
         return Ok(Outcome::Skipped(Skip::Reconciling));
     }
@@ -265,6 +276,8 @@ pub async fn refresh_one(
                 timeout.as_millis()
             ))
             .await?;
+        // A refresh waits for the view's readers: it may wait as long as it may run.
+        crate::waits::bound(&transaction, timeout).await?;
     }
     // PostgreSQL refuses CONCURRENTLY on a view that holds no data yet.
     let concurrently = target.concurrently && populated;

@@ -16,7 +16,7 @@ use tokio_postgres::Client;
 
 use super::{Outcome, RefreshTarget, Wait, refresh_one};
 use crate::apply::dependency_names;
-use crate::catalog::{self, Catalog};
+use crate::catalog::Catalog;
 use crate::db;
 use crate::graph::DependencyGraph;
 use crate::name::QualifiedName;
@@ -435,7 +435,7 @@ impl Healer {
 /// Whether a declared object viewkeeper manages is missing from the database.
 async fn missing_managed(client: &Client, project: &Project) -> bool {
     let schema = &project.config.state_schema;
-    match catalog::introspect(client, &[], schema).await {
+    match crate::waits::introspect(client, &[], schema, project.config.lock_timeout).await {
         Ok(catalog) => catalog.state.as_ref().is_some_and(|state| {
             state.objects.keys().any(|name| {
                 project.declarations.contains_key(name) && !catalog.relations.contains_key(name)
@@ -469,7 +469,13 @@ async fn run_pass(
     on_event: &mut impl FnMut(Event<'_>),
 ) -> Result<Duration, tokio_postgres::Error> {
     let schema = &project.config.state_schema;
-    let catalog = catalog::introspect(&*client, &dependency_names(project), schema).await?;
+    let catalog = crate::waits::introspect(
+        client,
+        &dependency_names(project),
+        schema,
+        project.config.lock_timeout,
+    )
+    .await?;
     if catalog.state.is_none() {
         return Ok(MAX_SLEEP);
     }

@@ -1,0 +1,153 @@
+//! Bounded waits: every lock a command waits for gives up after `lock-timeout`, and readers
+//! of the catalog hold reconcile's advisory lock in shared mode.
+//!
+//! Lock order, the same in every command so no wait cycle can form: reconcile's advisory
+//! lock (readers and refreshes shared, reconcile exclusive) first, then a refresh's per-view
+//! advisory lock, then relation locks.
+
+use std::time::Duration;
+
+use tokio_postgres::GenericClient;
+use tokio_postgres::error::SqlState;
+
+/// `SET LOCAL lock_timeout`: bounds every later wait in the transaction, advisory locks
+/// taken with `pg_advisory_xact_lock` included.
+pub async fn bound(
+    client: &impl GenericClient,
+    timeout: Duration,
+) -> Result<(), tokio_postgres::Error> {
+    // Zero would mean "wait forever" to PostgreSQL.
+    let millis = timeout.as_millis().max(1);
+    client
+        .batch_execute(&format!("SET LOCAL lock_timeout = {millis}"))
+        .await
+}
+
+/// Holds reconcile's advisory lock in shared mode until the transaction ends, so a read of
+/// the catalog never sees (or locks) views a reconcile is dropping and recreating.
+pub async fn share_reconcile_lock(
+    client: &impl GenericClient,
+    state_schema: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "SELECT pg_advisory_xact_lock_shared($1)",
+            &[&crate::apply::lock_key(state_schema)],
+        )
+        .await
+        .map(drop)
+}
+
+/// True when `error` is `lock_timeout` expiring.
+pub fn timed_out(error: &tokio_postgres::Error) -> bool {
+    error.code() == Some(&SqlState::LOCK_NOT_AVAILABLE)
+}
+
+/// True when a relation disappeared while it was being read (a concurrent drop): the read
+/// is worth repeating.
+pub fn lost_relation(error: &tokio_postgres::Error) -> bool {
+    error.as_db_error().is_some_and(|db| {
+        db.code() == &SqlState::UNDEFINED_TABLE
+            || db.message().starts_with("could not open relation with OID")
+            || db.message().starts_with("cache lookup failed for relation")
+    })
+}
+
+/// Who holds the locks viewkeeper waits for: sessions holding viewkeeper's advisory locks
+/// or a lock on a view or materialized view, with role, application, state, since when and
+/// the first line of their query. Read on `client` once its own wait is over.
+pub async fn holders(client: &impl GenericClient) -> Result<Vec<String>, tokio_postgres::Error> {
+    // language=SQL
+    let rows = client
+        .query(
+            "SELECT DISTINCT a.pid, coalesce(a.usename::text, ''), coalesce(a.application_name, ''),
+                    coalesce(a.state, ''),
+                    coalesce(extract(epoch FROM now() - coalesce(a.xact_start, a.query_start)), 0)::float8,
+                    split_part(coalesce(a.query, ''), E'\\n', 1),
+                    CASE WHEN l.locktype = 'advisory' THEN 'an advisory lock'
+                         ELSE format('%s on %s', l.mode, l.relation::regclass) END
+             FROM pg_locks l
+             JOIN pg_stat_activity a ON a.pid = l.pid
+             LEFT JOIN pg_class c ON c.oid = l.relation
+             WHERE l.granted AND l.pid <> pg_backend_pid()
+               AND a.datname = current_database()
+               AND ((l.locktype = 'advisory' AND l.mode = 'ExclusiveLock')
+                    OR (l.locktype = 'relation' AND c.relkind IN ('v', 'm')
+                        AND l.mode IN ('AccessExclusiveLock', 'ExclusiveLock')))
+             ORDER BY a.pid",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let seconds: f64 = row.get(4);
+            format!(
+                "pid {} (role {}, application_name '{}', {} for {:.0}s) holds {}: {}",
+                row.get::<_, i32>(0),
+                row.get::<_, String>(1),
+                row.get::<_, String>(2),
+                row.get::<_, String>(3),
+                seconds,
+                row.get::<_, String>(6),
+                row.get::<_, String>(5),
+            )
+        })
+        .collect())
+}
+
+/// The message for a wait that gave up: what was waited for, who holds it, what to change.
+pub fn gave_up(what: &str, timeout: Duration, holders: &[String]) -> String {
+    let who = if holders.is_empty() {
+        "the holder has ended since".to_owned()
+    } else {
+        holders.join("; ")
+    };
+    format!(
+        "gave up after lock-timeout ({} ms) waiting for {what}; {who}. End that session, or raise `lock-timeout` in viewkeeper.kdl",
+        timeout.as_millis()
+    )
+}
+
+/// [`crate::catalog::introspect`] in a transaction that holds reconcile's lock in shared
+/// mode, bounded by `timeout`, read again (up to three times) when a relation disappeared
+/// under the read (a drop outside viewkeeper). The transaction is rolled back.
+pub async fn introspect(
+    client: &tokio_postgres::Client,
+    dependencies: &[crate::name::QualifiedName],
+    state_schema: &str,
+    timeout: Duration,
+) -> Result<crate::catalog::Catalog, tokio_postgres::Error> {
+    let mut attempt = 1;
+    loop {
+        client.batch_execute("BEGIN").await?;
+        let read = async {
+            bound(client, timeout).await?;
+            share_reconcile_lock(client, state_schema).await?;
+            crate::catalog::introspect(client, dependencies, state_schema).await
+        }
+        .await;
+        client.batch_execute("ROLLBACK").await?;
+        match read {
+            Err(error) if lost_relation(&error) && attempt < 3 => attempt += 1,
+            read => return read,
+        }
+    }
+}
+
+/// The message for `error`: who holds the lock when lock-timeout expired, else the server's.
+pub async fn explain(
+    client: &tokio_postgres::Client,
+    error: &tokio_postgres::Error,
+    timeout: Duration,
+) -> String {
+    if !timed_out(error) {
+        return crate::db::describe(error);
+    }
+    let holders = holders(client).await.unwrap_or_default();
+    gave_up(
+        "reconcile's advisory lock or a lock on a view",
+        timeout,
+        &holders,
+    )
+}

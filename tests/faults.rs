@@ -1,0 +1,164 @@
+//! Faults under load: readers never deadlock with reconcile, and every wait for a lock is
+//! bounded by `lock-timeout` with a message naming who holds it.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use support::{TestDb, project, reconcile, run, test_db};
+
+const CONFIG: &str = "lock-timeout \"300ms\"\n";
+
+fn views(extra_column: bool) -> String {
+    let column = if extra_column { ", 1 AS extra" } else { "" };
+    format!(
+        r#"
+materialized-view "public.totals" {{
+    depends-on "public.items"
+    query "SELECT kind, count(*) AS n{column} FROM items GROUP BY kind"
+}}
+view "public.top_totals" {{
+    depends-on "public.totals"
+    query "SELECT kind, n FROM totals WHERE n > 1"
+}}
+"#
+    )
+}
+
+fn setup() -> (TestDb, tempfile::TempDir) {
+    let db = test_db();
+    db.batch(
+        "CREATE TABLE items (id int PRIMARY KEY, kind text);
+         INSERT INTO items SELECT i, 'k' || (i % 5) FROM generate_series(1, 100) i;",
+    );
+    let dir = project(&[("viewkeeper.kdl", CONFIG), ("views/v.kdl", &views(false))]);
+    reconcile(&db, dir.path());
+    (db, dir)
+}
+
+/// A second session holding a lock makes each command give up after lock-timeout, naming
+/// the holder (pid, role, application_name, state, its query) and the setting to change.
+#[test]
+fn every_command_gives_up_after_lock_timeout_and_names_the_holder() {
+    let (db, dir) = setup();
+    let pid = db.scalar_i64("SELECT pg_backend_pid()");
+    db.batch("SET application_name = 'the_blocker'");
+    db.batch("BEGIN");
+    db.batch("LOCK TABLE top_totals IN ACCESS EXCLUSIVE MODE");
+    for args in [&["plan"][..], &["status"], &["reconcile"]] {
+        let started = Instant::now();
+        let (code, stdout, stderr) = run(&db, dir.path(), args);
+        let took = started.elapsed();
+        assert_ne!(code, 0, "{args:?} succeeded:\n{stdout}{stderr}");
+        assert!(took < Duration::from_secs(5), "{args:?} took {took:?}");
+        if args != ["reconcile"] {
+            for expected in [
+                "lock-timeout",
+                &format!("pid {pid}"),
+                "the_blocker",
+                "idle in transaction",
+                "LOCK TABLE top_totals",
+                "viewkeeper.kdl",
+            ] {
+                assert!(
+                    stderr.contains(expected),
+                    "{args:?}: no {expected:?} in\n{stderr}"
+                );
+            }
+        }
+    }
+    db.batch("ROLLBACK");
+
+    // Reconcile's advisory lock held by another session: reconcile, plan and status give up.
+    let key = viewkeeper::apply::lock_key("viewkeeper");
+    db.batch("BEGIN");
+    db.batch(&format!("SELECT pg_advisory_xact_lock({key})"));
+    for args in [&["reconcile"][..], &["plan"], &["status"]] {
+        let started = Instant::now();
+        let (code, stdout, stderr) = run(&db, dir.path(), args);
+        assert_ne!(code, 0, "{args:?} succeeded:\n{stdout}{stderr}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        for expected in ["lock-timeout", &format!("pid {pid}"), "advisory lock"] {
+            assert!(
+                stderr.contains(expected),
+                "{args:?}: no {expected:?} in\n{stderr}"
+            );
+        }
+    }
+    // refresh takes the same lock in shared mode: it gives up too, within the bound.
+    let started = Instant::now();
+    let (code, _, stderr) = run(&db, dir.path(), &["refresh", "public.totals"]);
+    assert_ne!(
+        code, 0,
+        "refresh succeeded under a held reconcile lock:\n{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    db.batch("ROLLBACK");
+
+    let (code, _, stderr) = run(&db, dir.path(), &["plan"]);
+    assert_eq!(code, 0, "{stderr}");
+}
+
+/// 200 reconciles that drop and recreate views, against loops of plan, status and refresh:
+/// not one deadlock, not one lost relation.
+#[test]
+fn readers_and_refreshes_never_fail_against_reconcile() {
+    let (db, dir) = setup();
+    std::fs::write(dir.path().join("viewkeeper.kdl"), "lock-timeout \"30s\"\n").expect("config");
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let loops: Vec<_> = [&["plan"][..], &["status"], &["refresh", "public.totals"]]
+        .into_iter()
+        .map(|args| {
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            let (url, path) = (db.url.clone(), dir.path().to_owned());
+            let (stop, reads) = (stop.clone(), reads.clone());
+            std::thread::spawn(move || {
+                let mut failures = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let output = assert_cmd::Command::cargo_bin("viewkeeper")
+                        .expect("binary")
+                        .arg("--project")
+                        .arg(&path)
+                        .args(&args)
+                        .env("DATABASE_URL", &url)
+                        .env("NO_COLOR", "1")
+                        .output()
+                        .expect("run");
+                    reads.fetch_add(1, Ordering::Relaxed);
+                    if !output.status.success() {
+                        failures.push(String::from_utf8_lossy(&output.stderr).into_owned());
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut reconcile_failures = Vec::new();
+    for round in 0..200 {
+        // Written aside and renamed, so a reader never sees a half-written file.
+        let aside = dir.path().join("v.kdl.new");
+        std::fs::write(&aside, views(round % 2 == 0)).expect("write");
+        std::fs::rename(&aside, dir.path().join("views/v.kdl")).expect("rename");
+        let (code, stdout, stderr) = run(&db, dir.path(), &["reconcile"]);
+        if code != 0 {
+            reconcile_failures.push(format!("{stdout}{stderr}"));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let reader_failures: Vec<String> = loops
+        .into_iter()
+        .flat_map(|handle| handle.join().expect("reader thread"))
+        .collect();
+    eprintln!(
+        "200 reconciles against {} concurrent plan/status/refresh runs in {:?}",
+        reads.load(Ordering::Relaxed),
+        started.elapsed()
+    );
+    assert!(reconcile_failures.is_empty(), "{reconcile_failures:#?}");
+    assert!(reader_failures.is_empty(), "{reader_failures:#?}");
+    assert!(reads.load(Ordering::Relaxed) > 20, "the readers hardly ran");
+}
