@@ -127,6 +127,7 @@ pub async fn reconcile(
         planner,
         intent.saved.is_some(),
         intent.keep_going,
+        RestoreOwed::Settle,
         on_statement,
     )
     .await
@@ -175,9 +176,19 @@ pub async fn drop_managed(
         plan::drop_managed,
         false,
         false,
+        RestoreOwed::Owe,
         on_statement,
     )
     .await
+}
+
+/// What an apply does to the record of a restore owed after `run --drop-first`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RestoreOwed {
+    /// The drops of `--drop-first`: record it with them, so a killed run is noticed.
+    Owe,
+    /// A reconcile: once it restores everything declared, its commit clears the record.
+    Settle,
 }
 
 /// Locks, reads the catalog, makes a plan with `planner` and applies it, all in one
@@ -188,6 +199,7 @@ async fn apply_with(
     planner: impl Fn(&Project, &Catalog) -> Result<Plan, PlanError>,
     read_schema_digest: bool,
     keep_going: bool,
+    restore_owed: RestoreOwed,
     mut on_statement: impl FnMut(&Statement, Duration),
 ) -> Result<Reconciled, ApplyError> {
     let started = Instant::now();
@@ -244,6 +256,14 @@ async fn apply_with(
                 .map_err(database("cannot read the catalog"))?,
         );
     }
+    // Someone restored by hand, or the drops found nothing: only the record needs clearing.
+    let owed_record = if restore_owed == RestoreOwed::Settle {
+        state::restore_owed_since(&transaction, &config.state_schema)
+            .await
+            .map_err(database("cannot read viewkeeper's state"))?
+    } else {
+        None
+    };
     let graph = catalog.graph_of(project);
     let mut left_out = LeftOut::default();
     let mut schema_ready = false;
@@ -268,7 +288,11 @@ async fn apply_with(
             }
             Err(error) => return Err(error.into()),
         };
-        if plan.is_empty() && plan.records.is_empty() && left_out.is_empty() {
+        if plan.is_empty()
+            && plan.records.is_empty()
+            && left_out.is_empty()
+            && owed_record.is_none()
+        {
             // Nothing to do: no DDL, no lock on any view, nothing written.
             transaction
                 .rollback()
@@ -341,6 +365,18 @@ async fn apply_with(
     )
     .await
     .map_err(database("cannot record what was applied"))?;
+    match restore_owed {
+        RestoreOwed::Owe if !plan.statements.is_empty() => {
+            state::owe_restore(&transaction, &config.state_schema).await
+        }
+        RestoreOwed::Owe => Ok(()),
+        // With keep-going, what failed is still owed.
+        RestoreOwed::Settle if left_out.is_empty() => {
+            state::settle_restore(&transaction, &config.state_schema).await
+        }
+        RestoreOwed::Settle => Ok(()),
+    }
+    .map_err(database("cannot record the restore owed"))?;
     transaction
         .commit()
         .await

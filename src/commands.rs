@@ -621,7 +621,7 @@ async fn run_migration(
     if code != 0 {
         eprintln!("viewkeeper: {program} exited with status {code}; reconciling anyway");
     }
-    let mut client = connect(url, &project).await?;
+    let mut client = connect_quietly(url, &project).await?;
     let reconciled = run_reconcile(&project, &mut client, &apply::Intent::RESTORE)
         .await
         .and_then(kept_going);
@@ -907,9 +907,33 @@ async fn read_catalog(
     }
 }
 
+/// Connects, and says first of all when a `run --drop-first` was killed before it restored
+/// the views it dropped.
 async fn connect(url: Option<&str>, project: &Project) -> Result<tokio_postgres::Client, Error> {
+    let client = connect_quietly(url, project).await?;
+    warn_restore_owed(&client, &project.config.state_schema).await;
+    Ok(client)
+}
+
+/// Connects without the restore-owed warning: for `run`'s own reconcile after its drops.
+async fn connect_quietly(
+    url: Option<&str>,
+    project: &Project,
+) -> Result<tokio_postgres::Client, Error> {
     let url = db::resolve_url(url)?;
     Ok(db::connect(&url, &project.config.search_path).await?)
+}
+
+/// Prints the restore-owed warning to stderr when the state records one.
+pub(crate) async fn warn_restore_owed(client: &tokio_postgres::Client, state_schema: &str) {
+    match state::restore_owed_since(client, state_schema).await {
+        Ok(Some(since)) => eprintln!("{}", render::restore_owed(since)),
+        Ok(None) => {}
+        Err(error) => tracing::debug!(
+            "cannot read the restore-owed record: {}",
+            db::describe(&error)
+        ),
+    }
 }
 
 /// Stdout that keeps colour on a terminal and drops it when piped or when `NO_COLOR` is set.

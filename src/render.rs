@@ -371,6 +371,14 @@ fn past(change: Change) -> &'static str {
 }
 
 /// `850 µs`, `12 ms`, `3.4 s`.
+/// The warning every command prints first while a killed `run --drop-first` owes a restore.
+pub fn restore_owed(since: DateTime<Utc>) -> String {
+    format!(
+        "warning: a restore is owed since {}: `viewkeeper run --drop-first` did not finish; run `viewkeeper reconcile`",
+        since.format("%Y-%m-%d %H:%M:%S UTC")
+    )
+}
+
 pub fn format_duration(duration: Duration) -> String {
     let micros = duration.as_micros();
     if micros < 1_000 {

@@ -19,6 +19,10 @@ use crate::sql::quote_ident;
 pub const OBJECTS_TABLE: &str = "managed_object";
 /// Table of refreshes, inside the configured state schema.
 pub const REFRESH_TABLE: &str = "refresh_log";
+/// At most one row: `run --drop-first` dropped the managed views and no reconcile has
+/// restored them yet. Written in the transaction of the drops, cleared in the one that
+/// restores, so a killed run leaves a record the next command reports.
+pub const RESTORE_OWED_TABLE: &str = "restore_owed";
 
 /// What viewkeeper recorded about one object the last time it applied it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +62,7 @@ pub(crate) fn table(schema: &str, table: &str) -> String {
 pub(crate) fn ensure_schema_sql(schema: &str) -> String {
     let objects = table(schema, OBJECTS_TABLE);
     let refreshes = table(schema, REFRESH_TABLE);
+    let restore_owed = table(schema, RESTORE_OWED_TABLE);
     format!(
         "CREATE SCHEMA IF NOT EXISTS {schema};
 CREATE TABLE IF NOT EXISTS {objects} (
@@ -81,7 +86,11 @@ CREATE TABLE IF NOT EXISTS {refreshes} (
     outcome text NOT NULL,
     error text
 );
-CREATE INDEX IF NOT EXISTS refresh_log_object_idx ON {refreshes} (schema_name, object_name, started_at);",
+CREATE INDEX IF NOT EXISTS refresh_log_object_idx ON {refreshes} (schema_name, object_name, started_at);
+CREATE TABLE IF NOT EXISTS {restore_owed} (
+    single boolean PRIMARY KEY DEFAULT true CHECK (single),
+    since timestamptz NOT NULL DEFAULT now()
+);",
         schema = quote_ident(schema)
     )
 }
@@ -206,6 +215,49 @@ pub(crate) async fn write(
         )
         .await?;
     Ok(())
+}
+
+/// Records that the managed views were dropped and are owed a restore; an older record
+/// keeps its time.
+pub(crate) async fn owe_restore(
+    client: &impl GenericClient,
+    schema: &str,
+) -> Result<(), tokio_postgres::Error> {
+    // language=SQL
+    let sql = format!(
+        "INSERT INTO {} DEFAULT VALUES ON CONFLICT DO NOTHING",
+        table(schema, RESTORE_OWED_TABLE)
+    );
+    client.execute(&sql, &[]).await.map(drop)
+}
+
+/// Clears the record of an owed restore, if any (the caller checks the table exists).
+pub(crate) async fn settle_restore(
+    client: &impl GenericClient,
+    schema: &str,
+) -> Result<(), tokio_postgres::Error> {
+    // language=SQL
+    let sql = format!("DELETE FROM {}", table(schema, RESTORE_OWED_TABLE));
+    client.execute(&sql, &[]).await.map(drop)
+}
+
+/// Since when a restore is owed, if one is. Reads nothing when the state schema (or this
+/// table, in a schema made by an older viewkeeper) does not exist.
+pub(crate) async fn restore_owed_since(
+    client: &impl GenericClient,
+    schema: &str,
+) -> Result<Option<DateTime<Utc>>, tokio_postgres::Error> {
+    let name = table(schema, RESTORE_OWED_TABLE);
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    // language=SQL
+    let sql = format!("SELECT since FROM {name}");
+    Ok(client.query_opt(&sql, &[]).await?.map(|row| row.get(0)))
 }
 
 /// Appends one refresh to the history (the caller checks the schema exists). Times are the

@@ -216,3 +216,113 @@ fn a_blocked_drop_first_does_not_run_the_migration() {
     assert!(!exists(&db, "ran"));
     assert!(exists(&db, "totals"));
 }
+
+const KILLED_DECLARATIONS: &str = r#"
+materialized-view "totals" {
+    depends-on "orders"
+    query "SELECT customer, sum(amount) AS total FROM orders GROUP BY customer"
+    index "customer" unique=#true
+    grant "SELECT" to="run_killed_reader"
+}
+view "big_customers" {
+    depends-on "totals"
+    query "SELECT customer FROM totals WHERE total > 10"
+    grant "SELECT" to="run_killed_reader"
+}
+"#;
+
+#[test]
+fn a_killed_drop_first_leaves_a_restore_owed_that_the_next_reconcile_settles() {
+    use std::os::unix::process::CommandExt;
+    let db = orders_db();
+    db.batch(
+        "DO $$ BEGIN CREATE ROLE run_killed_reader NOLOGIN;
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;",
+    );
+    let dir = project(&[("views/orders.kdl", KILLED_DECLARATIONS)]);
+    reconcile(&db, dir.path());
+    let (_, stdout, stderr) = run(&db, dir.path(), &["status"]);
+    assert!(
+        !stderr.contains("restore is owed") && !stdout.contains("restore is owed"),
+        "{stderr}"
+    );
+    // Its own process group, so viewkeeper and the migration die together, as on a lost runner.
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("viewkeeper"))
+        .arg("--project")
+        .arg(dir.path())
+        .args(["run", "--drop-first", "--", "sh", "-c", "sleep 30"])
+        .env("DATABASE_URL", &db.url)
+        .stdout(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("start");
+    assert!(
+        support::eventually(std::time::Duration::from_secs(10), || !exists(
+            &db, "totals"
+        )),
+        "the views were not dropped first"
+    );
+    let group = nix::unistd::Pid::from_raw(-i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL).expect("signal");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), None, "killed by a signal");
+    assert!(!exists(&db, "totals") && !exists(&db, "big_customers"));
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM viewkeeper.restore_owed"),
+        1
+    );
+
+    for command in [&["plan"][..], &["status"][..], &["refresh"][..]] {
+        let (_, _, stderr) = run(&db, dir.path(), command);
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("warning: a restore is owed since ")
+                && first.contains("`viewkeeper run --drop-first` did not finish")
+                && first.contains("run `viewkeeper reconcile`"),
+            "{command:?} does not say first that a restore is owed: {stderr}"
+        );
+    }
+    // plan only reads: the record is still there, and the views still missing.
+    assert!(!exists(&db, "totals"));
+
+    let (code, _, stderr) = run(&db, dir.path(), &["reconcile"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(exists(&db, "totals") && exists(&db, "big_customers"));
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM totals"), 5);
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM pg_indexes WHERE indexname = 'totals_customer_key'"),
+        1
+    );
+    for view in ["totals", "big_customers"] {
+        assert_eq!(
+            db.scalar_string(&format!(
+                "SELECT has_table_privilege('run_killed_reader', '{view}', 'SELECT')::text"
+            ))
+            .as_deref(),
+            Some("true")
+        );
+    }
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM viewkeeper.restore_owed"),
+        0
+    );
+    let (code, _, stderr) = run(&db, dir.path(), &["plan"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("restore is owed"), "{stderr}");
+}
+
+#[test]
+fn a_finished_drop_first_owes_nothing() {
+    let db = orders_db();
+    let dir = project(&[("views/orders.kdl", DECLARATIONS)]);
+    reconcile(&db, dir.path());
+    let (code, _, stderr) = run(&db, dir.path(), &["run", "--drop-first", "--", "true"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(exists(&db, "totals"));
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM viewkeeper.restore_owed"),
+        0
+    );
+    let (_, _, stderr) = run(&db, dir.path(), &["status"]);
+    assert!(!stderr.contains("restore is owed"), "{stderr}");
+}
