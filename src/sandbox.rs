@@ -80,6 +80,16 @@ pub enum SandboxError {
         /// Where we looked, in order.
         tried: String,
     },
+    /// `VIEWKEEPER_PG_BINDIR` names a folder without `initdb` and `pg_ctl`.
+    #[error(
+        "{BINDIR_VAR}={} holds no initdb and pg_ctl; point it at a PostgreSQL bin folder \
+         (scripts/fetch-postgres MAJOR prints one) or unset it",
+        dir.display()
+    )]
+    BindirVarInvalid {
+        /// The folder the variable names.
+        dir: PathBuf,
+    },
     /// We are root but there is no `postgres` OS user to run the server as.
     #[error(
         "running as root, but there is no `postgres` OS user to run the server as \
@@ -155,11 +165,27 @@ struct Watchdog {
     child: Child,
 }
 
+/// The environment variable that picks the server binaries' folder, e.g. another major
+/// version's from `scripts/fetch-postgres 17`. Read at run time, so one test build runs
+/// against every version.
+pub const BINDIR_VAR: &str = "VIEWKEEPER_PG_BINDIR";
+
 /// Finds the folder holding the PostgreSQL server binaries `initdb` and `pg_ctl`.
 ///
-/// Tries `pg_config --bindir`, then `/usr/lib/postgresql/*/bin` (highest version first, the
+/// Takes `VIEWKEEPER_PG_BINDIR` when set (and fails when it holds no server binaries, rather
+/// than testing another version than asked); otherwise tries `pg_config --bindir`, then `/usr/lib/postgresql/*/bin` (highest version first, the
 /// Debian and Ubuntu layout), then the folders on `PATH`.
 pub fn find_bindir() -> Result<PathBuf, SandboxError> {
+    if let Some(dir) = std::env::var_os(BINDIR_VAR).filter(|dir| !dir.is_empty()) {
+        let dir = PathBuf::from(dir);
+        // The watchdog runs with another working directory: keep the path absolute.
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
+        return if has_server_binaries(&dir) {
+            Ok(dir)
+        } else {
+            Err(SandboxError::BindirVarInvalid { dir })
+        };
+    }
     let mut tried = Vec::new();
 
     // On Debian `pg_config` may come from libpq-dev without the server: check, don't trust.
@@ -232,6 +258,12 @@ impl Sandbox {
     ///
     /// Blocks until the server accepts connections (typically well under a second).
     pub fn start() -> Result<Sandbox, SandboxError> {
+        Sandbox::start_with_settings(&[])
+    }
+
+    /// Like [`Sandbox::start`], with extra server settings written to `postgresql.conf`
+    /// before the server starts, e.g. `("shared_preload_libraries", "pg_cron")`.
+    pub fn start_with_settings(settings: &[(&str, &str)]) -> Result<Sandbox, SandboxError> {
         let started = Instant::now();
         let bindir = find_bindir()?;
         let owner = server_owner()?;
@@ -268,6 +300,9 @@ impl Sandbox {
             .arg("-D")
             .arg(sandbox.data_dir()?);
         run_checked(initdb)?;
+        if !settings.is_empty() {
+            sandbox.append_settings(settings)?;
+        }
 
         let socket_dir = sandbox.path()?.join("socket");
         fs::create_dir(&socket_dir).map_err(|source| SandboxError::Io {
@@ -391,6 +426,24 @@ impl Sandbox {
             watchdog.dismiss();
         }
         tracing::debug!(elapsed = ?started.elapsed(), "stopped a sandbox PostgreSQL cluster");
+    }
+
+    /// Appends `name = 'value'` lines to `postgresql.conf`; later lines win.
+    fn append_settings(&self, settings: &[(&str, &str)]) -> Result<(), SandboxError> {
+        let path = self.data_dir()?.join("postgresql.conf");
+        let lines: String = settings
+            .iter()
+            .map(|(name, value)| format!("{name} = '{}'\n", value.replace('\'', "''")))
+            .collect();
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| io::Write::write_all(&mut file, lines.as_bytes()))
+            .map_err(|source| SandboxError::Io {
+                action: "add settings to",
+                path,
+                source,
+            })
     }
 
     /// Runs `pg_ctl start`; the outer error is a failure to even run it, the inner one a

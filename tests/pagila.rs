@@ -17,7 +17,11 @@ fn fixture(name: &str) -> PathBuf {
 
 fn psql(db: &TestDb, file: &Path) {
     let bindir = viewkeeper::sandbox::find_bindir().expect("PostgreSQL binaries");
-    let output = Command::new(bindir.join("psql"))
+    // The npm server builds (VIEWKEEPER_PG_BINDIR) ship no psql: take the one on PATH.
+    let psql = Some(bindir.join("psql"))
+        .filter(|path| path.is_file())
+        .unwrap_or_else(|| "psql".into());
+    let output = Command::new(psql)
         .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &db.url, "-f"])
         .arg(file)
         .output()

@@ -46,12 +46,15 @@ pub fn emit(project: &Project) -> Result<String, PgCronError> {
          -- where pg_cron is installed. It replaces every job whose name starts with 'viewkeeper:'.\n\
          BEGIN;\n",
     );
+    // Where the pg_cron version check goes, once we know whether a schedule needs it.
+    let check_at = sql.len();
     let _ = writeln!(
         sql,
         "SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname LIKE {};",
         quote_literal(&format!("{JOB_PREFIX}%"))
     );
     let mut procedures = false;
+    let mut needs_seconds: Option<QualifiedName> = None;
     for name in &order {
         let Some(declaration) = materialized(name) else {
             continue;
@@ -61,7 +64,13 @@ pub fn emit(project: &Project) -> Result<String, PgCronError> {
         };
         let schedule = match &policy.trigger {
             RefreshTrigger::WithUpstream => continue,
-            RefreshTrigger::Every(interval) => every_to_cron(name, *interval)?,
+            RefreshTrigger::Every(interval) => {
+                let schedule = every_to_cron(name, *interval)?;
+                if interval.as_secs() < 60 && needs_seconds.is_none() {
+                    needs_seconds = Some(name.clone());
+                }
+                schedule
+            }
             RefreshTrigger::Cron {
                 expression,
                 timezone,
@@ -117,7 +126,32 @@ pub fn emit(project: &Project) -> Result<String, PgCronError> {
         );
     }
     sql.push_str("COMMIT;\n");
+    if let Some(view) = needs_seconds {
+        sql.insert_str(check_at, &seconds_version_check(&view));
+    }
     Ok(sql)
+}
+
+/// The first pg_cron release that accepts `'N seconds'` schedules; older ones reject them
+/// and the whole script would roll back with a bare "invalid schedule".
+const SECONDS_SINCE: &str = "1.5";
+
+/// A DO block, run before any change, that stops the script with a clear message when the
+/// installed pg_cron is older than [`SECONDS_SINCE`].
+fn seconds_version_check(view: &QualifiedName) -> String {
+    let message = format!(
+        "{view} refreshes more often than once a minute, which needs pg_cron {SECONDS_SINCE} or \
+         newer; installed: %. Upgrade pg_cron (ALTER EXTENSION pg_cron UPDATE) or declare \
+         every=\"1m\" or longer"
+    );
+    format!(
+        "DO $viewkeeper$\nDECLARE\n    installed text := (SELECT extversion FROM pg_extension WHERE extname = 'pg_cron');\n\
+         BEGIN\n    IF installed IS NULL OR string_to_array(split_part(installed, '-', 1), '.')::int[] < \
+         string_to_array({}, '.')::int[] THEN\n        RAISE EXCEPTION {}, coalesce(installed, 'none');\n    END IF;\n\
+         END\n$viewkeeper$;\n",
+        quote_literal(SECONDS_SINCE),
+        quote_literal(&message)
+    )
 }
 
 /// `root`, then every `with-upstream` view that reads it (directly, through views, or
@@ -231,6 +265,14 @@ mod tests {
         assert_eq!(cron(3600), Ok("0 * * * *".to_owned()));
         assert_eq!(cron(6 * 3600), Ok("0 */6 * * *".to_owned()));
         assert_eq!(cron(86_400), Ok("0 0 * * *".to_owned()));
+    }
+
+    #[test]
+    fn the_version_check_names_the_view_and_the_release() {
+        let check = seconds_version_check(&QualifiedName::new("public", "v"));
+        assert!(check.starts_with("DO $viewkeeper$"), "{check}");
+        assert!(check.contains("needs pg_cron 1.5 or newer"), "{check}");
+        assert!(check.contains("public.v"), "{check}");
     }
 
     #[test]
