@@ -300,8 +300,29 @@ impl Sandbox {
             .arg("-D")
             .arg(sandbox.data_dir()?);
         run_checked(initdb)?;
+        // pg_stat_statements lets tests count statements on the server; it joins any
+        // libraries the caller preloads (a command-line setting would replace theirs).
+        let mut settings: Vec<(&str, String)> = settings
+            .iter()
+            .map(|(name, value)| (*name, (*value).to_owned()))
+            .collect();
+        if sandbox.has_library("pg_stat_statements") {
+            match settings
+                .iter_mut()
+                .find(|(name, _)| *name == "shared_preload_libraries")
+            {
+                Some((_, value)) => value.push_str(",pg_stat_statements"),
+                None => {
+                    settings.push(("shared_preload_libraries", "pg_stat_statements".to_owned()))
+                }
+            }
+        }
         if !settings.is_empty() {
-            sandbox.append_settings(settings)?;
+            let settings: Vec<(&str, &str)> = settings
+                .iter()
+                .map(|(name, value)| (*name, value.as_str()))
+                .collect();
+            sandbox.append_settings(&settings)?;
         }
 
         let socket_dir = sandbox.path()?.join("socket");
@@ -450,7 +471,7 @@ impl Sandbox {
     /// server that did not start.
     fn pg_ctl_start(&self, socket_dir: &Path) -> Result<Result<(), SandboxError>, SandboxError> {
         let log = self.path()?.join("server.log");
-        let mut options = format!(
+        let options = format!(
             "-c listen_addresses=127.0.0.1 -p {port} -k {socket} -c fsync=off -c max_connections=200",
             port = self.port,
             // pg_ctl hands the options to a shell.
@@ -458,9 +479,6 @@ impl Sandbox {
         );
         // Lets tests count on the server the statements a client sent; PostgreSQL's packages
         // ship the module next to the server binaries.
-        if self.has_library("pg_stat_statements") {
-            options.push_str(" -c shared_preload_libraries=pg_stat_statements");
-        }
         let mut start = self.command("pg_ctl", self.path()?);
         start
             .arg("start")
