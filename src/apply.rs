@@ -182,6 +182,27 @@ pub async fn drop_managed(
     .await
 }
 
+/// Recreates the managed objects that are missing, as last applied, each in its own
+/// savepoint (`schedule`'s healing; see [`plan::restore_missing`]). Pending declaration
+/// changes are left to the next reconcile.
+pub async fn restore_missing(
+    client: &mut Client,
+    project: &Project,
+    on_statement: impl FnMut(&Statement, Duration),
+) -> Result<Reconciled, ApplyError> {
+    apply_with(
+        client,
+        project,
+        plan::restore_missing,
+        false,
+        true,
+        // What healing restores is what a killed `run --drop-first` owes.
+        RestoreOwed::Settle,
+        on_statement,
+    )
+    .await
+}
+
 /// What an apply does to the record of a restore owed after `run --drop-first`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RestoreOwed {

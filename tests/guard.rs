@@ -275,3 +275,77 @@ fn schedule_restores_what_went_missing_while_it_was_not_running_and_retries_lock
         scheduler.output()
     );
 }
+
+const RANKED: &str = r#"
+view "top_sellers" {
+    depends-on "sales_summary"
+    query "SELECT seller_no, total FROM sales_summary ORDER BY total DESC, seller_no LIMIT 20"
+    grant "SELECT" to="reporting"
+    comment "best sellers"
+}
+"#;
+
+#[test]
+fn healing_restores_what_was_applied_and_leaves_pending_edits_to_reconcile() {
+    let db = invoices_db();
+    ensure_role(&db, "reporting");
+    let dir = project(&[("views/sales.kdl", GUARDED), ("views/ranked.kdl", RANKED)]);
+    reconcile(&db, dir.path());
+    run(&db, dir.path(), &["guard", "install"]);
+    // An edit nobody has reviewed or reconciled yet.
+    std::fs::write(
+        dir.path().join("views/ranked.kdl"),
+        RANKED.replace("LIMIT 20", "LIMIT 5"),
+    )
+    .expect("edit");
+    let scheduler = Scheduler::start(&db, dir.path(), "schedule", &[]);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // Someone drops the unrelated materialized view; CASCADE takes the edited view too.
+    db.batch("DROP MATERIALIZED VIEW sales_summary CASCADE");
+    assert!(
+        eventually(Duration::from_secs(10), || restored(&db)
+            && exists(&db, "top_sellers")),
+        "not restored: {}",
+        scheduler.output()
+    );
+    let definition = db
+        .scalar_string("SELECT pg_get_viewdef('top_sellers'::regclass)")
+        .unwrap_or_default();
+    assert!(definition.contains("LIMIT 20"), "{definition}");
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM top_sellers"), 20);
+    assert_eq!(
+        db.scalar_string("SELECT obj_description('top_sellers'::regclass, 'pg_class')")
+            .as_deref(),
+        Some("best sellers")
+    );
+    assert_eq!(
+        db.scalar_string("SELECT has_table_privilege('reporting', 'top_sellers', 'SELECT')::text")
+            .as_deref(),
+        Some("true")
+    );
+    let output = scheduler.output();
+    assert!(
+        output.contains("restored dropped views: create public.sales_summary")
+            && output.contains("create public.top_sellers")
+            && !output.contains("replace"),
+        "{output}"
+    );
+    drop(scheduler);
+
+    // The edit is still pending, and reconcile is what applies it.
+    let (code, plan, stderr) = run(&db, dir.path(), &["plan", "--detailed-exitcode"]);
+    assert_eq!(code, 2, "{plan}{stderr}");
+    assert!(plan.contains("replace  public.top_sellers"), "{plan}");
+    assert!(plan.contains("Plan: 1 to replace."), "{plan}");
+    let (code, status, stderr) = run(&db, dir.path(), &["status", "--detailed-exitcode"]);
+    assert_eq!(code, 2, "{status}{stderr}");
+    assert!(status.contains("top_sellers"), "{status}");
+    reconcile(&db, dir.path());
+    assert!(
+        db.scalar_string("SELECT pg_get_viewdef('top_sellers'::regclass)")
+            .unwrap_or_default()
+            .contains("LIMIT 5")
+    );
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM top_sellers"), 5);
+}
