@@ -601,7 +601,7 @@ async fn run_migration(
             let _ = render::statement_done(statement, took, &mut out);
         })
         .await
-        .map_err(Error::DropFirst)?;
+        .map_err(Error::drop_first)?;
         ignore_broken_pipe(writeln!(
             out,
             "Dropped {} managed object{} before the migration.",
