@@ -409,7 +409,8 @@ impl Healer {
                     self.blocked = Some(fingerprint);
                     on_event(Event::Problem(format!(
                         "cannot restore the dropped views yet ({}); the database stays as it is \
-                         until the declarations or the schema change",
+                         until the declarations or the schema change, or `viewkeeper reconcile` \
+                         applies the declarations",
                         errors.join("; ")
                     )));
                 }
@@ -423,7 +424,8 @@ impl Healer {
                 self.blocked = Some(fingerprint);
                 on_event(Event::Problem(format!(
                     "cannot restore the dropped views yet ({error}); the database stays as it is \
-                     until the declarations or the schema change"
+                     until the declarations or the schema change, or `viewkeeper reconcile` \
+                     applies the declarations"
                 )));
             }
         }
