@@ -36,6 +36,15 @@ pub enum ApplyError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Statement(Box<StatementError>),
+    /// COMMIT was sent and no answer came back: the server may have committed or not.
+    #[error(
+        "the connection was lost while committing: the change may or may not be applied ({message})"
+    )]
+    #[diagnostic(
+        code(viewkeeper::commit_outcome_unknown),
+        help("run `viewkeeper plan` to see what the database holds now")
+    )]
+    CommitOutcomeUnknown { message: String },
 }
 
 /// A planned statement failed; nothing was changed.
@@ -64,7 +73,7 @@ impl ApplyError {
     pub fn is_transient(&self) -> bool {
         match self {
             ApplyError::Plan(_) => false,
-            ApplyError::Database { .. } => true,
+            ApplyError::Database { .. } | ApplyError::CommitOutcomeUnknown { .. } => true,
             ApplyError::Statement(error) => error.transient,
         }
     }
@@ -177,6 +186,27 @@ pub async fn drop_managed(
         false,
         false,
         RestoreOwed::Owe,
+        on_statement,
+    )
+    .await
+}
+
+/// Recreates the managed objects that are missing, as last applied, each in its own
+/// savepoint (`schedule`'s healing; see [`plan::restore_missing`]). Pending declaration
+/// changes are left to the next reconcile.
+pub async fn restore_missing(
+    client: &mut Client,
+    project: &Project,
+    on_statement: impl FnMut(&Statement, Duration),
+) -> Result<Reconciled, ApplyError> {
+    apply_with(
+        client,
+        project,
+        plan::restore_missing,
+        false,
+        true,
+        // What healing restores is what a killed `run --drop-first` owes.
+        RestoreOwed::Settle,
         on_statement,
     )
     .await
@@ -377,10 +407,9 @@ async fn apply_with(
         RestoreOwed::Settle => Ok(()),
     }
     .map_err(database("cannot record the restore owed"))?;
-    transaction
-        .commit()
-        .await
-        .map_err(database("cannot commit"))?;
+    if let Err(error) = transaction.commit().await {
+        return Err(commit_error(client, error));
+    }
     let (failed, skipped) = left_out.into_report();
     Ok(Reconciled {
         plan,
@@ -587,6 +616,21 @@ pub fn dependency_names(project: &Project) -> Vec<crate::name::QualifiedName> {
     names.sort();
     names.dedup();
     names
+}
+
+/// A failed COMMIT: a plain error (a deferred constraint, a serialization failure) means the
+/// server rolled back; a lost connection or a fatal error means nobody can say.
+fn commit_error(client: &Client, error: tokio_postgres::Error) -> ApplyError {
+    let fatal = error
+        .as_db_error()
+        .is_none_or(|db| matches!(db.severity(), "FATAL" | "PANIC"));
+    if fatal || client.is_closed() {
+        ApplyError::CommitOutcomeUnknown {
+            message: describe(&error),
+        }
+    } else {
+        database("cannot commit")(error)
+    }
 }
 
 fn database(context: &'static str) -> impl Fn(tokio_postgres::Error) -> ApplyError {

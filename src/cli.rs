@@ -153,7 +153,12 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum GuardAction {
     /// Install (or update) the event trigger; needs a superuser.
-    Install,
+    Install {
+        /// Also refuse, inside the dropping transaction, any drop that would remove a managed
+        /// view, unless it runs under `viewkeeper run` or viewkeeper itself.
+        #[arg(long)]
+        protect: bool,
+    },
     /// Remove the event trigger; the log of past drops stays.
     Uninstall,
     /// Show the recorded drops, newest first.

@@ -601,7 +601,7 @@ async fn run_migration(
             let _ = render::statement_done(statement, took, &mut out);
         })
         .await
-        .map_err(Error::DropFirst)?;
+        .map_err(Error::drop_first)?;
         ignore_broken_pipe(writeln!(
             out,
             "Dropped {} managed object{} before the migration.",
@@ -641,8 +641,17 @@ async fn run_migration(
 /// to reconcile afterwards. Returns its exit status (127 when it cannot start).
 async fn run_command(program: &str, arguments: &[String]) -> u8 {
     use tokio::signal::unix::{SignalKind, signal};
+    // The migration's sessions may drop managed views (a protecting guard lets them):
+    // viewkeeper restores them right after.
+    let options = match std::env::var("PGOPTIONS") {
+        Ok(existing) if !existing.trim().is_empty() => {
+            format!("{existing} -c {}=on", crate::guard::MIGRATING_SETTING)
+        }
+        _ => format!("-c {}=on", crate::guard::MIGRATING_SETTING),
+    };
     let mut child = match tokio::process::Command::new(program)
         .args(arguments)
+        .env("PGOPTIONS", options)
         .spawn()
     {
         Ok(child) => child,
@@ -696,14 +705,20 @@ async fn guard(root: &Path, url: Option<&str>, action: GuardAction) -> Result<St
     let schema = &project.config.state_schema;
     let mut out = stdout();
     match action {
-        GuardAction::Install => {
-            crate::guard::install(&mut client, schema).await?;
+        GuardAction::Install { protect } => {
+            crate::guard::install(&mut client, schema, protect).await?;
             ignore_broken_pipe(writeln!(
                 out,
                 "Guard installed: drops of views are recorded in {} and announced on channel {}.",
                 crate::guard::log_table(schema),
                 crate::guard::CHANNEL
             ))?;
+            if protect {
+                ignore_broken_pipe(writeln!(
+                    out,
+                    "Drops that would remove a managed view are refused, except under `viewkeeper run`."
+                ))?;
+            }
         }
         GuardAction::Uninstall => {
             crate::guard::uninstall(&mut client, schema).await?;

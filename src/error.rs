@@ -27,6 +27,10 @@ pub enum Error {
     #[error("reconcile failed, nothing was changed")]
     #[diagnostic(forward(0))]
     Apply(#[source] ApplyError),
+    /// Not a rollback: the change may be in the database.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    OutcomeUnknown(ApplyError),
     #[error(
         "reconcile applied what it could, but {} object{} failed{}",
         failed.len(),
@@ -88,6 +92,20 @@ pub enum Error {
 
 impl From<ApplyError> for Error {
     fn from(error: ApplyError) -> Self {
-        Error::Apply(error)
+        match error {
+            ApplyError::CommitOutcomeUnknown { .. } => Error::OutcomeUnknown(error),
+            error => Error::Apply(error),
+        }
+    }
+}
+
+impl Error {
+    /// `run --drop-first` could not drop the managed views (unless the commit's outcome is
+    /// unknown: then they may be gone).
+    pub fn drop_first(error: ApplyError) -> Self {
+        match error {
+            ApplyError::CommitOutcomeUnknown { .. } => Error::OutcomeUnknown(error),
+            error => Error::DropFirst(error),
+        }
     }
 }

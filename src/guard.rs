@@ -19,8 +19,16 @@ pub const DROP_TABLE: &str = "drop_log";
 pub const CHANNEL: &str = "viewkeeper_dropped";
 /// Set to `on` for the length of viewkeeper's own transactions, so its drops go unrecorded.
 pub const APPLYING_SETTING: &str = "viewkeeper.applying";
+/// Set to `on` (through `PGOPTIONS`) in the sessions of a migration that `viewkeeper run`
+/// starts: a protecting guard lets them drop managed views, which viewkeeper restores after.
+pub const MIGRATING_SETTING: &str = "viewkeeper.migrating";
 const TRIGGER: &str = "viewkeeper_guard";
 const FUNCTION: &str = "record_drop";
+/// With `--protect`: the event trigger that notes what viewkeeper creates, its function, and
+/// the table of managed views (by OID) it keeps in the guard's own schema.
+const CREATE_TRIGGER: &str = "viewkeeper_guard_create";
+const CREATE_FUNCTION: &str = "record_create";
+const PROTECTED_TABLE: &str = "protected_object";
 
 /// A recorded drop.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,20 +104,63 @@ pub fn log_table(state_schema: &str) -> String {
 }
 
 /// SQL creating the guard's schema, log table, trigger function and event trigger. The
-/// function reads nothing but PostgreSQL's own list of dropped objects and writes only to
-/// its log, so it cannot be steered by tables other roles own.
-fn install_sql(state_schema: &str) -> String {
+/// function reads nothing but PostgreSQL's own list of dropped objects, the session's
+/// settings and the guard's own tables, and writes only to those tables, so it cannot be
+/// steered by tables other roles own.
+///
+/// With `protect`, a second event trigger notes the views viewkeeper creates (its sessions
+/// set [`APPLYING_SETTING`]), and a drop outside viewkeeper and `viewkeeper run` that would
+/// remove one of them raises, which aborts the dropping transaction. The settings are the
+/// sessions' own, so this keeps accidents out (a migration's CASCADE), not a role that
+/// wants to drop: such a role can set them, as it could drop the guard's views anyway.
+fn install_sql(state_schema: &str, protect: bool) -> String {
     let schema = quote_ident(&guard_schema(state_schema));
     let log = log_table(state_schema);
+    let protected = state::table(&guard_schema(state_schema), PROTECTED_TABLE);
     let function = format!("{schema}.{}", quote_ident(FUNCTION));
+    let create_function = format!("{schema}.{}", quote_ident(CREATE_FUNCTION));
+    // Dropped views leave the protected list, so a reused OID is never protected by mistake.
+    let forget_own = if protect {
+        format!(
+            "DELETE FROM {protected} p USING pg_catalog.pg_event_trigger_dropped_objects() d
+        WHERE p.relid = d.objid;"
+        )
+    } else {
+        String::new()
+    };
+    let refuse = if protect {
+        format!(
+                "IF coalesce(current_setting({migrating}, true), '') <> 'on' THEN
+        SELECT string_agg(pg_catalog.quote_ident(d.schema_name) || '.' ||
+                          pg_catalog.quote_ident(d.object_name), ', '
+                          ORDER BY d.schema_name, d.object_name)
+        INTO lost
+        FROM pg_catalog.pg_event_trigger_dropped_objects() d
+        JOIN {protected} p ON p.relid = d.objid;
+        IF lost IS NOT NULL THEN
+            RAISE EXCEPTION 'viewkeeper''s guard refuses to drop managed views: %', lost
+                USING ERRCODE = 'dependent_objects_still_exist',
+                      HINT = 'run the migration through `viewkeeper run -- COMMAND`, which restores them after it; or SET {migrating_name} = on in this session, drop, and run `viewkeeper reconcile` after';
+        END IF;
+    END IF;
+    {forget_own}",
+                migrating = quote_literal(MIGRATING_SETTING),
+                migrating_name = MIGRATING_SETTING,
+            )
+    } else {
+        String::new()
+    };
     let body = format!(
         "
 DECLARE
     dropped record;
+    lost text;
 BEGIN
     IF current_setting({applying}, true) = 'on' THEN
+        {forget_own}
         RETURN;
     END IF;
+    {refuse}
     FOR dropped IN
         SELECT d.schema_name, d.object_name, d.object_type
         FROM pg_catalog.pg_event_trigger_dropped_objects() d
@@ -145,20 +196,124 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS {body};
 REVOKE ALL ON FUNCTION {function}() FROM PUBLIC;
 DROP EVENT TRIGGER IF EXISTS {trigger};
-CREATE EVENT TRIGGER {trigger} ON sql_drop EXECUTE FUNCTION {function}();",
+CREATE EVENT TRIGGER {trigger} ON sql_drop EXECUTE FUNCTION {function}();
+DROP EVENT TRIGGER IF EXISTS {create_trigger};
+DROP FUNCTION IF EXISTS {create_function}();
+{protection}",
         body = quote_literal(&body),
         trigger = quote_ident(TRIGGER),
+        create_trigger = quote_ident(CREATE_TRIGGER),
+        protection = if protect {
+            protection_sql(state_schema)
+        } else {
+            String::new()
+        },
     )
+}
+
+/// The table of managed views by OID, and the trigger that adds what viewkeeper creates.
+fn protection_sql(state_schema: &str) -> String {
+    let schema = quote_ident(&guard_schema(state_schema));
+    let protected = state::table(&guard_schema(state_schema), PROTECTED_TABLE);
+    let function = format!("{schema}.{}", quote_ident(CREATE_FUNCTION));
+    let body = format!(
+        "
+BEGIN
+    IF current_setting({applying}, true) = 'on' THEN
+        INSERT INTO {protected} (relid)
+        SELECT c.objid FROM pg_catalog.pg_event_trigger_ddl_commands() c
+        WHERE c.object_type IN ('view', 'materialized view')
+        ON CONFLICT DO NOTHING;
+    END IF;
+END
+",
+        applying = quote_literal(APPLYING_SETTING),
+    );
+    format!(
+        "CREATE TABLE IF NOT EXISTS {protected} (relid oid PRIMARY KEY);
+GRANT SELECT ON {protected} TO PUBLIC;
+TRUNCATE {protected};
+CREATE FUNCTION {function}() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS {body};
+REVOKE ALL ON FUNCTION {function}() FROM PUBLIC;
+CREATE EVENT TRIGGER {trigger} ON ddl_command_end
+    WHEN TAG IN ('CREATE VIEW', 'CREATE MATERIALIZED VIEW') EXECUTE FUNCTION {function}();",
+        body = quote_literal(&body),
+        trigger = quote_ident(CREATE_TRIGGER),
+    )
+}
+
+/// Protects the views viewkeeper manages now, read from its state table. That table belongs
+/// to the application role, so it is read only when it is a plain table with text name
+/// columns: nothing in the read can run code that role wrote (a view's functions, a cast).
+async fn protect_managed(
+    transaction: &tokio_postgres::Transaction<'_>,
+    state_schema: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let objects = state::table(state_schema, state::OBJECTS_TABLE);
+    let exists: bool = transaction
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&objects])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(());
+    }
+    // Held until commit, so the checks below stay true for the read.
+    transaction
+        .batch_execute(&format!("LOCK TABLE {objects} IN ACCESS SHARE MODE"))
+        .await?;
+    // language=SQL
+    let plain: bool = transaction
+        .query_one(
+            "SELECT c.relkind = 'r' AND NOT c.relrowsecurity
+                    AND (SELECT count(*) FROM pg_catalog.pg_attribute a
+                         WHERE a.attrelid = c.oid AND NOT a.attisdropped
+                           AND a.attname IN ('schema_name', 'object_name')
+                           AND a.atttypid = 'pg_catalog.text'::pg_catalog.regtype) = 2
+             FROM pg_catalog.pg_class c WHERE c.oid = to_regclass($1)",
+            &[&objects],
+        )
+        .await?
+        .get(0);
+    if !plain {
+        return Ok(());
+    }
+    let protected = state::table(&guard_schema(state_schema), PROTECTED_TABLE);
+    // language=SQL
+    transaction
+        .execute(
+            &format!(
+                "INSERT INTO {protected} (relid)
+                 SELECT c.oid FROM {objects} m
+                 JOIN pg_catalog.pg_namespace n ON n.nspname = m.schema_name
+                 JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = m.object_name
+                 WHERE c.relkind IN ('v', 'm')
+                 ON CONFLICT DO NOTHING"
+            ),
+            &[],
+        )
+        .await?;
+    Ok(())
 }
 
 /// Installs (or reinstalls) the guard, in one transaction. Refuses when the guard's schema
 /// exists and belongs to another role, since that role could then change what the
 /// superuser-run trigger does.
-pub async fn install(client: &mut tokio_postgres::Client, schema: &str) -> Result<(), GuardError> {
+pub async fn install(
+    client: &mut tokio_postgres::Client,
+    schema: &str,
+    protect: bool,
+) -> Result<(), GuardError> {
     let transaction = client
         .transaction()
         .await
         .map_err(database("cannot start a transaction"))?;
+    // Nothing in the application's schemas is looked up while the installer runs.
+    transaction
+        .batch_execute("SET LOCAL search_path = pg_catalog, pg_temp")
+        .await
+        .map_err(database("cannot set the search_path"))?;
     let owner = transaction
         .query_opt(
             "SELECT pg_get_userbyid(nspowner)::text, current_user::text FROM pg_namespace WHERE nspname = $1",
@@ -175,11 +330,19 @@ pub async fn install(client: &mut tokio_postgres::Client, schema: &str) -> Resul
             });
         }
     }
-    if let Err(error) = transaction.batch_execute(&install_sql(schema)).await {
+    if let Err(error) = transaction
+        .batch_execute(&install_sql(schema, protect))
+        .await
+    {
         if error.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
             return Err(GuardError::NotSuperuser(describe(&error)));
         }
         return Err(database("cannot install the guard")(error));
+    }
+    if protect {
+        protect_managed(&transaction, schema)
+            .await
+            .map_err(database("cannot read the managed views"))?;
     }
     transaction
         .commit()
@@ -192,11 +355,14 @@ pub async fn uninstall(
     client: &mut tokio_postgres::Client,
     schema: &str,
 ) -> Result<(), GuardError> {
+    let guard = quote_ident(&guard_schema(schema));
     let sql = format!(
-        "DROP EVENT TRIGGER IF EXISTS {};\nDROP FUNCTION IF EXISTS {}.{}();",
+        "DROP EVENT TRIGGER IF EXISTS {};\nDROP FUNCTION IF EXISTS {guard}.{}();
+DROP EVENT TRIGGER IF EXISTS {};\nDROP FUNCTION IF EXISTS {guard}.{}();",
         quote_ident(TRIGGER),
-        quote_ident(&guard_schema(schema)),
-        quote_ident(FUNCTION)
+        quote_ident(FUNCTION),
+        quote_ident(CREATE_TRIGGER),
+        quote_ident(CREATE_FUNCTION)
     );
     match client.batch_execute(&sql).await {
         Err(error) if error.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {

@@ -647,6 +647,132 @@ pub fn drop_managed(project: &Project, catalog: &Catalog) -> Result<Plan, PlanEr
     Ok(plan)
 }
 
+/// `schedule`'s healing: recreates the managed objects that are missing from the database,
+/// as viewkeeper last applied them, and nothing else. Pure.
+///
+/// The query and the index statements come from the state (what was applied); grants,
+/// comment, owner, options and `populate` come from the declaration, as the state does not
+/// record them. A declaration whose query changed since it was applied stays a pending
+/// change for the next reconcile, as does everything about objects that still exist.
+/// Objects no longer declared are left gone: the next reconcile forgets them.
+pub fn restore_missing(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
+    let mut plan = Plan {
+        declared: project.declarations.len(),
+        ..Plan::default()
+    };
+    let Some(state) = &catalog.state else {
+        return Ok(plan);
+    };
+    let missing: BTreeMap<&QualifiedName, (&ManagedObject, &Declaration)> = state
+        .objects
+        .values()
+        .filter(|managed| !catalog.relations.contains_key(&managed.name))
+        .filter_map(|managed| {
+            let declaration = project.declarations.get(&managed.name)?;
+            Some((&managed.name, (managed, declaration)))
+        })
+        .collect();
+    // Ordered by what the applied queries read (and the declared depends-on), which may
+    // differ from what the edited declarations read.
+    let mut graph = DependencyGraph::default();
+    for name in missing.keys() {
+        graph.add_node(name);
+    }
+    let is_missing = |name: &QualifiedName| missing.contains_key(name);
+    for (name, (managed, declaration)) in &missing {
+        let inferred = crate::project::infer::relations_read(&managed.query)
+            .map(|reads| {
+                crate::project::infer::resolve(&reads, &project.config.search_path, &is_missing)
+            })
+            .unwrap_or_default();
+        for read in declaration
+            .depends_on
+            .iter()
+            .map(|dependency| &dependency.name)
+            .chain(&inferred)
+        {
+            if read != *name && is_missing(read) {
+                graph.add_edge(read, name);
+            }
+        }
+    }
+    let mut refreshes = Vec::new();
+    for name in graph.topological_order()? {
+        let Some((managed, declared)) = missing.get(&name) else {
+            continue;
+        };
+        let pending = managed.query_sha256 != query_hash(declared.kind, &declared.query.text);
+        let mut applied = (*declared).clone();
+        applied.kind = managed.kind;
+        applied.query.text = managed.query.clone();
+        // Index statements are run as recorded; the declared ones may be pending changes.
+        applied.indexes.clear();
+        plan.actions.push(Action {
+            change: Change::Create,
+            object: name.clone(),
+            kind: managed.kind,
+            reason: if pending {
+                "dropped outside viewkeeper: restored as last applied; the declaration's \
+                 change waits for reconcile"
+                    .to_owned()
+            } else {
+                "dropped outside viewkeeper: restored as last applied".to_owned()
+            },
+            diff: None,
+            details: Vec::new(),
+            destroys_data: false,
+        });
+        let first = plan.statements.len();
+        plan.create(&applied, catalog, None);
+        if pending {
+            // The file no longer holds this text: no file:line:col to point at.
+            for statement in &mut plan.statements[first..] {
+                statement.query = None;
+            }
+        }
+        for index in &managed.applied_indexes {
+            plan.push(
+                Phase::Index,
+                &name,
+                format!("index {}", index.name),
+                index.sql.clone(),
+            );
+        }
+        plan.records.push(Record {
+            name: name.clone(),
+            kind: managed.kind,
+            query: managed.query.clone(),
+            indexes: managed
+                .applied_indexes
+                .iter()
+                .map(|index| (index.name.clone(), index.sql.clone()))
+                .collect(),
+        });
+        if managed.kind == Kind::MaterializedView && declared.populate {
+            refreshes.push(name.clone());
+        }
+    }
+    for name in refreshes {
+        plan.actions.push(Action {
+            change: Change::Refresh,
+            object: name.clone(),
+            kind: Kind::MaterializedView,
+            reason: "created without data: filling it".to_owned(),
+            diff: None,
+            details: Vec::new(),
+            destroys_data: false,
+        });
+        plan.push(
+            Phase::Refresh,
+            &name,
+            "refresh".to_owned(),
+            format!("REFRESH MATERIALIZED VIEW {}", name.to_sql()),
+        );
+    }
+    plan.statements.sort_by_key(|statement| statement.phase);
+    Ok(plan)
+}
+
 /// Declared queries worth asking PostgreSQL to normalise: those of live objects viewkeeper
 /// does not manage yet, or whose declared text changed, where an equivalent query means the
 /// object can be adopted instead of rebuilt. Pure.

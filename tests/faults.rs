@@ -162,3 +162,121 @@ fn readers_and_refreshes_never_fail_against_reconcile() {
     assert!(reader_failures.is_empty(), "{reader_failures:#?}");
     assert!(reads.load(Ordering::Relaxed) > 20, "the readers hardly ran");
 }
+
+/// Runs viewkeeper with `args` on another thread: exit code and stderr.
+fn spawn_viewkeeper(
+    db: &TestDb,
+    dir: &std::path::Path,
+    args: &[&str],
+) -> std::thread::JoinHandle<(i32, String)> {
+    let mut command = std::process::Command::new(assert_cmd::cargo::cargo_bin("viewkeeper"));
+    command
+        .arg("--project")
+        .arg(dir)
+        .args(args)
+        .env("DATABASE_URL", &db.url)
+        .env("NO_COLOR", "1");
+    std::thread::spawn(move || {
+        let output = command.output().expect("run viewkeeper");
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    })
+}
+
+/// The pid of the other backend that waits for a lock while running `query_prefix`.
+fn waiting_backend(db: &TestDb, query_prefix: &str) -> Option<i64> {
+    let mut pid = None;
+    support::eventually(Duration::from_secs(10), || {
+        pid = db
+            .strings(&format!(
+                "SELECT pid::text FROM pg_stat_activity
+                 WHERE pid <> pg_backend_pid() AND wait_event_type = 'Lock'
+                   AND query LIKE '{query_prefix}%'"
+            ))
+            .first()
+            .and_then(|row| row.first().cloned().flatten())
+            .and_then(|pid| pid.parse().ok());
+        pid.is_some()
+    });
+    pid
+}
+
+/// A connection lost while COMMIT runs leaves the outcome unknown, and reconcile says so;
+/// an error raised at COMMIT is a real rollback, and reconcile says nothing was changed.
+#[test]
+fn a_commit_whose_outcome_is_unknown_is_not_reported_as_a_rollback() {
+    let (db, dir) = setup();
+    // A deferred trigger on viewkeeper's state table makes COMMIT wait for a lock the test
+    // holds (reconcile's lock-timeout does not apply inside it).
+    db.batch(
+        "CREATE FUNCTION wait_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             PERFORM set_config('lock_timeout', '0', true);
+             PERFORM pg_advisory_lock_shared(4242);
+             RETURN NULL;
+         END $$;
+         CREATE CONSTRAINT TRIGGER wait_at_commit AFTER INSERT OR UPDATE ON viewkeeper.managed_object
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION wait_at_commit();
+         SELECT pg_advisory_lock(4242);",
+    );
+    std::fs::write(dir.path().join("views/v.kdl"), views(true)).expect("edit");
+    let reconciling = spawn_viewkeeper(&db, dir.path(), &["reconcile"]);
+    let pid = waiting_backend(&db, "COMMIT").expect("reconcile never waited in COMMIT");
+    db.batch(&format!("SELECT pg_terminate_backend({pid})"));
+    let (code, stderr) = reconciling.join().expect("reconcile thread");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("the connection was lost while committing")
+            && stderr.contains("may or may not be applied")
+            && stderr.contains("viewkeeper plan"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("nothing was changed"), "{stderr}");
+    db.batch("SELECT pg_advisory_unlock(4242)");
+
+    // An error at COMMIT: PostgreSQL rolled back, and that is what reconcile says.
+    db.batch(
+        "CREATE OR REPLACE FUNCTION wait_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'refused at commit'; END $$;",
+    );
+    let (code, _, stderr) = run(&db, dir.path(), &["reconcile"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("nothing was changed") && stderr.contains("refused at commit"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("may or may not"), "{stderr}");
+    assert_eq!(
+        db.scalar_i64(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'totals'::regclass AND attname = 'extra'"
+        ),
+        0
+    );
+    db.batch("DROP TRIGGER wait_at_commit ON viewkeeper.managed_object");
+    reconcile(&db, dir.path());
+}
+
+/// A refresh whose connection is terminated says so, not "cannot read the catalog".
+#[test]
+fn a_connection_lost_during_refresh_is_reported_as_such() {
+    let (db, _) = setup();
+    let dir = project(&[("views/v.kdl", &views(false))]);
+    // A reader holds the view: the refresh waits for it, and is terminated meanwhile.
+    let reader = db.second_session();
+    db.block_on(reader.batch_execute("BEGIN; SELECT count(*) FROM totals;"))
+        .expect("read");
+    let refreshing = spawn_viewkeeper(&db, dir.path(), &["refresh", "totals"]);
+    let pid = waiting_backend(&db, "REFRESH").expect("refresh never waited");
+    db.batch(&format!("SELECT pg_terminate_backend({pid})"));
+    let (code, stderr) = refreshing.join().expect("refresh thread");
+    db.block_on(reader.batch_execute("ROLLBACK"))
+        .expect("rollback");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("lost the connection while refreshing public.totals"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("cannot read the catalog"), "{stderr}");
+}

@@ -275,3 +275,152 @@ fn schedule_restores_what_went_missing_while_it_was_not_running_and_retries_lock
         scheduler.output()
     );
 }
+
+const RANKED: &str = r#"
+view "top_sellers" {
+    depends-on "sales_summary"
+    query "SELECT seller_no, total FROM sales_summary ORDER BY total DESC, seller_no LIMIT 20"
+    grant "SELECT" to="reporting"
+    comment "best sellers"
+}
+"#;
+
+#[test]
+fn healing_restores_what_was_applied_and_leaves_pending_edits_to_reconcile() {
+    let db = invoices_db();
+    ensure_role(&db, "reporting");
+    let dir = project(&[("views/sales.kdl", GUARDED), ("views/ranked.kdl", RANKED)]);
+    reconcile(&db, dir.path());
+    run(&db, dir.path(), &["guard", "install"]);
+    // An edit nobody has reviewed or reconciled yet.
+    std::fs::write(
+        dir.path().join("views/ranked.kdl"),
+        RANKED.replace("LIMIT 20", "LIMIT 5"),
+    )
+    .expect("edit");
+    let scheduler = Scheduler::start(&db, dir.path(), "schedule", &[]);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // Someone drops the unrelated materialized view; CASCADE takes the edited view too.
+    db.batch("DROP MATERIALIZED VIEW sales_summary CASCADE");
+    assert!(
+        eventually(Duration::from_secs(10), || restored(&db)
+            && exists(&db, "top_sellers")),
+        "not restored: {}",
+        scheduler.output()
+    );
+    let definition = db
+        .scalar_string("SELECT pg_get_viewdef('top_sellers'::regclass)")
+        .unwrap_or_default();
+    assert!(definition.contains("LIMIT 20"), "{definition}");
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM top_sellers"), 20);
+    assert_eq!(
+        db.scalar_string("SELECT obj_description('top_sellers'::regclass, 'pg_class')")
+            .as_deref(),
+        Some("best sellers")
+    );
+    assert_eq!(
+        db.scalar_string("SELECT has_table_privilege('reporting', 'top_sellers', 'SELECT')::text")
+            .as_deref(),
+        Some("true")
+    );
+    let output = scheduler.output();
+    assert!(
+        output.contains("restored dropped views: create public.sales_summary")
+            && output.contains("create public.top_sellers")
+            && !output.contains("replace"),
+        "{output}"
+    );
+    drop(scheduler);
+
+    // The edit is still pending, and reconcile is what applies it.
+    let (code, plan, stderr) = run(&db, dir.path(), &["plan", "--detailed-exitcode"]);
+    assert_eq!(code, 2, "{plan}{stderr}");
+    assert!(plan.contains("replace  public.top_sellers"), "{plan}");
+    assert!(plan.contains("Plan: 1 to replace."), "{plan}");
+    let (code, status, stderr) = run(&db, dir.path(), &["status", "--detailed-exitcode"]);
+    assert_eq!(code, 2, "{status}{stderr}");
+    assert!(status.contains("top_sellers"), "{status}");
+    reconcile(&db, dir.path());
+    assert!(
+        db.scalar_string("SELECT pg_get_viewdef('top_sellers'::regclass)")
+            .unwrap_or_default()
+            .contains("LIMIT 5")
+    );
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM top_sellers"), 5);
+}
+
+const REBUILD_TABLE: &str = "DROP TABLE invoices_invoice CASCADE;
+     CREATE TABLE invoices_invoice (id int PRIMARY KEY, seller_no int, invoice_date date, amount numeric);
+     INSERT INTO invoices_invoice SELECT i, i % 3, DATE '2026-01-01' + i, i FROM generate_series(1, 20) i;";
+
+#[test]
+fn a_protecting_guard_refuses_a_cascade_and_lets_viewkeeper_run_through() {
+    let db = invoices_db();
+    ensure_role(&db, "reporting");
+    let dir = project(&[("views/sales.kdl", GUARDED)]);
+    reconcile(&db, dir.path());
+    let (code, stdout, stderr) = run(&db, dir.path(), &["guard", "install", "--protect"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let before = support::oid(&db, "sales_summary");
+
+    // A migration's CASCADE from another session is refused, inside its transaction.
+    let refused = db
+        .try_batch(REBUILD_TABLE)
+        .expect_err("the drop must be refused");
+    assert!(
+        refused.contains(
+            "refuses to drop managed views: public.sales_by_seller, public.sales_summary"
+        ) && refused.contains("viewkeeper run"),
+        "{refused}"
+    );
+    assert!(restored(&db), "something was lost");
+    assert_eq!(support::oid(&db, "sales_summary"), before);
+    let direct = db
+        .try_batch("DROP VIEW sales_by_seller")
+        .expect_err("a direct drop must be refused too");
+    assert!(direct.contains("public.sales_by_seller"), "{direct}");
+    // Views viewkeeper does not manage can still be dropped.
+    db.batch("CREATE VIEW scratch AS SELECT 1 AS one; DROP VIEW scratch;");
+
+    // The same migration through `viewkeeper run` drops, and viewkeeper restores.
+    let psql = viewkeeper::sandbox::find_bindir()
+        .expect("bin")
+        .join("psql");
+    let psql = psql.to_str().expect("utf-8 path");
+    let (code, stdout, stderr) = run(
+        &db,
+        dir.path(),
+        &[
+            "run",
+            "--",
+            psql,
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            &db.url,
+            "-c",
+            REBUILD_TABLE,
+        ],
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        restored(&db),
+        "not restored after the migration: {stdout}{stderr}"
+    );
+    assert_ne!(support::oid(&db, "sales_summary"), before);
+    // What viewkeeper recreated is protected in turn.
+    let again = db
+        .try_batch("DROP MATERIALIZED VIEW sales_summary CASCADE")
+        .expect_err("the recreated view must be protected");
+    assert!(again.contains("public.sales_summary"), "{again}");
+
+    // Without --protect, the guard records and notifies, and refuses nothing.
+    let (code, _, stderr) = run(&db, dir.path(), &["guard", "install"]);
+    assert_eq!(code, 0, "{stderr}");
+    db.batch("DROP MATERIALIZED VIEW sales_summary CASCADE");
+    let (_, log, _) = run(&db, dir.path(), &["guard", "log"]);
+    assert!(log.contains("public.sales_summary"), "{log}");
+}

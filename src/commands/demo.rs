@@ -106,7 +106,7 @@ pub(crate) async fn run() -> Result<Status, Error> {
     inspect(&client).await?;
 
     say("$ viewkeeper guard install        (records who drops a managed view, and how)")?;
-    crate::guard::install(&mut client, &project.config.state_schema).await?;
+    crate::guard::install(&mut client, &project.config.state_schema, false).await?;
 
     say(
         "A Django migration changes invoice_amt's type: DROP MATERIALIZED VIEW sales_summary CASCADE",

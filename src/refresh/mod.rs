@@ -70,6 +70,13 @@ pub enum RefreshError {
     Cycle(#[from] Cycle),
     #[error("cannot read the catalog: {0}")]
     Database(String),
+    #[error("lost the connection while refreshing {view}: {message}")]
+    #[diagnostic(help(
+        "the refresh may or may not have completed: `viewkeeper status` shows when each view was last refreshed"
+    ))]
+    ConnectionLost { view: String, message: String },
+    #[error("cannot refresh {view}: {message}")]
+    Interrupted { view: String, message: String },
     #[error("{failed} of {total} refreshes failed")]
     Failed { failed: usize, total: usize },
 }
@@ -191,7 +198,7 @@ pub async fn refresh(
             Some(upstream) => Outcome::Skipped(Skip::UpstreamFailed(upstream)),
             None => {
                 on_event(Event::Started(target));
-                refresh_one(
+                let refreshed = refresh_one(
                     client,
                     schema,
                     target,
@@ -199,8 +206,19 @@ pub async fn refresh(
                     Wait::Block,
                     None,
                 )
-                .await
-                .map_err(|error| RefreshError::Database(describe(&error)))?
+                .await;
+                match refreshed {
+                    Ok(outcome) => outcome,
+                    Err(error) => {
+                        let view = target.name.to_string();
+                        let message = describe(&error);
+                        return Err(if client.is_closed() {
+                            RefreshError::ConnectionLost { view, message }
+                        } else {
+                            RefreshError::Interrupted { view, message }
+                        });
+                    }
+                }
             }
         };
         if !matches!(outcome, Outcome::Refreshed { .. }) {

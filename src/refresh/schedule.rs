@@ -259,7 +259,7 @@ pub async fn run(
     Ok(())
 }
 
-/// Self-healing: listens for the guard's notifications and reconciles once the dropping
+/// Self-healing: listens for the guard's notifications and restores what is missing once the dropping
 /// transaction has committed. When the declarations cannot be applied to the new schema, it
 /// waits until the declarations or the schema change before trying again, and never tries
 /// more often than every few seconds.
@@ -348,7 +348,7 @@ impl Healer {
         }
     }
 
-    /// Reconciles when a drop is pending, unless the same declarations already failed
+    /// Restores what is missing when a drop is pending, unless the same declarations already failed
     /// against the same schema.
     async fn heal(
         &mut self,
@@ -375,9 +375,7 @@ impl Healer {
             return;
         }
         self.last_attempt = Some(tokio::time::Instant::now());
-        match crate::apply::reconcile(client, project, &crate::apply::Intent::RESTORE, |_, _| {})
-            .await
-        {
+        match crate::apply::restore_missing(client, project, |_, _| {}).await {
             Ok(reconciled) => {
                 let summary: Vec<String> = reconciled
                     .plan
@@ -411,7 +409,8 @@ impl Healer {
                     self.blocked = Some(fingerprint);
                     on_event(Event::Problem(format!(
                         "cannot restore the dropped views yet ({}); the database stays as it is \
-                         until the declarations or the schema change",
+                         until the declarations or the schema change, or `viewkeeper reconcile` \
+                         applies the declarations",
                         errors.join("; ")
                     )));
                 }
@@ -425,7 +424,8 @@ impl Healer {
                 self.blocked = Some(fingerprint);
                 on_event(Event::Problem(format!(
                     "cannot restore the dropped views yet ({error}); the database stays as it is \
-                     until the declarations or the schema change"
+                     until the declarations or the schema change, or `viewkeeper reconcile` \
+                     applies the declarations"
                 )));
             }
         }
