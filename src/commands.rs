@@ -540,6 +540,8 @@ async fn schedule(
             ScheduleEvent::Stopping => "stopping".to_owned(),
         };
         let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
+        // One line per event, whatever PostgreSQL's message (detail, hint) looked like.
+        let line = line.lines().map(str::trim).collect::<Vec<_>>().join(" ");
         let _ = writeln!(out, "{now} {line}");
         let _ = out.flush();
     })

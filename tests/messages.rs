@@ -591,3 +591,47 @@ fn a_type_change_under_a_view_suggests_drop_first() {
     assert!(stderr.contains("division by zero"), "{stderr}");
     assert!(!stderr.contains("--drop-first"), "{stderr}");
 }
+
+#[test]
+fn schedule_starts_its_log_with_what_it_watches_and_logs_problems_on_one_line() {
+    let db = test_db();
+    let dir = project(&[(
+        "views/a.kdl",
+        "materialized-view \"m\" {\n  query \"SELECT 1 AS x\"\n  refresh every=\"1h\"\n}\n",
+    )]);
+    reconcile(&db, dir.path());
+    let mut scheduler = support::Scheduler::start(&db, dir.path(), "schedule", &["--no-heal"]);
+    assert!(
+        support::eventually(Duration::from_secs(20), || scheduler
+            .output()
+            .contains("schedule started")),
+        "{}",
+        scheduler.output()
+    );
+    // Broken declarations while it runs: kept the previous ones, said so on one line.
+    std::fs::write(
+        dir.path().join("views/a.kdl"),
+        "materialized-view \"m\" {\n  frobnicate\n}\n",
+    )
+    .expect("write");
+    scheduler.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        support::eventually(Duration::from_secs(20), || scheduler
+            .output()
+            .contains("keeping the previous declarations")),
+        "{}",
+        scheduler.output()
+    );
+    scheduler.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(scheduler.wait(Duration::from_secs(20)).is_some());
+    let log = scheduler
+        .output()
+        .replace(&dir.path().display().to_string(), "[project]");
+    // Timestamps vary: the first 25 characters of each line.
+    let log: Vec<&str> = log
+        .lines()
+        .map(|line| line.get(25..).unwrap_or(line))
+        .filter(|line| !line.starts_with("refreshed"))
+        .collect();
+    insta::assert_snapshot!("schedule_log_lines", log.join("\n"));
+}

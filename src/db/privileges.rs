@@ -100,7 +100,7 @@ mod tests {
     fn names_the_missing_right_and_its_grant() {
         let schema = hint_for("permission denied for schema viewkeeper", "app").unwrap_or_default();
         assert!(
-            schema.contains("`GRANT USAGE ON SCHEMA viewkeeper TO app;`"),
+            schema.contains("`GRANT USAGE ON SCHEMA viewkeeper TO app; GRANT SELECT ON ALL TABLES IN SCHEMA viewkeeper TO app;`"),
             "{schema}"
         );
         let temp = hint_for(
