@@ -675,6 +675,11 @@ fn statement_error(
              to its declaration so it is created first; the transaction was rolled back and nothing changed",
             statement.object
         ),
+        (None, _) if error.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+            "grant the right named above, then run again; the transaction was rolled back and \
+             nothing changed"
+                .to_owned()
+        }
         (None, Some(_)) => {
             "fix the declared query; the transaction was rolled back and nothing changed".to_owned()
         }

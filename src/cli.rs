@@ -17,22 +17,47 @@ pub struct Cli {
     #[command(flatten)]
     pub connect: ConnectOpts,
 
+    /// When to colour the output: auto (on a terminal, unless NO_COLOR is set; CLICOLOR_FORCE
+    /// or FORCE_COLOR force it), always or never.
+    #[arg(long, global = true, value_enum, default_value_t = ColorWhen::Auto, value_name = "WHEN")]
+    pub color: ColorWhen,
+
+    /// List every name in summaries (adopted objects, the dependency order) instead of the
+    /// first few and a count.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
 
-/// How to reach the database.
+/// How to reach the database, before the command (`viewkeeper --database-url URL plan`).
+/// Not global: offline commands (check, graph, init, completions, demo) neither take nor
+/// offer it; the commands that connect take it after their name too ([`Connect`]).
 #[derive(Debug, Args)]
 pub struct ConnectOpts {
     /// PostgreSQL connection URL (postgresql://user@host:port/db) or key=value string.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        global = true,
-        hide_env_values = true,
-        value_name = "URL"
-    )]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
     pub database_url: Option<String>,
+}
+
+/// `--database-url` after the name of a command that connects (and its subcommands). No
+/// `env` here: the environment is read once, above, so an explicit URL before the command
+/// is not overridden by `DATABASE_URL`.
+#[derive(Debug, Args)]
+pub struct Connect {
+    /// PostgreSQL connection URL (postgresql://user@host:port/db) or key=value string
+    /// [default: $DATABASE_URL].
+    #[arg(long = "database-url", global = true, value_name = "URL")]
+    pub database_url: Option<String>,
+}
+
+/// `--color`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorWhen {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,6 +79,8 @@ pub enum Command {
         /// `reconcile --plan FILE`.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        #[command(flatten)]
+        connect: Connect,
     },
     /// Apply the plan in one transaction (exit 0 done or nothing to do, 1 failed and rolled back).
     Reconcile {
@@ -72,6 +99,8 @@ pub enum Command {
         /// Output format: progress lines, or one JSON document of what was applied.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        #[command(flatten)]
+        connect: Connect,
     },
     /// Refresh materialized views in dependency order (all declared ones when none is named).
     Refresh {
@@ -81,6 +110,8 @@ pub enum Command {
         /// Also refresh the materialized views that depend on the named ones, transitively.
         #[arg(long)]
         downstream: bool,
+        #[command(flatten)]
+        connect: Connect,
     },
     /// Refresh materialized views on the schedules their declarations give, until stopped
     /// (SIGINT/SIGTERM: let a running refresh finish, then exit 0; SIGHUP: re-read the files).
@@ -94,6 +125,8 @@ pub enum Command {
         /// Do not reconcile when the guard reports a managed view dropped.
         #[arg(long)]
         no_heal: bool,
+        #[command(flatten)]
+        connect: Connect,
     },
     /// Show every managed object: in sync or not, last refresh, its age, next due, last error.
     Status {
@@ -103,6 +136,8 @@ pub enum Command {
         /// Exit 0 when everything is in sync, 2 when anything is pending or missing, 1 on error.
         #[arg(long)]
         detailed_exitcode: bool,
+        #[command(flatten)]
+        connect: Connect,
     },
     /// Run a migration command, then reconcile; exits with the command's status.
     ///
@@ -115,12 +150,16 @@ pub enum Command {
         /// The migration command and its arguments, after `--`.
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
+        #[command(flatten)]
+        connect: Connect,
     },
     /// Record every drop of a managed view (when, by whom, which statement) with an event
     /// trigger, so plan and status can say why it is missing and schedule can restore it.
     Guard {
         #[command(subcommand)]
         action: GuardAction,
+        #[command(flatten)]
+        connect: Connect,
     },
     /// Write declarations for the views and materialized views already in the database,
     /// one file per object, into the declaration folder.
@@ -131,6 +170,8 @@ pub enum Command {
         /// Also write `depends-on`, even where it only repeats what the query shows.
         #[arg(long)]
         with_depends_on: bool,
+        #[command(flatten)]
+        connect: Connect,
     },
     /// Print the dependency graph of the declared views and the relations they read.
     Graph {
@@ -200,4 +241,25 @@ pub enum PlanFormat {
     Text,
     Json,
     Markdown,
+}
+
+impl Command {
+    /// The `--database-url` given after the command's name, for commands that connect.
+    pub fn connect(&self) -> Option<&Connect> {
+        match self {
+            Command::Plan { connect, .. }
+            | Command::Reconcile { connect, .. }
+            | Command::Refresh { connect, .. }
+            | Command::Schedule { connect, .. }
+            | Command::Status { connect, .. }
+            | Command::Run { connect, .. }
+            | Command::Guard { connect, .. }
+            | Command::Import { connect, .. } => Some(connect),
+            Command::Check
+            | Command::Graph { .. }
+            | Command::Init
+            | Command::Completions { .. }
+            | Command::Demo => None,
+        }
+    }
 }

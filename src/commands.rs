@@ -53,7 +53,14 @@ pub fn run(cli: Cli) -> Result<Status, Error> {
 }
 
 async fn dispatch(cli: Cli) -> Result<Status, Error> {
-    let url = cli.connect.database_url.as_deref();
+    render::set_verbose(cli.verbose);
+    // After the command's name, or before it (or $DATABASE_URL).
+    let url = cli
+        .command
+        .connect()
+        .and_then(|connect| connect.database_url.clone())
+        .or(cli.connect.database_url);
+    let url = url.as_deref();
     let touches_database = !matches!(
         cli.command,
         Command::Check
@@ -76,6 +83,7 @@ async fn dispatch(cli: Cli) -> Result<Status, Error> {
             detailed_exitcode,
             allow_drop,
             out,
+            ..
         } => {
             plan(
                 project,
@@ -92,6 +100,7 @@ async fn dispatch(cli: Cli) -> Result<Status, Error> {
             plan: saved,
             keep_going,
             format,
+            ..
         } => {
             let saved = match saved {
                 Some(path) => Some(read_saved_plan(&path)?),
@@ -105,30 +114,39 @@ async fn dispatch(cli: Cli) -> Result<Status, Error> {
             };
             reconcile(project, url, &intent, format).await
         }
-        Command::Refresh { views, downstream } => refresh(project, url, &views, downstream).await,
+        Command::Refresh {
+            views, downstream, ..
+        } => refresh(project, url, &views, downstream).await,
         Command::Schedule {
             emit,
             grace,
             no_heal,
+            ..
         } => schedule(project, url, emit, grace, !no_heal).await,
         Command::Status {
             format,
             detailed_exitcode,
+            ..
         } => status(project, url, format, detailed_exitcode).await,
         Command::Run {
             drop_first,
             command,
+            ..
         } => run_migration(project, url, drop_first, &command).await,
-        Command::Guard { action } => guard(project, url, action).await,
+        Command::Guard { action, .. } => guard(project, url, action).await,
         Command::Import {
             schemas,
             with_depends_on,
+            ..
         } => import(project, url, &schemas, with_depends_on).await,
-        Command::Graph { format } => graph(project, format),
+        Command::Graph { format, .. } => graph(project, format),
         Command::Init => init(project),
-        Command::Completions { shell } => {
+        Command::Completions { shell, .. } => {
             let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut command, "viewkeeper", &mut io::stdout());
+            // Written whole, then printed: `generate` panics on a closed pipe.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "viewkeeper", &mut script);
+            ignore_broken_pipe(io::stdout().write_all(&script))?;
             Ok(Status::Done)
         }
         Command::Demo => demo::run().await,
@@ -177,11 +195,7 @@ fn check(root: &Path) -> Result<Status, Error> {
         "ok: {views} declaration{} ({materialized} materialized) in {}, dependency order: {}",
         if views == 1 { "" } else { "s" },
         crate::project::display_path(&root.join(&project.config.views_dir)).display(),
-        order
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
+        render::summarise_names(&order.iter().map(ToString::to_string).collect::<Vec<_>>())
     ))?;
     for declaration in project.declarations.values() {
         if declaration.inferred.is_none() && declaration.depends_on.is_empty() {
@@ -397,12 +411,18 @@ pub(crate) async fn run_reconcile(
 ) -> Result<apply::Reconciled, Error> {
     let mut out = stdout();
     let mut write_error = None;
+    let width = name_width(project);
+    let mut progress = Progress::start("reconciling");
     let reconciled = apply::reconcile(client, project, intent, |statement, took| {
-        if let Err(error) = render::statement_done(statement, took, &mut out) {
+        progress.step(&statement.object);
+        let written = progress.suspend(|| render::statement_done(statement, took, width, &mut out));
+        if let Err(error) = written {
             write_error.get_or_insert(error);
         }
     })
-    .await?;
+    .await;
+    progress.finish();
+    let reconciled = reconciled?;
     if let Some(error) = write_error {
         ignore_broken_pipe(Err(error))?;
     }
@@ -472,6 +492,25 @@ async fn schedule(
     }
     let url = db::resolve_url(url)?;
     let mut out = stdout();
+    // Say what is watched, so a quiet log does not look like a hung process.
+    if let Ok(project) = Project::load(root) {
+        let policies = project
+            .declarations
+            .values()
+            .filter(|declaration| declaration.refresh.is_some())
+            .count();
+        let _ = writeln!(
+            out,
+            "{} {}",
+            chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+            render::schedule_started(
+                policies,
+                &crate::project::display_path(&root.join(&project.config.views_dir)),
+                heal
+            )
+        );
+        let _ = out.flush();
+    }
     let mut spinner = Spinner::none();
     let options = refresh::schedule::Options { grace, heal };
     refresh::schedule::run(root, &url, &options, |event| {
@@ -495,11 +534,14 @@ async fn schedule(
                     None => render::refresh_outcome(target, outcome),
                 }
             }
-            ScheduleEvent::Problem(message) => format!("problem: {message}"),
+            // A log holds one line per event: no boxes, no indented continuation lines.
+            ScheduleEvent::Problem(message) => format!("problem: {}", render::one_line(&message)),
             ScheduleEvent::Healed(summary) => format!("restored dropped views: {summary}"),
             ScheduleEvent::Stopping => "stopping".to_owned(),
         };
         let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
+        // One line per event, whatever PostgreSQL's message (detail, hint) looked like.
+        let line = line.lines().map(str::trim).collect::<Vec<_>>().join(" ");
         let _ = writeln!(out, "{now} {line}");
         let _ = out.flush();
     })
@@ -531,20 +573,19 @@ async fn status(
         .map_err(catalog_error)?
         .get(0);
     let plan = plan::plan(&project, &catalog);
-    let rows = crate::status::status(
-        &project,
-        &catalog,
-        plan.as_ref().map_err(ToString::to_string),
-        &history,
-        now,
-    );
+    let rows = crate::status::status(&project, &catalog, plan.as_ref().ok(), &history, now);
+    let problems = match &plan {
+        Ok(_) => Vec::new(),
+        Err(error) => render::plan_problems(error),
+    };
     let mut out = stdout();
     ignore_broken_pipe(match format {
         Format::Text => render::status_text(&rows, now, &mut out),
-        Format::Json => render::status_json(&rows, &mut out),
+        Format::Json => render::status_json(&rows, &problems, &mut out),
     })?;
-    let pending = plan.as_ref().map_or(true, |plan| !plan.is_empty())
-        || rows.iter().any(|row| row.sync != crate::status::IN_SYNC);
+    // Why the rows say `unknown`: the problems, once and located, on stderr with exit 1.
+    let plan = plan?;
+    let pending = !plan.is_empty() || rows.iter().any(|row| row.sync != crate::status::IN_SYNC);
     Ok(if detailed_exitcode && pending {
         Status::ChangesPending
     } else {
@@ -582,6 +623,60 @@ impl Spinner {
     }
 }
 
+/// The width of the object column in reconcile's progress lines: the longest declared name
+/// (an undeclared object being dropped may be longer, and then only its own line shifts).
+fn name_width(project: &Project) -> usize {
+    project
+        .declarations
+        .keys()
+        .map(|name| name.to_string().chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(20)
+}
+
+/// A spinner with the elapsed time while reconcile works, when stdout is a terminal: a long
+/// refresh inside the transaction shows the last object done and the time since.
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    fn start(what: &'static str) -> Self {
+        if !io::stdout().is_terminal() {
+            return Progress(None);
+        }
+        let bar = indicatif::ProgressBar::new_spinner();
+        if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+            "{{spinner}} {what}{{msg}} {{elapsed}}"
+        )) {
+            bar.set_style(style);
+        }
+        bar.enable_steady_tick(std::time::Duration::from_millis(100));
+        Progress(Some(bar))
+    }
+
+    /// A statement on `object` finished; the next one starts now.
+    fn step(&mut self, object: &QualifiedName) {
+        if let Some(bar) = &self.0 {
+            bar.set_message(format!(" (after {object})"));
+            bar.reset_elapsed();
+        }
+    }
+
+    /// Prints around the spinner, so lines and spinner do not overwrite each other.
+    fn suspend<R>(&self, print: impl FnOnce() -> R) -> R {
+        match &self.0 {
+            Some(bar) => bar.suspend(print),
+            None => print(),
+        }
+    }
+
+    fn finish(self) {
+        if let Some(bar) = self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 /// `run`: optionally drop the managed views, run the migration with its output streaming
 /// through, then reconcile whether it worked or not, so the views always come back.
 async fn run_migration(
@@ -597,8 +692,9 @@ async fn run_migration(
     let mut client = connect(url, &project).await?;
     let mut out = stdout();
     if drop_first {
+        let width = name_width(&project);
         let dropped = apply::drop_managed(&mut client, &project, |statement, took| {
-            let _ = render::statement_done(statement, took, &mut out);
+            let _ = render::statement_done(statement, took, width, &mut out);
         })
         .await
         .map_err(Error::drop_first)?;
@@ -617,7 +713,8 @@ async fn run_migration(
     // Nothing is left waiting on this connection while the migration runs (it may take long
     // enough for the server to close idle sessions): reconcile opens a fresh one.
     drop(client);
-    let code = run_command(program, arguments).await;
+    // With --drop-first there is nothing to suggest, so the migration keeps its own stderr.
+    let (code, type_change_blocked) = run_command(program, arguments, !drop_first).await;
     if code != 0 {
         eprintln!("viewkeeper: {program} exited with status {code}; reconciling anyway");
     }
@@ -625,6 +722,9 @@ async fn run_migration(
     let reconciled = run_reconcile(&project, &mut client, &apply::Intent::RESTORE)
         .await
         .and_then(kept_going);
+    if code != 0 && type_change_blocked {
+        eprintln!("{}", render::suggest_drop_first(command));
+    }
     match (code, reconciled) {
         (0, Ok(_)) => Ok(Status::Done),
         (0, Err(error)) => Err(error),
@@ -636,11 +736,45 @@ async fn run_migration(
     }
 }
 
+/// PostgreSQL's message when a migration changes the type of a column a view reads.
+const TYPE_UNDER_VIEW: &[u8] = b"cannot alter type of a column used by a view or rule";
+
+/// Copies the migration's stderr to ours byte for byte as it arrives, and says whether
+/// PostgreSQL's "cannot alter type of a column used by a view" went by. Watching the text
+/// is the only way to know: the failed migration's transaction is rolled back, so the
+/// database looks exactly as before, and the exit status says only that something failed.
+async fn pass_stderr_through(mut from: tokio::process::ChildStderr) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut seen = false;
+    let mut window: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let read = match from.read(&mut chunk).await {
+            Ok(0) | Err(_) => return seen,
+            Ok(read) => read,
+        };
+        let mut err = io::stderr().lock();
+        let _ = err.write_all(&chunk[..read]);
+        let _ = err.flush();
+        drop(err);
+        if !seen {
+            // The window keeps the end of the previous chunk, so a message split across two
+            // reads is still found.
+            window.extend_from_slice(&chunk[..read]);
+            seen = window
+                .windows(TYPE_UNDER_VIEW.len())
+                .any(|part| part == TYPE_UNDER_VIEW);
+            let keep = window.len().min(TYPE_UNDER_VIEW.len() - 1);
+            window.drain(..window.len() - keep);
+        }
+    }
+}
+
 /// Runs the migration with stdin, stdout and stderr inherited, so its output streams through
 /// unchanged. Ctrl-C and SIGTERM go to the migration, not to viewkeeper, which must survive
-/// to reconcile afterwards. Returns its exit status (127 when it cannot start).
-async fn run_command(program: &str, arguments: &[String]) -> u8 {
-    use tokio::signal::unix::{SignalKind, signal};
+/// to reconcile afterwards. Returns its exit status (127 when it cannot start), and, when
+/// `watch_stderr`, whether its stderr showed a column type change blocked by a view.
+async fn run_command(program: &str, arguments: &[String], watch_stderr: bool) -> (u8, bool) {
     // The migration's sessions may drop managed views (a protecting guard lets them):
     // viewkeeper restores them right after.
     let options = match std::env::var("PGOPTIONS") {
@@ -649,17 +783,36 @@ async fn run_command(program: &str, arguments: &[String]) -> u8 {
         }
         _ => format!("-c {}=on", crate::guard::MIGRATING_SETTING),
     };
-    let mut child = match tokio::process::Command::new(program)
-        .args(arguments)
-        .env("PGOPTIONS", options)
-        .spawn()
-    {
+    let mut command = tokio::process::Command::new(program);
+    command.args(arguments).env("PGOPTIONS", options);
+    if watch_stderr {
+        command.stderr(std::process::Stdio::piped());
+    }
+    let mut child = match command.spawn() {
         Ok(child) => child,
         Err(error) => {
             eprintln!("viewkeeper: cannot run {program}: {error}");
-            return 127;
+            return (127, false);
         }
     };
+    let watcher = child
+        .stderr
+        .take()
+        .map(|from| tokio::spawn(pass_stderr_through(from)));
+    let code = wait_forwarding_signals(&mut child).await;
+    let seen = match watcher {
+        // A background process the migration started may hold its stderr open: wait for the
+        // rest of the output a moment, not forever.
+        Some(watcher) => tokio::time::timeout(std::time::Duration::from_secs(2), watcher)
+            .await
+            .is_ok_and(|seen| seen.unwrap_or(false)),
+        None => false,
+    };
+    (code, seen)
+}
+
+async fn wait_forwarding_signals(child: &mut tokio::process::Child) -> u8 {
+    use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut interrupt), Ok(mut terminate)) = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
@@ -676,8 +829,8 @@ async fn run_command(program: &str, arguments: &[String]) -> u8 {
             status = child.wait() => return exit_code(status),
             // A terminal's Ctrl-C already reached the migration (same process group); a
             // SIGINT sent to viewkeeper alone is passed on.
-            _ = interrupt.recv() => forward(&child, nix::sys::signal::Signal::SIGINT),
-            _ = terminate.recv() => forward(&child, nix::sys::signal::Signal::SIGTERM),
+            _ = interrupt.recv() => forward(child, nix::sys::signal::Signal::SIGINT),
+            _ = terminate.recv() => forward(child, nix::sys::signal::Signal::SIGTERM),
         }
     }
 }
@@ -771,6 +924,7 @@ async fn import(
         .map_err(|error| Error::Catalog(db::describe(&error)))?;
     let declared = project.declarations.keys().cloned().collect();
     let files = crate::import::import(&catalog, schemas, &declared, with_depends_on);
+    let left_alone = crate::import::left_alone(&catalog, schemas, &declared);
     let mut out = stdout();
     let mut written = 0;
     for file in &files {
@@ -818,13 +972,10 @@ async fn import(
         "Imported {written} object{}{}. Next: `viewkeeper plan` should find them in sync, and \
          `viewkeeper reconcile` records them as managed without rebuilding them.",
         if written == 1 { "" } else { "s" },
-        if project.declarations.is_empty() {
+        if left_alone == 0 {
             String::new()
         } else {
-            format!(
-                " ({} already declared, left alone)",
-                project.declarations.len()
-            )
+            format!(" ({left_alone} already declared, left alone)")
         }
     ))?;
     Ok(Status::Done)
@@ -847,6 +998,7 @@ views-dir \"views\"            // where declarations live
 state-schema \"viewkeeper\"    // where viewkeeper keeps its own bookkeeping
 lock-timeout \"5s\"            // every command gives up instead of queueing behind long locks
 search-path \"public\"         // how unqualified names in queries resolve
+// statement-timeout \"10m\"    // limit for each refresh by refresh and schedule (default: none)
 ";
 
 const INIT_EXAMPLE: &str =

@@ -41,6 +41,21 @@ pub fn import(
         .collect()
 }
 
+/// How many of the objects `import` would consider in `schemas` are left alone because
+/// they are already declared.
+pub fn left_alone(
+    catalog: &Catalog,
+    schemas: &[String],
+    declared: &BTreeSet<QualifiedName>,
+) -> usize {
+    catalog
+        .relations
+        .keys()
+        .filter(|name| schemas.is_empty() || schemas.contains(&name.schema))
+        .filter(|name| declared.contains(*name))
+        .count()
+}
+
 /// `public.sales_summary.kdl`, with anything unusual in a file name replaced by `_`.
 fn file_name(name: &QualifiedName) -> String {
     let safe = |part: &str| -> String {

@@ -8,6 +8,7 @@
 pub mod apply;
 pub mod catalog;
 pub mod cli;
+pub mod color;
 pub mod commands;
 pub mod compile;
 pub mod db;

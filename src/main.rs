@@ -20,12 +20,16 @@ fn main() -> ExitCode {
             };
         }
     };
+    let color = viewkeeper::color::choose(cli.color);
+    color.write_global();
+    let stderr_colored = viewkeeper::color::stderr_colored();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("VIEWKEEPER_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(stderr_colored)
         .init();
     // Long lines stay whole when piped, so messages can be searched and parsed.
     let wrap = std::io::stderr().is_terminal();
@@ -34,6 +38,7 @@ fn main() -> ExitCode {
         Box::new(
             miette::MietteHandlerOpts::new()
                 .wrap_lines(wrap)
+                .color(stderr_colored)
                 .show_related_errors_as_nested()
                 .build(),
         )

@@ -193,9 +193,7 @@ pub enum PlanError {
     #[error("{}", blocked_message(.0))]
     #[diagnostic(
         code(viewkeeper::blocked),
-        help(
-            "viewkeeper never uses CASCADE: declare the dependent view so it is rebuilt too, or drop it yourself"
-        )
+        help("{}", blocked_help(.0))
     )]
     Blocked(Vec<Blocker>),
     #[error("{}", losses_message(.0))]
@@ -304,6 +302,25 @@ fn losses_message(losses: &[(QualifiedName, Vec<String>)]) -> String {
         .map(|(object, lost)| format!("rebuilding {object} would lose its {}", lost.join(", ")))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// What to do: a declared reader is already rebuilt by viewkeeper, so declaring it does not
+/// help; its query, or the drop, has to change.
+fn blocked_help(blockers: &[Blocker]) -> String {
+    let mut help = Vec::new();
+    if blockers.iter().any(|b| b.dependent_declared) {
+        help.push(
+            "edit the declared query that still reads the dropped view, or restore the dropped \
+             view's declaration",
+        );
+    }
+    if blockers.iter().any(|b| !b.dependent_declared) {
+        help.push(
+            "viewkeeper never uses CASCADE: declare the dependent view so it is rebuilt too, or \
+             drop it yourself",
+        );
+    }
+    help.join("; ")
 }
 
 fn blocked_message(blockers: &[Blocker]) -> String {

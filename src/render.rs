@@ -26,6 +26,31 @@ const RED: Style = AnsiColor::Red.on_default();
 const YELLOW: Style = AnsiColor::Yellow.on_default();
 const CYAN: Style = AnsiColor::Cyan.on_default();
 
+/// Whether summaries name everything (`--verbose`). A presentation choice of the whole
+/// process, set once from the command line, as anstream's colour choice is.
+static VERBOSE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lists every name in summaries from now on (`--verbose`).
+pub fn set_verbose(verbose: bool) {
+    VERBOSE.store(verbose, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// How many names a summary shows before `… and N more`.
+const SUMMARY_NAMES: usize = 3;
+
+/// `a, b, c … and 151 more`, or every name with `--verbose` (or when there are few).
+pub fn summarise_names(names: &[String]) -> String {
+    // Naming the fourth costs no more room than counting it.
+    if VERBOSE.load(std::sync::atomic::Ordering::Relaxed) || names.len() <= SUMMARY_NAMES + 1 {
+        return names.join(", ");
+    }
+    format!(
+        "{} … and {} more; --verbose lists all",
+        names[..SUMMARY_NAMES].join(", "),
+        names.len() - SUMMARY_NAMES
+    )
+}
+
 fn change_style(change: Change) -> Style {
     match change {
         Change::Create => GREEN,
@@ -77,7 +102,8 @@ fn action_text(action: &Action, out: &mut impl Write) -> io::Result<()> {
         )?;
     }
     for detail in &action.details {
-        writeln!(out, "         - {detail}")?;
+        // `·`, not `-`: a dash reads as "removed" next to diffs.
+        writeln!(out, "         · {detail}")?;
     }
     if let Some(diff) = &action.diff {
         for line in diff.lines() {
@@ -110,7 +136,7 @@ fn adopted_text(plan: &Plan, what_happens: &str, out: &mut impl Write) -> io::Re
         names.len(),
         if names.len() == 1 { "" } else { "s" },
         if names.len() == 1 { "es" } else { "" },
-        names.join(", ")
+        summarise_names(&names)
     )
 }
 
@@ -168,7 +194,7 @@ pub fn plan_json_with(
         adopted: &plan.adopted,
         warnings: &plan.warnings,
     };
-    serde_json::to_writer_pretty(&mut *out, &document).map_err(io::Error::other)?;
+    serde_json::to_writer_pretty(&mut *out, &document).map_err(io::Error::from)?;
     writeln!(out)
 }
 
@@ -311,9 +337,11 @@ fn collapsible(summary: &str, language: &str, code: &str, out: &mut impl Write) 
 }
 
 /// One line per executed statement: what was done to which object, and how long it took.
+/// `width` is the longest object name to expect, so the columns line up.
 pub fn statement_done(
     statement: &Statement,
     took: Duration,
+    width: usize,
     out: &mut impl Write,
 ) -> io::Result<()> {
     let style = match statement.phase {
@@ -324,7 +352,7 @@ pub fn statement_done(
     };
     writeln!(
         out,
-        "  {:<28} {style}{}{style:#}  {DIM}{}{DIM:#}",
+        "  {:<width$} {style}{}{style:#}  {DIM}{}{DIM:#}",
         statement.object.to_string(),
         statement.summary,
         format_duration(took)
@@ -370,7 +398,6 @@ fn past(change: Change) -> &'static str {
     }
 }
 
-/// `850 µs`, `12 ms`, `3.4 s`.
 /// The warning every command prints first while a killed `run --drop-first` owes a restore.
 pub fn restore_owed(since: DateTime<Utc>) -> String {
     format!(
@@ -379,14 +406,34 @@ pub fn restore_owed(since: DateTime<Utc>) -> String {
     )
 }
 
+/// `850 µs`, `12 ms`, `4.0 s`; a minute or more as an interval (`2m 5s`).
 pub fn format_duration(duration: Duration) -> String {
     let micros = duration.as_micros();
     if micros < 1_000 {
         format!("{micros} µs")
-    } else if micros < 10_000_000 {
+    } else if micros < 1_000_000 {
         format!("{} ms", micros / 1_000)
-    } else {
+    } else if duration.as_secs() < 60 {
         format!("{:.1} s", duration.as_secs_f64())
+    } else {
+        format_interval(duration)
+    }
+}
+
+/// An interval as people write it, to the second: `7d`, `1h 30m`, `15m`, `45s`, `0s`.
+pub fn format_interval(duration: Duration) -> String {
+    let mut left = duration.as_secs();
+    let mut parts = Vec::new();
+    for (unit, seconds) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
+        if left >= seconds {
+            parts.push(format!("{}{unit}", left / seconds));
+            left %= seconds;
+        }
+    }
+    if parts.is_empty() {
+        "0s".to_owned()
+    } else {
+        parts.join(" ")
     }
 }
 
@@ -413,6 +460,43 @@ pub fn refresh_outcome(target: &RefreshTarget, outcome: &Outcome) -> String {
             format!("skipped   {name}: {why}")
         }
     }
+}
+
+/// After a migration PostgreSQL stopped from changing a column's type under a view.
+pub fn suggest_drop_first(command: &[String]) -> String {
+    format!(
+        "viewkeeper: the migration changes the type of a column that a view reads, which \
+         PostgreSQL refuses; run it as `viewkeeper run --drop-first -- {}`: the managed views are \
+         dropped first and restored after it",
+        command
+            .iter()
+            .map(|word| {
+                if word.is_empty()
+                    || word.contains(|c: char| c.is_whitespace() || "'\"\\$`".contains(c))
+                {
+                    format!("'{}'", word.replace('\'', "'\\''"))
+                } else {
+                    word.clone()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
+}
+
+/// `schedule`'s first log line: what it watches and how to steer it.
+pub fn schedule_started(policies: usize, views_dir: &std::path::Path, heal: bool) -> String {
+    format!(
+        "schedule started: {policies} materialized view{} with a refresh policy in {}, re-read \
+         every few seconds and on SIGHUP; {}; SIGINT or SIGTERM stops it",
+        if policies == 1 { "" } else { "s" },
+        views_dir.display(),
+        if heal {
+            "restores dropped views when the guard reports them"
+        } else {
+            "healing off (--no-heal)"
+        }
+    )
 }
 
 /// The status table: one row per object, widths fitted to the content.
@@ -458,10 +542,7 @@ pub fn status_text(
             };
             let age = row.age_seconds.map_or_else(
                 || "-".to_owned(),
-                |seconds| {
-                    humantime::format_duration(Duration::from_secs(seconds.unsigned_abs()))
-                        .to_string()
-                },
+                |seconds| format_interval(Duration::from_secs(seconds.unsigned_abs())),
             );
             [
                 row.object.to_string(),
@@ -510,11 +591,53 @@ pub fn status_text(
     )
 }
 
-/// The status rows as JSON: `{"format_version": 1, "objects": [...]}`.
-pub fn status_json(rows: &[ObjectStatus], out: &mut impl Write) -> io::Result<()> {
-    let document = serde_json::json!({ "format_version": 1, "objects": rows });
-    serde_json::to_writer_pretty(&mut *out, &document).map_err(io::Error::other)?;
+/// The status rows as JSON: `{"format_version": 1, "objects": [...]}`, and `problems`
+/// (each `file:line:col: message`) when no plan could be made.
+pub fn status_json(
+    rows: &[ObjectStatus],
+    problems: &[String],
+    out: &mut impl Write,
+) -> io::Result<()> {
+    let mut document = serde_json::json!({ "format_version": 1, "objects": rows });
+    if !problems.is_empty() {
+        document["problems"] = serde_json::json!(problems);
+    }
+    serde_json::to_writer_pretty(&mut *out, &document).map_err(io::Error::from)?;
     writeln!(out)
+}
+
+/// Why no plan could be made, one located line per problem.
+pub fn plan_problems(error: &crate::plan::PlanError) -> Vec<String> {
+    match error {
+        crate::plan::PlanError::Declarations(problems) => problems
+            .problems
+            .iter()
+            .map(|problem| match problem.location() {
+                Some(location) => one_line(&format!("{location}: {}", problem.message)),
+                None => one_line(&problem.message),
+            })
+            .collect(),
+        other => vec![other.to_string()],
+    }
+}
+
+/// Problems in the declarations on one line, for a log: `2 problems in the declarations:
+/// views/a.kdl:3:5: unknown node `x`; …`.
+pub fn problems_line(problems: &crate::project::Problems) -> String {
+    let listed: Vec<String> = problems
+        .problems
+        .iter()
+        .map(|problem| match problem.location() {
+            Some(location) => format!("{location}: {}", problem.message),
+            None => problem.message.clone(),
+        })
+        .collect();
+    one_line(&format!("{problems}: {}", listed.join("; ")))
+}
+
+/// Text on one line, whatever line breaks and indentation it had.
+pub fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// How `viewkeeper graph` draws the dependency graph.
@@ -671,7 +794,7 @@ pub fn reconciled_json(
             .map(|(object, because)| Skipped { object, because })
             .collect(),
     };
-    serde_json::to_writer_pretty(&mut *out, &document).map_err(io::Error::other)?;
+    serde_json::to_writer_pretty(&mut *out, &document).map_err(io::Error::from)?;
     writeln!(out)
 }
 

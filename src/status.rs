@@ -44,11 +44,12 @@ pub struct ObjectStatus {
 }
 
 /// Rows for every declared object and every managed one no longer declared, by name.
-/// `plan` is `Err` when no plan could be made (its message then fills every row's reason).
+/// `plan` is `None` when no plan could be made: every row is then `unknown`, and the caller
+/// reports why once, not on every row.
 pub fn status(
     project: &Project,
     catalog: &Catalog,
-    plan: Result<&Plan, String>,
+    plan: Option<&Plan>,
     history: &BTreeMap<QualifiedName, RefreshHistory>,
     now: DateTime<Utc>,
 ) -> Vec<ObjectStatus> {
@@ -73,7 +74,7 @@ pub fn status(
         .into_iter()
         .map(|(name, kind)| {
             let (sync, reason) = match &plan {
-                Ok(plan) => {
+                Some(plan) => {
                     // The first structural change wins over a refresh of the same object.
                     let action = plan
                         .actions
@@ -87,7 +88,7 @@ pub fn status(
                         None => (IN_SYNC.to_owned(), None),
                     }
                 }
-                Err(message) => ("unknown".to_owned(), Some(message.clone())),
+                None => ("unknown".to_owned(), None),
             };
             let own = history.get(&name);
             let policy = project
@@ -133,7 +134,7 @@ pub fn status(
 fn describe_policy(trigger: &RefreshTrigger, concurrently: bool) -> String {
     let base = match trigger {
         RefreshTrigger::Every(interval) => {
-            format!("every {}", humantime::format_duration(*interval))
+            format!("every {}", crate::render::format_interval(*interval))
         }
         RefreshTrigger::Cron {
             expression,

@@ -138,11 +138,11 @@ fn a_grant_comment_index_and_owner_change_alters_in_place_and_keeps_the_oid() {
     );
     assert!(stdout.starts_with("Plan: 1 to alter."), "{stdout}");
     for detail in [
-        "- create index m_total_idx".to_owned(),
-        "- revoke SELECT from vk_reporting".to_owned(),
-        "- grant SELECT to vk_auditor".to_owned(),
-        "- set comment 'second comment'".to_owned(),
-        format!("- change owner from {first_owner} to vk_owner"),
+        "· create index m_total_idx".to_owned(),
+        "· revoke SELECT from vk_reporting".to_owned(),
+        "· grant SELECT to vk_auditor".to_owned(),
+        "· set comment 'second comment'".to_owned(),
+        format!("· change owner from {first_owner} to vk_owner"),
     ] {
         assert!(
             stdout
@@ -198,7 +198,7 @@ fn b_an_index_added_by_hand_on_a_managed_materialized_view_is_dropped() {
     assert!(
         stdout
             .lines()
-            .any(|line| line.trim_start().starts_with("- drop index m_by_hand")),
+            .any(|line| line.trim_start().starts_with("· drop index m_by_hand")),
         "the plan must say the hand-made index is dropped:\n{stdout}"
     );
 

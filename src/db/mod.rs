@@ -8,6 +8,7 @@
 
 mod conninfo;
 pub mod pgpass;
+mod privileges;
 pub mod settings;
 mod tls;
 
@@ -74,6 +75,7 @@ async fn connect_inner(
         tracing::warn!("{name} is set, but viewkeeper does not support it; ignoring it");
     }
     let client = open(&settings, listener).await?;
+    privileges::connected_as(&settings.user);
     if search_path.is_empty() {
         return Ok(client);
     }
@@ -385,6 +387,11 @@ pub fn describe(error: &tokio_postgres::Error) -> String {
             }
             if let Some(hint) = db.hint() {
                 text.push_str(&format!("\n  hint: {hint}"));
+            }
+            if db.code() == &tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE
+                && let Some(hint) = privileges::hint(db.message())
+            {
+                text.push_str(&format!("\n  help: {hint}"));
             }
             text
         }

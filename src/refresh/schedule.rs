@@ -195,8 +195,8 @@ pub async fn run(
             match Project::load(root) {
                 Ok(loaded) => project = loaded,
                 Err(problems) => on_event(Event::Problem(format!(
-                    "keeping the previous declarations: {:?}",
-                    miette::Report::new(problems)
+                    "keeping the previous declarations: {}",
+                    crate::render::problems_line(&problems)
                 ))),
             }
         }
