@@ -347,11 +347,25 @@ async fn apply_with(
             if let Err((index, error)) =
                 run_statements(&transaction, &plan, config, &mut on_statement).await
             {
-                return Err(ApplyError::Statement(Box::new(statement_error(
-                    &plan,
-                    &plan.statements[index],
-                    &error,
-                ))));
+                let statement = &plan.statements[index];
+                let mut failure = statement_error(&plan, statement, &error);
+                // A lock wait that gave up: say who holds the lock (read once our own
+                // transaction is gone, so the list is of the sessions still there).
+                if crate::waits::timed_out(&error) {
+                    transaction
+                        .rollback()
+                        .await
+                        .map_err(database("cannot end the transaction"))?;
+                    let holders = crate::waits::holders_of(&*client, &statement.object)
+                        .await
+                        .unwrap_or_default();
+                    failure.message = crate::waits::gave_up(
+                        &format!("a lock on {} ({})", statement.object, statement.summary),
+                        config.lock_timeout,
+                        &holders,
+                    );
+                }
+                return Err(ApplyError::Statement(Box::new(failure)));
             }
             break plan;
         }

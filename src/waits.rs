@@ -57,10 +57,24 @@ pub fn lost_relation(error: &tokio_postgres::Error) -> bool {
 /// or a lock on a view or materialized view, with role, application, state, since when and
 /// the first line of their query. Read on `client` once its own wait is over.
 pub async fn holders(client: &impl GenericClient) -> Result<Vec<String>, tokio_postgres::Error> {
-    // language=SQL
-    let rows = client
-        .query(
-            "SELECT DISTINCT a.pid, coalesce(a.usename::text, ''), coalesce(a.application_name, ''),
+    sessions(client, HOLDERS, &[]).await
+}
+
+/// Who holds any lock on `relation`: what a DROP or an ALTER, which need it alone, waits for.
+pub async fn holders_of(
+    client: &impl GenericClient,
+    relation: &crate::name::QualifiedName,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    sessions(
+        client,
+        RELATION_HOLDERS,
+        &[&relation.schema, &relation.name],
+    )
+    .await
+}
+
+// language=SQL
+const HOLDERS: &str = "SELECT DISTINCT a.pid, coalesce(a.usename::text, ''), coalesce(a.application_name, ''),
                     coalesce(a.state, ''),
                     coalesce(extract(epoch FROM now() - coalesce(a.xact_start, a.query_start)), 0)::float8,
                     split_part(coalesce(a.query, ''), E'\\n', 1),
@@ -74,10 +88,29 @@ pub async fn holders(client: &impl GenericClient) -> Result<Vec<String>, tokio_p
                AND ((l.locktype = 'advisory' AND l.mode = 'ExclusiveLock')
                     OR (l.locktype = 'relation' AND c.relkind IN ('v', 'm')
                         AND l.mode IN ('AccessExclusiveLock', 'ExclusiveLock')))
-             ORDER BY a.pid",
-            &[],
-        )
-        .await?;
+             ORDER BY a.pid";
+
+// language=SQL
+const RELATION_HOLDERS: &str = "SELECT DISTINCT a.pid, coalesce(a.usename::text, ''), coalesce(a.application_name, ''),
+                    coalesce(a.state, ''),
+                    coalesce(extract(epoch FROM now() - coalesce(a.xact_start, a.query_start)), 0)::float8,
+                    split_part(coalesce(a.query, ''), E'\\n', 1),
+                    format('%s on %s', l.mode, l.relation::regclass)
+             FROM pg_locks l
+             JOIN pg_stat_activity a ON a.pid = l.pid
+             JOIN pg_class c ON c.oid = l.relation
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE l.granted AND l.pid <> pg_backend_pid()
+               AND a.datname = current_database()
+               AND n.nspname = $1 AND c.relname = $2
+             ORDER BY a.pid";
+
+async fn sessions(
+    client: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client.query(sql, params).await?;
     Ok(rows
         .iter()
         .map(|row| {

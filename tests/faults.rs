@@ -101,6 +101,34 @@ fn every_command_gives_up_after_lock_timeout_and_names_the_holder() {
     assert_eq!(code, 0, "{stderr}");
 }
 
+/// A reader holding a view that reconcile must rebuild: the DROP gives up after
+/// lock-timeout, and the message names the reader and the setting to change.
+#[test]
+fn a_rebuild_blocked_by_a_reader_names_the_reader() {
+    let (db, dir) = setup();
+    let pid = db.scalar_i64("SELECT pg_backend_pid()");
+    db.batch("SET application_name = 'the_reader'");
+    db.batch("BEGIN");
+    db.batch("SELECT count(*) FROM top_totals");
+    std::fs::write(dir.path().join("views/v.kdl"), views(true)).expect("write");
+    let started = Instant::now();
+    let (code, stdout, stderr) = run(&db, dir.path(), &["reconcile"]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    for expected in [
+        "lock-timeout",
+        "a lock on public.",
+        &format!("pid {pid}"),
+        "the_reader",
+        "SELECT count(*) FROM top_totals",
+        "viewkeeper.kdl",
+    ] {
+        assert!(stderr.contains(expected), "no {expected:?} in\n{stderr}");
+    }
+    db.batch("ROLLBACK");
+    reconcile(&db, dir.path());
+}
+
 /// 200 reconciles that drop and recreate views, against loops of plan, status and refresh:
 /// not one deadlock, not one lost relation.
 #[test]
