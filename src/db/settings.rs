@@ -13,6 +13,7 @@ use std::str::FromStr;
 
 use super::ConnectError;
 use super::conninfo::{self, Conninfo};
+use super::mask::{Shown, mask_password};
 
 /// Where libpq looks for a local server's socket when no host is given, in order.
 pub const DEFAULT_SOCKET_DIRS: &[&str] = &["/var/run/postgresql", "/tmp"];
@@ -335,97 +336,21 @@ impl Settings {
 impl fmt::Display for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let hosts: Vec<String> = self.targets.iter().map(Target::to_string).collect();
-        f.write_str(&display(&Shown {
-            user: Some(&self.user),
-            has_password: self.password.is_some(),
-            hosts: &hosts,
-            dbname: Some(&self.dbname),
-            sslmode: self.sslmode_given.then(|| self.sslmode.as_str()),
-            sslrootcert: self.sslrootcert.as_ref().map(|root| match root {
-                RootCert::File(path) => path.to_string_lossy(),
-                RootCert::System => "system".into(),
-            }),
-        }))
-    }
-}
-
-/// The parts of a connection target that messages show.
-struct Shown<'a> {
-    user: Option<&'a str>,
-    has_password: bool,
-    /// `host:port` each.
-    hosts: &'a [String],
-    dbname: Option<&'a str>,
-    sslmode: Option<&'a str>,
-    sslrootcert: Option<std::borrow::Cow<'a, str>>,
-}
-
-fn display(shown: &Shown<'_>) -> String {
-    let mut text = String::from("postgresql://");
-    if let Some(user) = shown.user {
-        text.push_str(user);
-        if shown.has_password {
-            text.push_str(":***");
-        }
-        text.push('@');
-    }
-    text.push_str(&shown.hosts.join(","));
-    if let Some(dbname) = shown.dbname {
-        text.push('/');
-        text.push_str(dbname);
-    }
-    let mut query = Vec::new();
-    if let Some(mode) = shown.sslmode {
-        query.push(format!("sslmode={mode}"));
-    }
-    if let Some(root) = &shown.sslrootcert {
-        query.push(format!("sslrootcert={root}"));
-    }
-    if !query.is_empty() {
-        text.push('?');
-        text.push_str(&query.join("&"));
-    }
-    text
-}
-
-/// The masked form of a connection string on its own (no environment), or
-/// `<database URL>` when it cannot be parsed.
-pub(crate) fn mask(url: &str) -> String {
-    let Ok(info) = conninfo::parse(url) else {
-        return "<database URL>".to_owned();
-    };
-    let hosts: Vec<&str> = info
-        .get("host")
-        .or(info.get("hostaddr"))
-        .map(|hosts| hosts.split(',').collect())
-        .unwrap_or_default();
-    let ports: Vec<&str> = info
-        .get("port")
-        .map(|ports| ports.split(',').collect())
-        .unwrap_or_default();
-    let hosts: Vec<String> = hosts
-        .iter()
-        .enumerate()
-        .map(|(i, host)| {
-            let host = if host.contains(':') && !host.starts_with('/') {
-                format!("[{host}]")
-            } else {
-                (*host).to_owned()
-            };
-            match ports.get(i).or(ports.first()).filter(|p| !p.is_empty()) {
-                Some(port) => format!("{host}:{port}"),
-                None => host,
+        f.write_str(
+            &Shown {
+                user: Some(&self.user),
+                has_password: self.password.is_some(),
+                hosts: &hosts,
+                dbname: Some(&self.dbname),
+                sslmode: self.sslmode_given.then(|| self.sslmode.as_str()),
+                sslrootcert: self.sslrootcert.as_ref().map(|root| match root {
+                    RootCert::File(path) => path.to_string_lossy(),
+                    RootCert::System => "system".into(),
+                }),
             }
-        })
-        .collect();
-    display(&Shown {
-        user: info.get("user"),
-        has_password: info.get("password").is_some(),
-        hosts: &hosts,
-        dbname: info.get("dbname"),
-        sslmode: info.get("sslmode"),
-        sslrootcert: info.get("sslrootcert").map(Into::into),
-    })
+            .render(),
+        )
+    }
 }
 
 /// Resolves a connection string (a URL, a `key=value` string, or empty for "from the
@@ -435,7 +360,7 @@ pub fn resolve(url: &str, env: &Environment) -> Result<Settings, ConnectError> {
         url: if url.trim().is_empty() {
             "(none: the PG* environment variables)".to_owned()
         } else {
-            mask(url)
+            mask_password(url)
         },
         message,
     };
