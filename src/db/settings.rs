@@ -12,75 +12,11 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use super::ConnectError;
-use super::conninfo::{self, Conninfo};
+use super::conninfo::{self, Conninfo, KEYWORDS, Use, keyword};
 use super::mask::{Shown, mask_password};
 
 /// Where libpq looks for a local server's socket when no host is given, in order.
 pub const DEFAULT_SOCKET_DIRS: &[&str] = &["/var/run/postgresql", "/tmp"];
-
-/// The environment variable that gives each connection option a default.
-const ENV_VARS: &[(&str, &str)] = &[
-    ("host", "PGHOST"),
-    ("hostaddr", "PGHOSTADDR"),
-    ("port", "PGPORT"),
-    ("dbname", "PGDATABASE"),
-    ("user", "PGUSER"),
-    ("password", "PGPASSWORD"),
-    ("passfile", "PGPASSFILE"),
-    ("application_name", "PGAPPNAME"),
-    ("options", "PGOPTIONS"),
-    ("connect_timeout", "PGCONNECT_TIMEOUT"),
-    ("target_session_attrs", "PGTARGETSESSIONATTRS"),
-    ("channel_binding", "PGCHANNELBINDING"),
-    ("load_balance_hosts", "PGLOADBALANCEHOSTS"),
-    ("sslmode", "PGSSLMODE"),
-    ("sslnegotiation", "PGSSLNEGOTIATION"),
-    ("sslrootcert", "PGSSLROOTCERT"),
-];
-
-/// Variables that name a server, a role or how to reach it: any of them set is enough to
-/// connect without a URL, as psql does.
-pub const TARGET_VARS: &[&str] = &[
-    "PGHOST",
-    "PGHOSTADDR",
-    "PGPORT",
-    "PGDATABASE",
-    "PGUSER",
-    "PGPASSWORD",
-    "PGPASSFILE",
-    "PGSSLMODE",
-    "PGSSLROOTCERT",
-];
-
-/// Variables libpq reads that viewkeeper does not support; a warning says they are ignored.
-const IGNORED_VARS: &[&str] = &[
-    "PGSERVICE",
-    "PGSERVICEFILE",
-    "PGSSLCERT",
-    "PGSSLKEY",
-    "PGSSLCRL",
-    "PGSSLCRLDIR",
-    "PGREQUIRESSL",
-    "PGREQUIREAUTH",
-    "PGGSSENCMODE",
-];
-
-/// Options handed to tokio-postgres as they are.
-const PASSED_THROUGH: &[&str] = &[
-    "options",
-    "connect_timeout",
-    "tcp_user_timeout",
-    "keepalives",
-    "keepalives_idle",
-    "keepalives_interval",
-    "keepalives_retries",
-    "target_session_attrs",
-    "channel_binding",
-    "sslnegotiation",
-];
-
-/// The application name when neither the connection string nor `PGAPPNAME` gives one.
-const FALLBACK_APPLICATION_NAME: &str = "viewkeeper";
 
 /// What connecting reads from outside the connection string: environment variables, the
 /// OS user's name, and which server sockets exist in the default socket folders.
@@ -166,11 +102,19 @@ impl Environment {
     }
 
     /// The connection string to use: the one given (`--database-url` or `DATABASE_URL`), or
-    /// an empty one meaning "from the `PG*` variables" when any of [`TARGET_VARS`] is set.
+    /// an empty one meaning "from the `PG*` variables" when any variable that names a server,
+    /// a role or how to reach it is set.
     pub fn database_url(&self, given: Option<&str>) -> Result<String, ConnectError> {
         match given {
             Some(url) => Ok(url.to_owned()),
-            None if TARGET_VARS.iter().any(|name| self.var(name).is_some()) => Ok(String::new()),
+            None if KEYWORDS
+                .iter()
+                .filter(|keyword| keyword.names_target)
+                .filter_map(|keyword| keyword.env)
+                .any(|name| self.var(name).is_some()) =>
+            {
+                Ok(String::new())
+            }
             None => Err(ConnectError::MissingUrl),
         }
     }
@@ -472,7 +416,8 @@ pub fn resolve(url: &str, env: &Environment) -> Result<Settings, ConnectError> {
 
     let application_name = value("application_name")
         .or(info.get("fallback_application_name"))
-        .unwrap_or(FALLBACK_APPLICATION_NAME)
+        .or_else(|| keyword("fallback_application_name").and_then(|k| k.default))
+        .unwrap_or_default()
         .to_owned();
     let load_balance = match value("load_balance_hosts") {
         None | Some("disable") => false,
@@ -485,9 +430,13 @@ pub fn resolve(url: &str, env: &Environment) -> Result<Settings, ConnectError> {
     };
 
     // Everything else goes to tokio-postgres, which checks it.
-    let passed: Vec<String> = PASSED_THROUGH
+    let passed: Vec<String> = KEYWORDS
         .iter()
-        .filter_map(|key| value(key).map(|v| format!("{key}={}", conninfo::quote(v))))
+        .filter(|keyword| keyword.used == Use::Passed)
+        .filter_map(|keyword| {
+            let value = value(keyword.name)?;
+            Some(format!("{}={}", keyword.name, conninfo::quote(value)))
+        })
         .collect();
     let mut config = tokio_postgres::Config::from_str(&passed.join(" "))
         .map_err(|error| invalid(super::describe(&error)))?;
@@ -496,9 +445,10 @@ pub fn resolve(url: &str, env: &Environment) -> Result<Settings, ConnectError> {
         .dbname(&dbname)
         .application_name(&application_name);
 
-    let ignored_vars = IGNORED_VARS
+    let ignored_vars = KEYWORDS
         .iter()
-        .copied()
+        .filter(|keyword| keyword.used == Use::Unsupported)
+        .filter_map(|keyword| keyword.env)
         .filter(|name| env.var(name).is_some())
         .collect();
 
@@ -521,10 +471,7 @@ pub fn resolve(url: &str, env: &Environment) -> Result<Settings, ConnectError> {
 
 /// The environment variable for an option.
 fn env_var(key: &str) -> Option<&'static str> {
-    ENV_VARS
-        .iter()
-        .find(|(option, _)| *option == key)
-        .map(|(_, var)| *var)
+    keyword(key).and_then(|keyword| keyword.env)
 }
 
 /// An option's value: the connection string's, else its environment variable's. Empty
@@ -805,5 +752,30 @@ mod tests {
     fn ignored_variables_are_listed() {
         let settings = resolved("host=h", &[("PGSSLCERT", "/x.crt"), ("PGSERVICE", "s")]);
         assert_eq!(settings.ignored_vars, vec!["PGSERVICE", "PGSSLCERT"]);
+    }
+
+    #[test]
+    fn the_keyword_tables_defaults_are_the_ones_used() {
+        let default = |name: &str| keyword(name).and_then(|keyword| keyword.default);
+        let settings = resolved("", &[]);
+        assert_eq!(
+            default("port"),
+            Some(settings.targets[0].port.to_string().as_str())
+        );
+        assert_eq!(default("sslmode"), Some(settings.sslmode.as_str()));
+        assert_eq!(
+            default("fallback_application_name"),
+            Some(settings.application_name.as_str())
+        );
+        assert_eq!(default("load_balance_hosts"), Some("disable"));
+        assert!(!settings.load_balance);
+        // Every variable of a keyword that names a target is enough on its own.
+        for keyword in KEYWORDS.iter().filter(|keyword| keyword.names_target) {
+            let var = keyword.env.unwrap_or_default();
+            let env = Environment::from_vars([(var, "x")]);
+            assert_eq!(env.database_url(None).expect(var), "");
+        }
+        let env = Environment::from_vars([("PGAPPNAME", "x"), ("PGOPTIONS", "x")]);
+        assert!(env.database_url(None).is_err());
     }
 }
