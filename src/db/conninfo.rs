@@ -239,40 +239,7 @@ fn parse_url(rest: &str) -> Result<Conninfo, String> {
     }
 
     if !hostspec.is_empty() {
-        let mut hosts = Vec::new();
-        let mut ports = Vec::new();
-        for chunk in hostspec.split(',') {
-            let (host, port) = if let Some(bracketed) = chunk.strip_prefix('[') {
-                let Some((host, after)) = bracketed.split_once(']') else {
-                    return Err("an IPv6 address in the URL lacks its closing ']'".to_owned());
-                };
-                let port = match after {
-                    "" => None,
-                    _ => match after.strip_prefix(':') {
-                        Some(port) => Some(port),
-                        None => return Err("unexpected text after an IPv6 address".to_owned()),
-                    },
-                };
-                (host, port)
-            } else {
-                match chunk.split_once(':') {
-                    Some((host, port)) => (host, Some(port)),
-                    None => (chunk, None),
-                }
-            };
-            hosts.push(decode(host, "a host name")?);
-            let port = decode(port.unwrap_or(""), "a port")?;
-            if !port.is_empty() && port.parse::<u16>().is_err() {
-                return Err("invalid port number in the URL".to_owned());
-            }
-            ports.push(port);
-        }
-        if hosts.iter().any(|host| !host.is_empty()) {
-            info.push("host", hosts.join(","))?;
-        }
-        if ports.iter().any(|port| !port.is_empty()) {
-            info.push("port", ports.join(","))?;
-        }
+        push_hosts(&mut info, hostspec)?;
     }
 
     if let Some(path) = path
@@ -297,6 +264,45 @@ fn parse_url(rest: &str) -> Result<Conninfo, String> {
         }
     }
     Ok(info)
+}
+
+/// `host[:port],[v6]:port,…`: the URL's hosts and ports as the `host` and `port` lists.
+fn push_hosts(info: &mut Conninfo, hostspec: &str) -> Result<(), String> {
+    let mut hosts = Vec::new();
+    let mut ports = Vec::new();
+    for chunk in hostspec.split(',') {
+        let (host, port) = if let Some(bracketed) = chunk.strip_prefix('[') {
+            let Some((host, after)) = bracketed.split_once(']') else {
+                return Err("an IPv6 address in the URL lacks its closing ']'".to_owned());
+            };
+            let port = match after {
+                "" => None,
+                _ => match after.strip_prefix(':') {
+                    Some(port) => Some(port),
+                    None => return Err("unexpected text after an IPv6 address".to_owned()),
+                },
+            };
+            (host, port)
+        } else {
+            match chunk.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (chunk, None),
+            }
+        };
+        hosts.push(decode(host, "a host name")?);
+        let port = decode(port.unwrap_or(""), "a port")?;
+        if !port.is_empty() && port.parse::<u16>().is_err() {
+            return Err("invalid port number in the URL".to_owned());
+        }
+        ports.push(port);
+    }
+    if hosts.iter().any(|host| !host.is_empty()) {
+        info.push("host", hosts.join(","))?;
+    }
+    if ports.iter().any(|port| !port.is_empty()) {
+        info.push("port", ports.join(","))?;
+    }
+    Ok(())
 }
 
 fn decode(text: &str, what: &str) -> Result<String, String> {
