@@ -4,31 +4,108 @@
 //! Errors never quote the text they could not parse: a mistyped URL may put its password
 //! anywhere.
 
-/// The libpq keywords viewkeeper understands.
-pub(crate) const KEYWORDS: &[&str] = &[
-    "host",
-    "hostaddr",
-    "port",
-    "dbname",
-    "user",
-    "password",
-    "passfile",
-    "application_name",
-    "fallback_application_name",
-    "options",
-    "connect_timeout",
-    "tcp_user_timeout",
-    "keepalives",
-    "keepalives_idle",
-    "keepalives_interval",
-    "keepalives_retries",
-    "target_session_attrs",
-    "channel_binding",
-    "load_balance_hosts",
-    "sslmode",
-    "sslnegotiation",
-    "sslrootcert",
+/// How a connection keyword is used once read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Use {
+    /// Read by viewkeeper to choose the servers to try, in which order.
+    Servers,
+    /// Read by viewkeeper: the role, database and password (tokio-postgres gets the result).
+    Login,
+    /// Read by viewkeeper to set up TLS over rustls.
+    Tls,
+    /// Handed to tokio-postgres as given, which checks it.
+    Passed,
+    /// A libpq keyword viewkeeper does not support: named in an error; its variable, when
+    /// set, draws a warning.
+    Unsupported,
+}
+
+/// A libpq connection keyword.
+#[derive(Debug)]
+pub(crate) struct Keyword {
+    pub(crate) name: &'static str,
+    /// The environment variable that gives it a default, as in libpq.
+    pub(crate) env: Option<&'static str>,
+    /// libpq's default when neither the string nor the variable gives it, when it is a
+    /// constant (the computed ones, such as the OS user, are in `settings::resolve`).
+    pub(crate) default: Option<&'static str>,
+    /// Whether its variable alone is enough to connect without a URL, as in psql: it names
+    /// a server, a role or how to reach it.
+    pub(crate) names_target: bool,
+    pub(crate) used: Use,
+}
+
+const fn kw(
+    name: &'static str,
+    env: Option<&'static str>,
+    default: Option<&'static str>,
+    names_target: bool,
+    used: Use,
+) -> Keyword {
+    Keyword {
+        name,
+        env,
+        default,
+        names_target,
+        used,
+    }
+}
+
+/// Every libpq keyword viewkeeper knows, and what becomes of it.
+#[rustfmt::skip]
+pub(crate) const KEYWORDS: &[Keyword] = &[
+    //  name                        variable                       default             target  used
+    kw("host",                      Some("PGHOST"),                None,               true,  Use::Servers),
+    kw("hostaddr",                  Some("PGHOSTADDR"),            None,               true,  Use::Servers),
+    kw("port",                      Some("PGPORT"),                Some("5432"),       true,  Use::Servers),
+    kw("load_balance_hosts",        Some("PGLOADBALANCEHOSTS"),    Some("disable"),    false, Use::Servers),
+    kw("dbname",                    Some("PGDATABASE"),            None,               true,  Use::Login),
+    kw("user",                      Some("PGUSER"),                None,               true,  Use::Login),
+    kw("password",                  Some("PGPASSWORD"),            None,               true,  Use::Login),
+    kw("passfile",                  Some("PGPASSFILE"),            None,               true,  Use::Login),
+    kw("application_name",          Some("PGAPPNAME"),             None,               false, Use::Login),
+    kw("fallback_application_name", None,                          Some("viewkeeper"), false, Use::Login),
+    kw("sslmode",                   Some("PGSSLMODE"),             Some("prefer"),     true,  Use::Tls),
+    kw("sslrootcert",               Some("PGSSLROOTCERT"),         None,               true,  Use::Tls),
+    kw("options",                   Some("PGOPTIONS"),             None,               false, Use::Passed),
+    kw("connect_timeout",           Some("PGCONNECT_TIMEOUT"),     None,               false, Use::Passed),
+    kw("tcp_user_timeout",          None,                          None,               false, Use::Passed),
+    kw("keepalives",                None,                          None,               false, Use::Passed),
+    kw("keepalives_idle",           None,                          None,               false, Use::Passed),
+    kw("keepalives_interval",       None,                          None,               false, Use::Passed),
+    kw("keepalives_retries",        None,                          None,               false, Use::Passed),
+    kw("target_session_attrs",      Some("PGTARGETSESSIONATTRS"),  None,               false, Use::Passed),
+    kw("channel_binding",           Some("PGCHANNELBINDING"),      None,               false, Use::Passed),
+    kw("sslnegotiation",            Some("PGSSLNEGOTIATION"),      None,               false, Use::Passed),
+    kw("service",                   Some("PGSERVICE"),             None,               false, Use::Unsupported),
+    kw("servicefile",               Some("PGSERVICEFILE"),         None,               false, Use::Unsupported),
+    kw("sslcert",                   Some("PGSSLCERT"),             None,               false, Use::Unsupported),
+    kw("sslkey",                    Some("PGSSLKEY"),              None,               false, Use::Unsupported),
+    kw("sslpassword",               None,                          None,               false, Use::Unsupported),
+    kw("sslcertmode",               None,                          None,               false, Use::Unsupported),
+    kw("sslcrl",                    Some("PGSSLCRL"),              None,               false, Use::Unsupported),
+    kw("sslcrldir",                 Some("PGSSLCRLDIR"),           None,               false, Use::Unsupported),
+    kw("sslsni",                    None,                          None,               false, Use::Unsupported),
+    kw("sslcompression",            None,                          None,               false, Use::Unsupported),
+    kw("ssl_min_protocol_version",  None,                          None,               false, Use::Unsupported),
+    kw("ssl_max_protocol_version",  None,                          None,               false, Use::Unsupported),
+    kw("requiressl",                Some("PGREQUIRESSL"),          None,               false, Use::Unsupported),
+    kw("require_auth",              Some("PGREQUIREAUTH"),         None,               false, Use::Unsupported),
+    kw("requirepeer",               None,                          None,               false, Use::Unsupported),
+    kw("gssencmode",                Some("PGGSSENCMODE"),          None,               false, Use::Unsupported),
+    kw("gsslib",                    None,                          None,               false, Use::Unsupported),
+    kw("gssdelegation",             None,                          None,               false, Use::Unsupported),
+    kw("krbsrvname",                None,                          None,               false, Use::Unsupported),
+    kw("replication",               None,                          None,               false, Use::Unsupported),
+    kw("client_encoding",           None,                          None,               false, Use::Unsupported),
+    kw("min_protocol_version",      None,                          None,               false, Use::Unsupported),
+    kw("max_protocol_version",      None,                          None,               false, Use::Unsupported),
 ];
+
+/// The keyword called `name`, supported or not.
+pub(crate) fn keyword(name: &str) -> Option<&'static Keyword> {
+    KEYWORDS.iter().find(|keyword| keyword.name == name)
+}
 
 /// A connection string split into keywords, in the order given; a later keyword wins.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -58,49 +135,25 @@ impl Conninfo {
     }
 
     fn push(&mut self, key: &str, value: impl Into<String>) -> Result<(), String> {
-        if !KEYWORDS.contains(&key) {
-            return Err(unknown_keyword(key));
+        match keyword(key) {
+            Some(keyword) if keyword.used != Use::Unsupported => {}
+            _ => return Err(unknown_keyword(key)),
         }
         self.pairs.push((key.to_owned(), value.into()));
         Ok(())
     }
 }
 
-/// libpq keywords that viewkeeper does not support: named in messages as they are.
-const UNSUPPORTED: &[&str] = &[
-    "sslcert",
-    "sslkey",
-    "sslpassword",
-    "sslcertmode",
-    "sslcrl",
-    "sslcrldir",
-    "sslsni",
-    "sslcompression",
-    "ssl_min_protocol_version",
-    "ssl_max_protocol_version",
-    "requiressl",
-    "require_auth",
-    "requirepeer",
-    "gssencmode",
-    "gsslib",
-    "gssdelegation",
-    "krbsrvname",
-    "service",
-    "replication",
-    "client_encoding",
-    "min_protocol_version",
-    "max_protocol_version",
-];
-
 /// The message for a keyword we do not know. Only keywords of libpq are quoted: anything else
 /// may be a piece of a password whose spaces were not quoted.
 fn unknown_keyword(key: &str) -> String {
-    if UNSUPPORTED.contains(&key) {
+    if keyword(key).is_some() {
         return format!("the connection option \"{key}\" is not supported");
     }
     let closest = KEYWORDS
         .iter()
-        .map(|known| (edit_distance(key, known), *known))
+        .filter(|known| known.used != Use::Unsupported)
+        .map(|known| (edit_distance(key, known.name), known.name))
         .min()
         .filter(|(distance, _)| *distance <= 2);
     match closest {
@@ -186,40 +239,7 @@ fn parse_url(rest: &str) -> Result<Conninfo, String> {
     }
 
     if !hostspec.is_empty() {
-        let mut hosts = Vec::new();
-        let mut ports = Vec::new();
-        for chunk in hostspec.split(',') {
-            let (host, port) = if let Some(bracketed) = chunk.strip_prefix('[') {
-                let Some((host, after)) = bracketed.split_once(']') else {
-                    return Err("an IPv6 address in the URL lacks its closing ']'".to_owned());
-                };
-                let port = match after {
-                    "" => None,
-                    _ => match after.strip_prefix(':') {
-                        Some(port) => Some(port),
-                        None => return Err("unexpected text after an IPv6 address".to_owned()),
-                    },
-                };
-                (host, port)
-            } else {
-                match chunk.split_once(':') {
-                    Some((host, port)) => (host, Some(port)),
-                    None => (chunk, None),
-                }
-            };
-            hosts.push(decode(host, "a host name")?);
-            let port = decode(port.unwrap_or(""), "a port")?;
-            if !port.is_empty() && port.parse::<u16>().is_err() {
-                return Err("invalid port number in the URL".to_owned());
-            }
-            ports.push(port);
-        }
-        if hosts.iter().any(|host| !host.is_empty()) {
-            info.push("host", hosts.join(","))?;
-        }
-        if ports.iter().any(|port| !port.is_empty()) {
-            info.push("port", ports.join(","))?;
-        }
+        push_hosts(&mut info, hostspec)?;
     }
 
     if let Some(path) = path
@@ -244,6 +264,45 @@ fn parse_url(rest: &str) -> Result<Conninfo, String> {
         }
     }
     Ok(info)
+}
+
+/// `host[:port],[v6]:port,…`: the URL's hosts and ports as the `host` and `port` lists.
+fn push_hosts(info: &mut Conninfo, hostspec: &str) -> Result<(), String> {
+    let mut hosts = Vec::new();
+    let mut ports = Vec::new();
+    for chunk in hostspec.split(',') {
+        let (host, port) = if let Some(bracketed) = chunk.strip_prefix('[') {
+            let Some((host, after)) = bracketed.split_once(']') else {
+                return Err("an IPv6 address in the URL lacks its closing ']'".to_owned());
+            };
+            let port = match after {
+                "" => None,
+                _ => match after.strip_prefix(':') {
+                    Some(port) => Some(port),
+                    None => return Err("unexpected text after an IPv6 address".to_owned()),
+                },
+            };
+            (host, port)
+        } else {
+            match chunk.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (chunk, None),
+            }
+        };
+        hosts.push(decode(host, "a host name")?);
+        let port = decode(port.unwrap_or(""), "a port")?;
+        if !port.is_empty() && port.parse::<u16>().is_err() {
+            return Err("invalid port number in the URL".to_owned());
+        }
+        ports.push(port);
+    }
+    if hosts.iter().any(|host| !host.is_empty()) {
+        info.push("host", hosts.join(","))?;
+    }
+    if ports.iter().any(|port| !port.is_empty()) {
+        info.push("port", ports.join(","))?;
+    }
+    Ok(())
 }
 
 fn decode(text: &str, what: &str) -> Result<String, String> {
@@ -425,5 +484,64 @@ mod tests {
             parse(&text).expect("parses").get("password"),
             Some("it's a \\ test")
         );
+    }
+
+    #[test]
+    fn the_keyword_table_has_one_row_per_keyword_and_variable() {
+        let mut names: Vec<&str> = KEYWORDS.iter().map(|keyword| keyword.name).collect();
+        let mut vars: Vec<&str> = KEYWORDS.iter().filter_map(|keyword| keyword.env).collect();
+        let (name_count, var_count) = (names.len(), vars.len());
+        names.sort_unstable();
+        names.dedup();
+        vars.sort_unstable();
+        vars.dedup();
+        assert_eq!(names.len(), name_count, "a keyword is listed twice");
+        assert_eq!(vars.len(), var_count, "a variable is listed twice");
+        assert!(vars.iter().all(|var| var.starts_with("PG")), "{vars:?}");
+        // Only variables of keywords viewkeeper reads itself are enough to connect.
+        for keyword in KEYWORDS.iter().filter(|keyword| keyword.names_target) {
+            assert!(keyword.env.is_some(), "{}", keyword.name);
+            assert!(
+                matches!(keyword.used, Use::Servers | Use::Login | Use::Tls),
+                "{}",
+                keyword.name
+            );
+        }
+    }
+
+    #[test]
+    fn the_keyword_table_decides_what_a_string_may_say() {
+        for keyword in KEYWORDS {
+            let text = format!("{}=x", keyword.name);
+            match keyword.used {
+                Use::Unsupported => assert_eq!(
+                    parse(&text).expect_err(&text),
+                    format!(
+                        "the connection option \"{}\" is not supported",
+                        keyword.name
+                    )
+                ),
+                _ => assert_eq!(parse(&text).expect(&text).get(keyword.name), Some("x")),
+            }
+        }
+        // Suggestions come from the supported keywords only.
+        assert!(
+            parse("sslkeys=x")
+                .expect_err("misspelt")
+                .contains("not shown")
+        );
+    }
+
+    #[test]
+    fn tokio_postgres_knows_every_keyword_passed_on_to_it() {
+        for keyword in KEYWORDS
+            .iter()
+            .filter(|keyword| keyword.used == Use::Passed)
+        {
+            if let Err(error) = format!("{}=x", keyword.name).parse::<tokio_postgres::Config>() {
+                let text = crate::db::describe(&error);
+                assert!(!text.contains("unknown option"), "{}: {text}", keyword.name);
+            }
+        }
     }
 }

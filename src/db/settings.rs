@@ -12,74 +12,14 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use super::ConnectError;
-use super::conninfo::{self, Conninfo};
+use super::conninfo::{self, Conninfo, KEYWORDS, Use, keyword};
+use super::mask::{Shown, mask_password};
+
+/// libpq's port (the `port` keyword's default).
+const DEFAULT_PORT: u16 = 5432;
 
 /// Where libpq looks for a local server's socket when no host is given, in order.
 pub const DEFAULT_SOCKET_DIRS: &[&str] = &["/var/run/postgresql", "/tmp"];
-
-/// The environment variable that gives each connection option a default.
-const ENV_VARS: &[(&str, &str)] = &[
-    ("host", "PGHOST"),
-    ("hostaddr", "PGHOSTADDR"),
-    ("port", "PGPORT"),
-    ("dbname", "PGDATABASE"),
-    ("user", "PGUSER"),
-    ("password", "PGPASSWORD"),
-    ("passfile", "PGPASSFILE"),
-    ("application_name", "PGAPPNAME"),
-    ("options", "PGOPTIONS"),
-    ("connect_timeout", "PGCONNECT_TIMEOUT"),
-    ("target_session_attrs", "PGTARGETSESSIONATTRS"),
-    ("channel_binding", "PGCHANNELBINDING"),
-    ("load_balance_hosts", "PGLOADBALANCEHOSTS"),
-    ("sslmode", "PGSSLMODE"),
-    ("sslnegotiation", "PGSSLNEGOTIATION"),
-    ("sslrootcert", "PGSSLROOTCERT"),
-];
-
-/// Variables that name a server, a role or how to reach it: any of them set is enough to
-/// connect without a URL, as psql does.
-pub const TARGET_VARS: &[&str] = &[
-    "PGHOST",
-    "PGHOSTADDR",
-    "PGPORT",
-    "PGDATABASE",
-    "PGUSER",
-    "PGPASSWORD",
-    "PGPASSFILE",
-    "PGSSLMODE",
-    "PGSSLROOTCERT",
-];
-
-/// Variables libpq reads that viewkeeper does not support; a warning says they are ignored.
-const IGNORED_VARS: &[&str] = &[
-    "PGSERVICE",
-    "PGSERVICEFILE",
-    "PGSSLCERT",
-    "PGSSLKEY",
-    "PGSSLCRL",
-    "PGSSLCRLDIR",
-    "PGREQUIRESSL",
-    "PGREQUIREAUTH",
-    "PGGSSENCMODE",
-];
-
-/// Options handed to tokio-postgres as they are.
-const PASSED_THROUGH: &[&str] = &[
-    "options",
-    "connect_timeout",
-    "tcp_user_timeout",
-    "keepalives",
-    "keepalives_idle",
-    "keepalives_interval",
-    "keepalives_retries",
-    "target_session_attrs",
-    "channel_binding",
-    "sslnegotiation",
-];
-
-/// The application name when neither the connection string nor `PGAPPNAME` gives one.
-const FALLBACK_APPLICATION_NAME: &str = "viewkeeper";
 
 /// What connecting reads from outside the connection string: environment variables, the
 /// OS user's name, and which server sockets exist in the default socket folders.
@@ -165,11 +105,19 @@ impl Environment {
     }
 
     /// The connection string to use: the one given (`--database-url` or `DATABASE_URL`), or
-    /// an empty one meaning "from the `PG*` variables" when any of [`TARGET_VARS`] is set.
+    /// an empty one meaning "from the `PG*` variables" when any variable that names a server,
+    /// a role or how to reach it is set.
     pub fn database_url(&self, given: Option<&str>) -> Result<String, ConnectError> {
         match given {
             Some(url) => Ok(url.to_owned()),
-            None if TARGET_VARS.iter().any(|name| self.var(name).is_some()) => Ok(String::new()),
+            None if KEYWORDS
+                .iter()
+                .filter(|keyword| keyword.names_target)
+                .filter_map(|keyword| keyword.env)
+                .any(|name| self.var(name).is_some()) =>
+            {
+                Ok(String::new())
+            }
             None => Err(ConnectError::MissingUrl),
         }
     }
@@ -335,279 +283,299 @@ impl Settings {
 impl fmt::Display for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let hosts: Vec<String> = self.targets.iter().map(Target::to_string).collect();
-        f.write_str(&display(&Shown {
-            user: Some(&self.user),
-            has_password: self.password.is_some(),
-            hosts: &hosts,
-            dbname: Some(&self.dbname),
-            sslmode: self.sslmode_given.then(|| self.sslmode.as_str()),
-            sslrootcert: self.sslrootcert.as_ref().map(|root| match root {
-                RootCert::File(path) => path.to_string_lossy(),
-                RootCert::System => "system".into(),
-            }),
-        }))
-    }
-}
-
-/// The parts of a connection target that messages show.
-struct Shown<'a> {
-    user: Option<&'a str>,
-    has_password: bool,
-    /// `host:port` each.
-    hosts: &'a [String],
-    dbname: Option<&'a str>,
-    sslmode: Option<&'a str>,
-    sslrootcert: Option<std::borrow::Cow<'a, str>>,
-}
-
-fn display(shown: &Shown<'_>) -> String {
-    let mut text = String::from("postgresql://");
-    if let Some(user) = shown.user {
-        text.push_str(user);
-        if shown.has_password {
-            text.push_str(":***");
-        }
-        text.push('@');
-    }
-    text.push_str(&shown.hosts.join(","));
-    if let Some(dbname) = shown.dbname {
-        text.push('/');
-        text.push_str(dbname);
-    }
-    let mut query = Vec::new();
-    if let Some(mode) = shown.sslmode {
-        query.push(format!("sslmode={mode}"));
-    }
-    if let Some(root) = &shown.sslrootcert {
-        query.push(format!("sslrootcert={root}"));
-    }
-    if !query.is_empty() {
-        text.push('?');
-        text.push_str(&query.join("&"));
-    }
-    text
-}
-
-/// The masked form of a connection string on its own (no environment), or
-/// `<database URL>` when it cannot be parsed.
-pub(crate) fn mask(url: &str) -> String {
-    let Ok(info) = conninfo::parse(url) else {
-        return "<database URL>".to_owned();
-    };
-    let hosts: Vec<&str> = info
-        .get("host")
-        .or(info.get("hostaddr"))
-        .map(|hosts| hosts.split(',').collect())
-        .unwrap_or_default();
-    let ports: Vec<&str> = info
-        .get("port")
-        .map(|ports| ports.split(',').collect())
-        .unwrap_or_default();
-    let hosts: Vec<String> = hosts
-        .iter()
-        .enumerate()
-        .map(|(i, host)| {
-            let host = if host.contains(':') && !host.starts_with('/') {
-                format!("[{host}]")
-            } else {
-                (*host).to_owned()
-            };
-            match ports.get(i).or(ports.first()).filter(|p| !p.is_empty()) {
-                Some(port) => format!("{host}:{port}"),
-                None => host,
+        f.write_str(
+            &Shown {
+                user: Some(&self.user),
+                has_password: self.password.is_some(),
+                hosts: &hosts,
+                dbname: Some(&self.dbname),
+                sslmode: self.sslmode_given.then(|| self.sslmode.as_str()),
+                sslrootcert: self.sslrootcert.as_ref().map(|root| match root {
+                    RootCert::File(path) => path.to_string_lossy(),
+                    RootCert::System => "system".into(),
+                }),
             }
-        })
-        .collect();
-    display(&Shown {
-        user: info.get("user"),
-        has_password: info.get("password").is_some(),
-        hosts: &hosts,
-        dbname: info.get("dbname"),
-        sslmode: info.get("sslmode"),
-        sslrootcert: info.get("sslrootcert").map(Into::into),
-    })
+            .render(),
+        )
+    }
 }
 
 /// Resolves a connection string (a URL, a `key=value` string, or empty for "from the
 /// environment only") against `env`, as libpq would.
 pub fn resolve(url: &str, env: &Environment) -> Result<Settings, ConnectError> {
-    let invalid = |message: String| ConnectError::InvalidUrl {
-        url: if url.trim().is_empty() {
-            "(none: the PG* environment variables)".to_owned()
-        } else {
-            mask(url)
-        },
-        message,
-    };
-    let info = conninfo::parse(url).map_err(invalid)?;
-    let value = |key: &str| lookup(&info, env, key);
-    // " (from PGPORT)" when a value came from the environment, for messages.
-    let from = |key: &str| match info.get(key).filter(|v| !v.is_empty()) {
-        Some(_) => String::new(),
-        None => env_var(key).map_or_else(String::new, |var| format!(" (from {var})")),
-    };
+    let given = Given::parse(url, env)?;
+    let targets = given.targets()?;
+    let load_balance = given.load_balance()?;
+    let login = given.login()?;
+    let tls = given.tls()?;
+    let application_name = given
+        .value("application_name")
+        .or(given.info.get("fallback_application_name"))
+        .or_else(|| keyword("fallback_application_name").and_then(|k| k.default))
+        .unwrap_or_default()
+        .to_owned();
+    let mut config = given.passed_on()?;
+    config
+        .user(&login.user)
+        .dbname(&login.dbname)
+        .application_name(&application_name);
+    Ok(Settings {
+        targets,
+        user: login.user,
+        dbname: login.dbname,
+        password: login.password,
+        passfile: login.passfile,
+        sslmode: tls.mode,
+        sslmode_given: tls.mode_given,
+        sslrootcert: tls.rootcert,
+        default_rootcert: tls.default_rootcert,
+        application_name,
+        load_balance,
+        ignored_vars: given.ignored_vars(),
+        config,
+    })
+}
 
-    // Servers.
-    let hosts = split_list(value("host"));
-    let hostaddrs = split_list(value("hostaddr"))
-        .into_iter()
-        .map(|addr| {
-            addr.parse::<IpAddr>().map_err(|_| {
-                invalid(format!(
-                    "invalid IP address in hostaddr{}",
-                    from("hostaddr")
-                ))
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    if !hosts.is_empty() && !hostaddrs.is_empty() && hosts.len() != hostaddrs.len() {
-        return Err(invalid(format!(
-            "could not match {} host names to {} hostaddr values",
-            hosts.len(),
-            hostaddrs.len()
-        )));
+/// A parsed connection string and the environment that fills in what it leaves out.
+struct Given<'a> {
+    url: &'a str,
+    info: Conninfo,
+    env: &'a Environment,
+}
+
+/// The role, database and password.
+struct Login {
+    user: String,
+    dbname: String,
+    password: Option<Secret>,
+    passfile: Option<PathBuf>,
+}
+
+/// How to set up TLS.
+struct Tls {
+    mode: SslMode,
+    mode_given: bool,
+    rootcert: Option<RootCert>,
+    default_rootcert: Option<PathBuf>,
+}
+
+impl<'a> Given<'a> {
+    fn parse(url: &'a str, env: &'a Environment) -> Result<Given<'a>, ConnectError> {
+        let mut given = Given {
+            url,
+            info: Conninfo::default(),
+            env,
+        };
+        given.info = conninfo::parse(url).map_err(|message| given.invalid(message))?;
+        Ok(given)
     }
-    let count = hosts.len().max(hostaddrs.len()).max(1);
-    let ports = split_list(value("port"))
-        .into_iter()
-        .map(|port| match port {
-            "" => Ok(5432),
-            port => port
-                .parse::<u16>()
-                .ok()
-                .filter(|port| *port != 0)
-                .ok_or_else(|| invalid(format!("invalid port number{}", from("port")))),
-        })
-        .collect::<Result<Vec<u16>, _>>()?;
-    if ports.len() > 1 && ports.len() != count {
-        return Err(invalid(format!(
-            "could not match {} port numbers to {count} hosts",
-            ports.len()
-        )));
+
+    /// The error for a bad connection string or variable, showing the string masked.
+    fn invalid(&self, message: String) -> ConnectError {
+        ConnectError::InvalidUrl {
+            url: if self.url.trim().is_empty() {
+                "(none: the PG* environment variables)".to_owned()
+            } else {
+                mask_password(self.url)
+            },
+            message,
+        }
     }
-    let targets = (0..count)
-        .map(|i| {
-            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+
+    /// An option's value: the connection string's, else its environment variable's. Empty
+    /// values count as not given, as they do in libpq for most options.
+    fn value(&self, key: &str) -> Option<&str> {
+        self.info
+            .get(key)
+            .filter(|v| !v.is_empty())
+            .or_else(|| env_var(key).and_then(|var| self.env.var(var)))
+    }
+
+    /// " (from PGPORT)" when a value came from the environment, for messages.
+    fn from(&self, key: &str) -> String {
+        match self.info.get(key).filter(|v| !v.is_empty()) {
+            Some(_) => String::new(),
+            None => env_var(key).map_or_else(String::new, |var| format!(" (from {var})")),
+        }
+    }
+
+    /// The servers to try: `host`, `hostaddr` and `port` lists matched up, and libpq's
+    /// default host where none is given.
+    fn targets(&self) -> Result<Vec<Target>, ConnectError> {
+        let hosts = split_list(self.value("host"));
+        let hostaddrs = self.hostaddrs()?;
+        if !hosts.is_empty() && !hostaddrs.is_empty() && hosts.len() != hostaddrs.len() {
+            return Err(self.invalid(format!(
+                "could not match {} host names to {} hostaddr values",
+                hosts.len(),
+                hostaddrs.len()
+            )));
+        }
+        let count = hosts.len().max(hostaddrs.len()).max(1);
+        let ports = self.ports()?;
+        if ports.len() > 1 && ports.len() != count {
+            return Err(self.invalid(format!(
+                "could not match {} port numbers to {count} hosts",
+                ports.len()
+            )));
+        }
+        let targets = (0..count).map(|i| {
+            let port = ports
+                .get(i)
+                .or(ports.first())
+                .copied()
+                .unwrap_or(DEFAULT_PORT);
             let hostaddr = hostaddrs.get(i).copied();
             let host = match (hosts.get(i).filter(|h| !h.is_empty()), hostaddr) {
                 (Some(host), _) if host.starts_with('/') => Host::Unix(PathBuf::from(host)),
                 (Some(host), _) => Host::Tcp((*host).to_owned()),
                 (None, Some(addr)) => Host::Tcp(addr.to_string()),
-                (None, None) => default_host(env, port),
+                (None, None) => default_host(self.env, port),
             };
             Target {
                 host,
                 hostaddr,
                 port,
             }
-        })
-        .collect();
-
-    // Who, where, with what.
-    let user = match value("user") {
-        Some(user) => user.to_owned(),
-        None => env.os_user.clone().ok_or_else(|| {
-            invalid("no user name: set PGUSER or put a user in the connection string".to_owned())
-        })?,
-    };
-    let dbname = value("dbname").unwrap_or(&user).to_owned();
-    let password = value("password").map(|p| Secret(p.to_owned()));
-    let home = env.var("HOME").map(Path::new);
-    let passfile = value("passfile")
-        .map(PathBuf::from)
-        .or_else(|| home.map(|home| home.join(".pgpass")));
-
-    // TLS.
-    let sslrootcert = value("sslrootcert").map(|root| match root {
-        "system" => RootCert::System,
-        path => RootCert::File(PathBuf::from(path)),
-    });
-    let given_mode = value("sslmode")
-        .map(str::parse::<SslMode>)
-        .transpose()
-        .map_err(invalid)?;
-    let sslmode = match (given_mode, &sslrootcert) {
-        (None, Some(RootCert::System)) => SslMode::VerifyFull,
-        (Some(mode), Some(RootCert::System)) if mode != SslMode::VerifyFull => {
-            return Err(invalid(format!(
-                "weak sslmode \"{mode}\" may not be used with sslrootcert=system (use \"verify-full\")"
-            )));
-        }
-        (mode, _) => mode.unwrap_or(SslMode::Prefer),
-    };
-    if value("sslnegotiation") == Some("direct")
-        && matches!(sslmode, SslMode::Disable | SslMode::Allow | SslMode::Prefer)
-    {
-        return Err(invalid(format!(
-            "weak sslmode \"{sslmode}\" may not be used with sslnegotiation=direct \
-             (use \"require\", \"verify-ca\", or \"verify-full\")"
-        )));
+        });
+        Ok(targets.collect())
     }
-    let default_rootcert = home.map(|home| home.join(".postgresql").join("root.crt"));
 
-    let application_name = value("application_name")
-        .or(info.get("fallback_application_name"))
-        .unwrap_or(FALLBACK_APPLICATION_NAME)
-        .to_owned();
-    let load_balance = match value("load_balance_hosts") {
-        None | Some("disable") => false,
-        Some("random") => true,
-        Some(other) => {
-            return Err(invalid(format!(
+    fn hostaddrs(&self) -> Result<Vec<IpAddr>, ConnectError> {
+        split_list(self.value("hostaddr"))
+            .into_iter()
+            .map(|addr| {
+                addr.parse::<IpAddr>().map_err(|_| {
+                    self.invalid(format!(
+                        "invalid IP address in hostaddr{}",
+                        self.from("hostaddr")
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// The port list; an empty entry is the default port.
+    fn ports(&self) -> Result<Vec<u16>, ConnectError> {
+        split_list(self.value("port"))
+            .into_iter()
+            .map(|port| match port {
+                "" => Ok(DEFAULT_PORT),
+                port => port
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|port| *port != 0)
+                    .ok_or_else(|| {
+                        self.invalid(format!("invalid port number{}", self.from("port")))
+                    }),
+            })
+            .collect()
+    }
+
+    /// `load_balance_hosts=random`: try the servers in a random order.
+    fn load_balance(&self) -> Result<bool, ConnectError> {
+        match self.value("load_balance_hosts") {
+            None | Some("disable") => Ok(false),
+            Some("random") => Ok(true),
+            Some(other) => Err(self.invalid(format!(
                 "invalid load_balance_hosts \"{other}\": use disable or random"
+            ))),
+        }
+    }
+
+    /// The role (the OS user's name by default), the database (the role's name by
+    /// default), the password, and the password file (`~/.pgpass` by default).
+    fn login(&self) -> Result<Login, ConnectError> {
+        let user = match self.value("user") {
+            Some(user) => user.to_owned(),
+            None => self.env.os_user.clone().ok_or_else(|| {
+                self.invalid(
+                    "no user name: set PGUSER or put a user in the connection string".to_owned(),
+                )
+            })?,
+        };
+        Ok(Login {
+            dbname: self.value("dbname").unwrap_or(&user).to_owned(),
+            password: self.value("password").map(|p| Secret(p.to_owned())),
+            passfile: self
+                .value("passfile")
+                .map(PathBuf::from)
+                .or_else(|| self.home().map(|home| home.join(".pgpass"))),
+            user,
+        })
+    }
+
+    fn home(&self) -> Option<&Path> {
+        self.env.var("HOME").map(Path::new)
+    }
+
+    /// `sslmode` and the root certificates, checked against each other and against
+    /// `sslnegotiation` as libpq checks them.
+    fn tls(&self) -> Result<Tls, ConnectError> {
+        let rootcert = self.value("sslrootcert").map(|root| match root {
+            "system" => RootCert::System,
+            path => RootCert::File(PathBuf::from(path)),
+        });
+        let given_mode = self
+            .value("sslmode")
+            .map(str::parse::<SslMode>)
+            .transpose()
+            .map_err(|message| self.invalid(message))?;
+        let mode = match (given_mode, &rootcert) {
+            (None, Some(RootCert::System)) => SslMode::VerifyFull,
+            (Some(mode), Some(RootCert::System)) if mode != SslMode::VerifyFull => {
+                return Err(self.invalid(format!(
+                    "weak sslmode \"{mode}\" may not be used with sslrootcert=system (use \"verify-full\")"
+                )));
+            }
+            (mode, _) => mode.unwrap_or(SslMode::Prefer),
+        };
+        if self.value("sslnegotiation") == Some("direct")
+            && matches!(mode, SslMode::Disable | SslMode::Allow | SslMode::Prefer)
+        {
+            return Err(self.invalid(format!(
+                "weak sslmode \"{mode}\" may not be used with sslnegotiation=direct \
+                 (use \"require\", \"verify-ca\", or \"verify-full\")"
             )));
         }
-    };
+        Ok(Tls {
+            mode,
+            mode_given: given_mode.is_some(),
+            rootcert,
+            default_rootcert: self
+                .home()
+                .map(|home| home.join(".postgresql").join("root.crt")),
+        })
+    }
 
-    // Everything else goes to tokio-postgres, which checks it.
-    let passed: Vec<String> = PASSED_THROUGH
-        .iter()
-        .filter_map(|key| value(key).map(|v| format!("{key}={}", conninfo::quote(v))))
-        .collect();
-    let mut config = tokio_postgres::Config::from_str(&passed.join(" "))
-        .map_err(|error| invalid(super::describe(&error)))?;
-    config
-        .user(&user)
-        .dbname(&dbname)
-        .application_name(&application_name);
+    /// The options tokio-postgres takes as they are, in its `Config`, which checks them.
+    fn passed_on(&self) -> Result<tokio_postgres::Config, ConnectError> {
+        let passed: Vec<String> = KEYWORDS
+            .iter()
+            .filter(|keyword| keyword.used == Use::Passed)
+            .filter_map(|keyword| {
+                let value = self.value(keyword.name)?;
+                Some(format!("{}={}", keyword.name, conninfo::quote(value)))
+            })
+            .collect();
+        tokio_postgres::Config::from_str(&passed.join(" "))
+            .map_err(|error| self.invalid(super::describe(&error)))
+    }
 
-    let ignored_vars = IGNORED_VARS
-        .iter()
-        .copied()
-        .filter(|name| env.var(name).is_some())
-        .collect();
-
-    Ok(Settings {
-        targets,
-        user,
-        dbname,
-        password,
-        passfile,
-        sslmode,
-        sslmode_given: given_mode.is_some(),
-        sslrootcert,
-        default_rootcert,
-        application_name,
-        load_balance,
-        ignored_vars,
-        config,
-    })
+    /// The variables of unsupported keywords that are set, for a warning.
+    fn ignored_vars(&self) -> Vec<&'static str> {
+        KEYWORDS
+            .iter()
+            .filter(|keyword| keyword.used == Use::Unsupported)
+            .filter_map(|keyword| keyword.env)
+            .filter(|var| self.env.var(var).is_some())
+            .collect()
+    }
 }
 
 /// The environment variable for an option.
 fn env_var(key: &str) -> Option<&'static str> {
-    ENV_VARS
-        .iter()
-        .find(|(option, _)| *option == key)
-        .map(|(_, var)| *var)
-}
-
-/// An option's value: the connection string's, else its environment variable's. Empty
-/// values count as not given, as they do in libpq for most options.
-fn lookup<'a>(info: &'a Conninfo, env: &'a Environment, key: &str) -> Option<&'a str> {
-    info.get(key)
-        .filter(|v| !v.is_empty())
-        .or_else(|| env_var(key).and_then(|var| env.var(var)))
+    keyword(key).and_then(|keyword| keyword.env)
 }
 
 fn split_list(value: Option<&str>) -> Vec<&str> {
@@ -880,5 +848,30 @@ mod tests {
     fn ignored_variables_are_listed() {
         let settings = resolved("host=h", &[("PGSSLCERT", "/x.crt"), ("PGSERVICE", "s")]);
         assert_eq!(settings.ignored_vars, vec!["PGSERVICE", "PGSSLCERT"]);
+    }
+
+    #[test]
+    fn the_keyword_tables_defaults_are_the_ones_used() {
+        let default = |name: &str| keyword(name).and_then(|keyword| keyword.default);
+        let settings = resolved("", &[]);
+        assert_eq!(
+            default("port"),
+            Some(settings.targets[0].port.to_string().as_str())
+        );
+        assert_eq!(default("sslmode"), Some(settings.sslmode.as_str()));
+        assert_eq!(
+            default("fallback_application_name"),
+            Some(settings.application_name.as_str())
+        );
+        assert_eq!(default("load_balance_hosts"), Some("disable"));
+        assert!(!settings.load_balance);
+        // Every variable of a keyword that names a target is enough on its own.
+        for keyword in KEYWORDS.iter().filter(|keyword| keyword.names_target) {
+            let var = keyword.env.unwrap_or_default();
+            let env = Environment::from_vars([(var, "x")]);
+            assert_eq!(env.database_url(None).expect(var), "");
+        }
+        let env = Environment::from_vars([("PGAPPNAME", "x"), ("PGOPTIONS", "x")]);
+        assert!(env.database_url(None).is_err());
     }
 }
