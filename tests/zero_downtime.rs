@@ -87,7 +87,7 @@ fn appending_a_column_to_a_middle_view_replaces_it_in_place_and_keeps_every_oid(
         "one in-place replace and no rebuild above it:\n{stdout}"
     );
     assert!(
-        stdout.contains("- adds columns cat integer, doubled integer"),
+        stdout.contains("· adds columns cat integer, doubled integer"),
         "the plan names the appended columns, as PostgreSQL typed them:\n{stdout}"
     );
 
