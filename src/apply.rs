@@ -547,7 +547,10 @@ pub async fn read_catalog(
         // Normalising needs temporary objects; without that right (or on a read-only
         // replica) objects are simply not adopted, and the plan says what it would do.
         match normalise_both_sides(&savepoint, &catalog, &candidates).await {
-            Ok(normalised) => catalog.normalised = normalised,
+            Ok((normalised, columns)) => {
+                catalog.normalised = normalised;
+                catalog.compiled_columns = columns;
+            }
             Err(error) => tracing::info!(
                 "cannot compare declared queries with live ones, so nothing is adopted: {}",
                 describe(&error)
@@ -562,13 +565,26 @@ pub async fn read_catalog(
 /// fixed point (a `NATURAL JOIN` with no common column prints as `ON TRUE`, which prints
 /// back as `ON (true)`), so where the declared query prints differently from the live
 /// definition, the live definition is put through the same round trip; when both sides
-/// then print the same, the declared query counts as the live one.
+/// then print the same, the declared query counts as the live one. Also gives the columns of
+/// each compiled declared query.
 async fn normalise_both_sides(
     client: &Transaction<'_>,
     catalog: &Catalog,
-    candidates: &[(crate::name::QualifiedName, String)],
-) -> Result<std::collections::BTreeMap<crate::name::QualifiedName, String>, tokio_postgres::Error> {
-    let mut normalised = catalog::normalise(client, candidates).await?;
+    candidates: &[(QualifiedName, String)],
+) -> Result<
+    (
+        BTreeMap<QualifiedName, String>,
+        BTreeMap<QualifiedName, Vec<String>>,
+    ),
+    tokio_postgres::Error,
+> {
+    let compiled = catalog::read_back(client, candidates).await?;
+    let mut columns = BTreeMap::new();
+    let mut normalised = BTreeMap::new();
+    for (name, compiled) in compiled {
+        columns.insert(name.clone(), compiled.columns);
+        normalised.insert(name, compiled.definition);
+    }
     let differing: Vec<_> = normalised
         .iter()
         .filter_map(|(name, declared)| {
@@ -583,7 +599,7 @@ async fn normalise_both_sides(
             normalised.insert(name, relation.definition.clone());
         }
     }
-    Ok(normalised)
+    Ok((normalised, columns))
 }
 
 /// Proves that `plan` applies: compiles every query it creates as a temporary view, in

@@ -32,6 +32,10 @@ pub struct Catalog {
     /// from them), to tell an equivalent query from a changed one; the live definition
     /// itself where the live one, printed again, reads the same. Filled by [`normalise`].
     pub normalised: BTreeMap<QualifiedName, String>,
+    /// The columns PostgreSQL gives some declared queries (those of [`Self::normalised`]),
+    /// compiled on their own: a plain view whose new columns extend its live ones can be
+    /// replaced in place. Filled by [`read_back`].
+    pub compiled_columns: BTreeMap<QualifiedName, Vec<String>>,
     /// [`schema_fingerprint`], when a saved plan needs it.
     pub schema_digest: Option<String>,
     /// The latest drop the guard recorded for each object (empty without the guard).
@@ -57,6 +61,8 @@ pub struct Relation {
     /// Triggers, rules, column privileges and column comments: kept by an in-place change,
     /// lost by a rebuild, and not expressible in a declaration.
     pub undeclarable: Vec<String>,
+    /// Each column as `name type collation-oid`, in order ([`column_sql`]).
+    pub columns: Vec<String>,
     pub indexes: BTreeMap<String, LiveIndex>,
     /// Privileges granted to roles other than the owner.
     pub grants: BTreeSet<(Grantee, String)>,
@@ -134,8 +140,17 @@ CROSS JOIN LATERAL aclexplode(d.defaclacl) a
 WHERE d.defaclrole = (SELECT oid FROM pg_roles WHERE rolname = current_user)
   AND d.defaclobjtype = 'r' AND a.grantee <> d.defaclrole";
 
+/// One column of `pg_attribute a` as `name type collation-oid`: what `CREATE OR REPLACE
+/// VIEW` requires to stay the same for every existing column.
+macro_rules! column_sql {
+    () => {
+        "a.attname::text || ' ' || format_type(a.atttypid, a.atttypmod) || ' ' || a.attcollation::text"
+    };
+}
+
 // language=SQL
-const RELATIONS: &str = "
+const RELATIONS: &str = concat!(
+    "
 SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text, pg_get_userbyid(c.relowner)::text,
        pg_get_viewdef(c.oid), c.relispopulated, obj_description(c.oid, 'pg_class'),
        coalesce(c.reloptions, '{}')::text[],
@@ -151,11 +166,16 @@ SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text, pg_get_userbyid
              UNION ALL
              SELECT 'comment on column ' || a.attname FROM pg_description d
              JOIN pg_attribute a ON a.attrelid = d.objoid AND a.attnum = d.objsubid
-             WHERE d.classoid = 'pg_class'::regclass AND d.objoid = c.oid AND d.objsubid > 0)
+             WHERE d.classoid = 'pg_class'::regclass AND d.objoid = c.oid AND d.objsubid > 0),
+       ARRAY(SELECT ",
+    column_sql!(),
+    " FROM pg_attribute a
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum)
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('v', 'm')
-  AND n.nspname <> ALL($1::text[]) AND n.nspname NOT LIKE 'pg\\_%'";
+  AND n.nspname <> ALL($1::text[]) AND n.nspname NOT LIKE 'pg\\_%'"
+);
 
 // language=SQL
 const INDEXES: &str = "
@@ -276,6 +296,7 @@ pub async fn introspect(
                     .map(|(key, value)| (key.to_owned(), value.to_owned()))
                     .collect(),
                 undeclarable: row.get(9),
+                columns: row.get(10),
                 indexes: BTreeMap::new(),
                 grants: BTreeSet::new(),
             },
@@ -411,6 +432,27 @@ pub async fn normalise(
     client: &impl GenericClient,
     queries: &[(QualifiedName, String)],
 ) -> Result<BTreeMap<QualifiedName, String>, tokio_postgres::Error> {
+    Ok(read_back(client, queries)
+        .await?
+        .into_iter()
+        .map(|(name, compiled)| (name, compiled.definition))
+        .collect())
+}
+
+/// What PostgreSQL makes of a query compiled as a temporary view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compiled {
+    /// `pg_get_viewdef` of the temporary view.
+    pub definition: String,
+    /// Its columns, as [`Relation::columns`] gives a live relation's.
+    pub columns: Vec<String>,
+}
+
+/// [`normalise`], with the column list of each compiled query.
+pub async fn read_back(
+    client: &impl GenericClient,
+    queries: &[(QualifiedName, String)],
+) -> Result<BTreeMap<QualifiedName, Compiled>, tokio_postgres::Error> {
     if queries.is_empty() {
         return Ok(BTreeMap::new());
     }
@@ -427,9 +469,9 @@ pub async fn normalise(
             .map(|sql| client.query_typed(sql, &[]))
     });
     let mut answers = futures_util::future::join_all(requests).await.into_iter();
-    let mut normalised = BTreeMap::new();
+    let mut compiled = BTreeMap::new();
     for (name, _) in queries {
-        let (Some(created), Some(definition), Some(undone)) =
+        let (Some(created), Some(read), Some(undone)) =
             (answers.next(), answers.next(), answers.next())
         else {
             break;
@@ -439,22 +481,36 @@ pub async fn normalise(
             tracing::debug!("PostgreSQL rejects the declared query of {name}: {error}");
             continue;
         }
-        if let Some(text) = definition?
-            .first()
-            .and_then(|row| row.get::<_, Option<String>>(0))
-        {
-            normalised.insert(name.clone(), text);
+        let read = read?;
+        let Some(row) = read.first() else {
+            continue;
+        };
+        if let Some(definition) = row.get::<_, Option<String>>(0) {
+            compiled.insert(
+                name.clone(),
+                Compiled {
+                    definition,
+                    columns: row.get(1),
+                },
+            );
         }
     }
-    Ok(normalised)
+    Ok(compiled)
 }
 
 const NORMALISE_VIEW: &str = "pg_temp.viewkeeper_normalise";
 const NORMALISE_SAVEPOINT: &str = "SAVEPOINT viewkeeper_normalise_each";
 // `to_regclass` at run time: a `'…'::regclass` literal would be resolved when the statement
 // is parsed, before the view exists.
-const NORMALISE_READ_BACK: &str =
-    "SELECT pg_get_viewdef(to_regclass('pg_temp.viewkeeper_normalise'))";
+// language=SQL
+const NORMALISE_READ_BACK: &str = concat!(
+    "SELECT pg_get_viewdef(to_regclass('pg_temp.viewkeeper_normalise')),
+            ARRAY(SELECT ",
+    column_sql!(),
+    " FROM pg_attribute a
+                  WHERE a.attrelid = to_regclass('pg_temp.viewkeeper_normalise')
+                    AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum)"
+);
 const NORMALISE_UNDO: &str = "ROLLBACK TO SAVEPOINT viewkeeper_normalise_each";
 
 // Every column of every user relation: changes whenever a migration adds, drops, renames

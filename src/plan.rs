@@ -80,6 +80,8 @@ pub enum Change {
     Forget,
     Create,
     Replace,
+    /// `CREATE OR REPLACE VIEW`: the view keeps its OID, grants, comments and dependents.
+    ReplaceInPlace,
     Rebuild,
     Alter,
     Refresh,
@@ -92,6 +94,7 @@ impl Change {
             Change::Forget => "forget",
             Change::Create => "create",
             Change::Replace => "replace",
+            Change::ReplaceInPlace => "replace in place",
             Change::Rebuild => "rebuild",
             Change::Alter => "alter",
             Change::Refresh => "refresh",
@@ -359,6 +362,13 @@ enum Status {
         reason: String,
         diff: Option<String>,
     },
+    /// A plain view whose new columns extend its live ones: `CREATE OR REPLACE VIEW`.
+    ReplaceInPlace {
+        reason: String,
+        diff: Option<String>,
+        /// The columns the new query appends.
+        added: Vec<String>,
+    },
     Rebuild {
         because: QualifiedName,
     },
@@ -378,12 +388,19 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
     let mut statuses: BTreeMap<QualifiedName, Status> = declarations
         .values()
         .map(|declaration| {
+            let live = catalog.relations.get(&declaration.name);
             let status = status(
                 declaration,
-                catalog.relations.get(&declaration.name),
+                live,
                 state.objects.get(&declaration.name),
                 catalog.normalised.get(&declaration.name),
                 catalog.drops.get(&declaration.name),
+            );
+            let status = in_place_if_compatible(
+                status,
+                declaration,
+                live,
+                catalog.compiled_columns.get(&declaration.name),
             );
             (declaration.name.clone(), status)
         })
@@ -519,6 +536,17 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
         let (change, reason, diff) = match status {
             Status::Create { reason } => (Change::Create, reason.clone(), None),
             Status::Replace { reason, diff } => (Change::Replace, reason.clone(), diff.clone()),
+            Status::ReplaceInPlace {
+                reason,
+                diff,
+                added,
+            } => {
+                let Some(live) = live else { continue };
+                plan.replace_in_place(declaration, live, added, reason, diff.clone(), catalog);
+                plan.records.push(record(declaration));
+                warn_about_dependencies(&mut plan, declaration, catalog);
+                continue;
+            }
             Status::Rebuild { because } => (
                 Change::Rebuild,
                 format!("depends on {because}, which is rebuilt"),
@@ -926,6 +954,46 @@ fn status(
     Status::Keep
 }
 
+/// A plain view to replace whose new columns keep every live one (same name, type and
+/// collation, same order) and only append: PostgreSQL replaces it in place, so it keeps
+/// its OID, grants, comments and dependents. The new columns are what PostgreSQL made of
+/// the declared query (`compiled`), never a reading of the SQL.
+fn in_place_if_compatible(
+    status: Status,
+    declaration: &Declaration,
+    live: Option<&Relation>,
+    compiled: Option<&Vec<String>>,
+) -> Status {
+    let (Status::Replace { reason, diff }, Some(live), Some(compiled)) = (&status, live, compiled)
+    else {
+        return status;
+    };
+    let compatible = declaration.kind == Kind::View
+        && live.kind == Kind::View
+        && !live.columns.is_empty()
+        && compiled.starts_with(&live.columns);
+    if !compatible {
+        return status;
+    }
+    let added = compiled[live.columns.len()..]
+        .iter()
+        .map(|column| column_words(column))
+        .collect();
+    Status::ReplaceInPlace {
+        reason: reason.clone(),
+        diff: diff.clone(),
+        added,
+    }
+}
+
+/// `name type` of a catalog column (`name type collation-oid`).
+fn column_words(column: &str) -> String {
+    column
+        .rsplit_once(' ')
+        .map_or(column, |(words, _)| words)
+        .to_owned()
+}
+
 /// Every declared object that depends, transitively, on a replaced one is rebuilt, and says
 /// which of its direct dependencies made it so.
 fn mark_rebuilds(graph: &DependencyGraph, statuses: &mut BTreeMap<QualifiedName, Status>) {
@@ -936,6 +1004,16 @@ fn mark_rebuilds(graph: &DependencyGraph, statuses: &mut BTreeMap<QualifiedName,
         .collect();
     let affected = graph.with_dependents(&replaced);
     for name in &affected {
+        // Its upstream is dropped, and PostgreSQL drops no view with dependents: a view
+        // that could have been replaced in place is rebuilt after all.
+        if let Some(Status::ReplaceInPlace { reason, diff, .. }) = statuses.get(name) {
+            let status = Status::Replace {
+                reason: reason.clone(),
+                diff: diff.clone(),
+            };
+            statuses.insert(name.clone(), status);
+            continue;
+        }
         if !matches!(statuses.get(name), Some(Status::Keep | Status::Adopt)) {
             continue;
         }
@@ -1153,6 +1231,62 @@ impl Plan {
                 owner_sql(declaration.kind, name, owner),
             );
         }
+    }
+
+    /// `CREATE OR REPLACE VIEW` with the declared query and options, then the attributes
+    /// brought in line as for a kept view.
+    fn replace_in_place(
+        &mut self,
+        declaration: &Declaration,
+        live: &Relation,
+        added: &[String],
+        reason: &str,
+        diff: Option<String>,
+        catalog: &Catalog,
+    ) {
+        let name = &declaration.name;
+        // CREATE OR REPLACE sets the options to the ones it names (none when it names none).
+        let with = if declaration.options.is_empty() {
+            String::new()
+        } else {
+            format!(" WITH ({})", options_sql(&declaration.options))
+        };
+        let prefix = format!("CREATE OR REPLACE VIEW {}{with} AS\n", name.to_sql());
+        self.statements.push(Statement {
+            phase: Phase::Create,
+            object: name.clone(),
+            summary: "replace view in place".to_owned(),
+            sql: format!("{prefix}{}", declaration.query.text),
+            query: Some(EmbeddedQuery {
+                offset_chars: prefix.chars().count(),
+                text: declaration.query.text.clone(),
+                origin: declaration.query.origin.clone(),
+                shifts: Vec::new(),
+            }),
+        });
+        let replaced = Relation {
+            options: declaration.options.clone(),
+            ..live.clone()
+        };
+        let mut details = if added.is_empty() {
+            vec!["keeps its columns".to_owned()]
+        } else {
+            vec![format!(
+                "adds column{} {}",
+                if added.len() == 1 { "" } else { "s" },
+                added.join(", ")
+            )]
+        };
+        details.extend(self.alter_in_place(declaration, &replaced, None, catalog));
+        self.actions.push(Action {
+            change: Change::ReplaceInPlace,
+            object: name.clone(),
+            kind: declaration.kind,
+            reason: reason.to_owned(),
+            diff,
+            details,
+            destroys_data: false,
+        });
     }
 
     /// Statements that bring an existing object's attributes in line; returns what changes.

@@ -55,7 +55,7 @@ fn change_style(change: Change) -> Style {
     match change {
         Change::Create => GREEN,
         Change::Drop | Change::Forget => RED,
-        Change::Replace | Change::Rebuild | Change::Alter => YELLOW,
+        Change::Replace | Change::ReplaceInPlace | Change::Rebuild | Change::Alter => YELLOW,
         Change::Refresh => CYAN,
     }
 }
@@ -301,9 +301,11 @@ pub fn plan_markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
 fn action_lock(action: &Action, statements: &[Statement]) -> Option<Lock> {
     match action.change {
         Change::Create | Change::Forget => None,
-        Change::Drop | Change::Replace | Change::Rebuild | Change::Refresh => {
-            Some(Lock::AccessExclusive)
-        }
+        Change::Drop
+        | Change::Replace
+        | Change::ReplaceInPlace
+        | Change::Rebuild
+        | Change::Refresh => Some(Lock::AccessExclusive),
         Change::Alter => statements
             .iter()
             .filter(|statement| statement.object == action.object)
@@ -392,6 +394,7 @@ fn past(change: Change) -> &'static str {
         Change::Forget => "forgotten",
         Change::Create => "created",
         Change::Replace => "replaced",
+        Change::ReplaceInPlace => "replaced in place",
         Change::Rebuild => "rebuilt",
         Change::Alter => "altered",
         Change::Refresh => "refreshed",

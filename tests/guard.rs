@@ -336,8 +336,12 @@ fn healing_restores_what_was_applied_and_leaves_pending_edits_to_reconcile() {
     // The edit is still pending, and reconcile is what applies it.
     let (code, plan, stderr) = run(&db, dir.path(), &["plan", "--detailed-exitcode"]);
     assert_eq!(code, 2, "{plan}{stderr}");
-    assert!(plan.contains("replace  public.top_sellers"), "{plan}");
-    assert!(plan.contains("Plan: 1 to replace."), "{plan}");
+    // The edit keeps the view's columns: it is replaced in place.
+    assert!(
+        plan.contains("replace in place public.top_sellers"),
+        "{plan}"
+    );
+    assert!(plan.contains("Plan: 1 to replace in place."), "{plan}");
     let (code, status, stderr) = run(&db, dir.path(), &["status", "--detailed-exitcode"]);
     assert_eq!(code, 2, "{status}{stderr}");
     assert!(status.contains("top_sellers"), "{status}");

@@ -136,7 +136,8 @@ fn a_rebuild_keeps_the_owner_when_none_is_declared() {
     let first = oid(&db, "v");
     std::fs::write(
         dir.path().join("views/v.kdl"),
-        declare("SELECT a, b FROM t"),
+        // Not a pure append of columns (that is replaced in place): a rebuild.
+        declare("SELECT b, a FROM t"),
     )
     .expect("edit");
     reconcile(&db, dir.path());
@@ -305,7 +306,8 @@ fn a_rebuild_that_would_lose_a_trigger_or_column_grant_is_refused() {
     let first = oid(&db, "v");
     std::fs::write(
         dir.path().join("views/v.kdl"),
-        declare("SELECT a, b FROM t WHERE a > 0"),
+        // Drops column b: no in-place replace, a rebuild.
+        declare("SELECT a FROM t WHERE a > 0"),
     )
     .expect("edit");
     let (code, _, stderr) = run(&db, dir.path(), &["reconcile"]);

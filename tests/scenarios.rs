@@ -236,8 +236,8 @@ view "public.v" {
     assert_eq!(code, 2, "{stdout}");
     assert_eq!(
         action_lines(&stdout),
-        ["replace  public.v (view)"],
-        "{stdout}"
+        ["replace in place public.v (view)"],
+        "same columns: restored in place\n{stdout}"
     );
     assert!(
         stdout.contains("drifted"),
@@ -259,7 +259,9 @@ view "public.v" {
         "and removes the hand-edited one:\n{stdout}"
     );
 
+    let before = oid(&db, "v");
     reconcile(&db, dir.path());
+    assert_eq!(oid(&db, "v"), before, "restored in place");
     assert_eq!(
         db.scalar_string("SELECT pg_get_viewdef('v'::regclass)"),
         declared,
@@ -318,7 +320,8 @@ fn d_an_undeclared_dependency_orders_rebuilds_and_is_warned_about() {
         dir.path().join("views/a.kdl"),
         BASE_A.replace(
             "SELECT id, cat, amt",
-            "SELECT id, cat, amt, amt * 2 AS double_amt",
+            // Retypes `amt`: no in-place replace, so b must be rebuilt.
+            "SELECT id, cat, amt::int8 AS amt, amt * 2 AS double_amt",
         ),
     )
     .expect("edit");
