@@ -19,7 +19,7 @@ use crate::project::Project;
 /// What a plan was computed from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fingerprint {
-    /// Digest of every declaration file (path and text).
+    /// Digest of every declaration file (path and text), the search path and the state schema.
     pub declarations: String,
     /// Digest of the columns of every user relation (a migration changes it).
     pub schema: String,
@@ -40,6 +40,15 @@ pub fn fingerprint(project: &Project, catalog: &Catalog, schema: String) -> Fing
         files.insert(origin.path.display().to_string(), &origin.text);
     }
     let mut declarations = Sha256::new();
+    // The session's search_path decides what unqualified names read, and the state schema
+    // what is managed: a plan reviewed under other settings is not the same plan.
+    declarations.update(
+        format!(
+            "{:?}\0{}\0",
+            project.config.search_path, project.config.state_schema
+        )
+        .as_bytes(),
+    );
     for (path, text) in &files {
         declarations.update(format!("{path}\0{}\0{text}\0", text.len()).as_bytes());
     }
@@ -71,7 +80,10 @@ pub fn fingerprint(project: &Project, catalog: &Catalog, schema: String) -> Fing
 pub fn differences(saved: &Fingerprint, now: &Fingerprint) -> Vec<String> {
     let mut changes = Vec::new();
     if saved.declarations != now.declarations {
-        changes.push("the declaration files changed".to_owned());
+        changes.push(
+            "the declaration files changed (or the search-path or state-schema in viewkeeper.kdl)"
+                .to_owned(),
+        );
     }
     if saved.schema != now.schema {
         changes.push("the columns of a table or view changed (a migration ran?)".to_owned());

@@ -162,3 +162,37 @@ fn a_saved_plan_that_destroys_data_still_needs_allow_drop() {
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(!exists(&db, "m") && exists(&db, "w"));
 }
+
+/// The search path decides what an unqualified name reads: a plan reviewed under one is
+/// not applied under another, though its statements read the same.
+#[test]
+fn a_saved_plan_is_refused_after_the_search_path_changed() {
+    let db = test_db();
+    db.batch(
+        "CREATE TABLE t (a int); INSERT INTO t VALUES (1);
+         CREATE SCHEMA other; CREATE TABLE other.t (a int); INSERT INTO other.t VALUES (1), (2)",
+    );
+    let dir = project(&[
+        ("viewkeeper.kdl", "search-path \"public\"\n"),
+        (
+            "views/v.kdl",
+            "view \"v\" {\n    query \"SELECT a FROM t\"\n}\n",
+        ),
+    ]);
+    let file = dir.path().join("plan.json");
+    let path = file.to_str().expect("path");
+    let (code, stdout, stderr) = run(&db, dir.path(), &["plan", "--out", path]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    std::fs::write(
+        dir.path().join("viewkeeper.kdl"),
+        "search-path \"other, public\"\n",
+    )
+    .expect("write");
+    let (code, stdout, stderr) = run(&db, dir.path(), &["reconcile", "--plan", path]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("the database changed since the plan was made"),
+        "{stderr}"
+    );
+    assert!(!exists(&db, "public.v"));
+}
