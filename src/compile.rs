@@ -29,7 +29,8 @@ pub fn compile_statements(plan: &Plan, project: &Project) -> Vec<Statement> {
         ) else {
             continue;
         };
-        let temp_name = temporary_name(&statement.object, &compiled);
+        let first_schema = project.config.search_path.first().map(String::as_str);
+        let temp_name = temporary_name(&statement.object, &compiled, first_schema);
         let with = match declaration.kind {
             Kind::View if !declaration.options.is_empty() => {
                 format!(" WITH ({})", crate::plan::options_sql(&declaration.options))
@@ -55,16 +56,23 @@ pub fn compile_statements(plan: &Plan, project: &Project) -> Vec<Statement> {
     statements
 }
 
-/// The name in `pg_temp`: the object's own, unless another schema's object of the plan has
-/// taken it.
-fn temporary_name(name: &QualifiedName, compiled: &BTreeMap<QualifiedName, String>) -> String {
+/// The name in `pg_temp`. An unqualified reference means an object of the first
+/// `search-path` schema, so only such an object keeps its own name there (and so is what
+/// later unqualified references read). Any other gets a name no query uses, so it cannot
+/// shadow a relation of the same name that an unqualified reference really means; the
+/// qualified references to it are redirected.
+fn temporary_name(
+    name: &QualifiedName,
+    compiled: &BTreeMap<QualifiedName, String>,
+    first_schema: Option<&str>,
+) -> String {
     let own = quote_ident(&name.name);
-    if compiled.values().all(|taken| *taken != own) {
+    if first_schema == Some(name.schema.as_str()) && compiled.values().all(|taken| *taken != own) {
         return own;
     }
-    let mut n = 2;
+    let mut n = compiled.len();
     loop {
-        let candidate = quote_ident(&format!("{}_{n}", name.name));
+        let candidate = quote_ident(&format!("viewkeeper_compiled_{n}"));
         if compiled.values().all(|taken| *taken != candidate) {
             return candidate;
         }

@@ -223,13 +223,7 @@ fn an_application_role_keeps_working_and_cannot_touch_the_guard() {
 
     // The application role owns the state schema but cannot change what the
     // superuser-run trigger reads or writes.
-    let app_client = format!(
-        "{} -X -q -v ON_ERROR_STOP=1 -d {app_url}",
-        viewkeeper::sandbox::find_bindir()
-            .expect("bin")
-            .join("psql")
-            .display()
-    );
+    let app_client = format!("{} -X -q -v ON_ERROR_STOP=1 -d {app_url}", support::psql());
     for sql in [
         "CREATE VIEW viewkeeper_guard.sneaky AS SELECT 1",
         "INSERT INTO viewkeeper_guard.drop_log (role_name, schema_name, object_name, object_type) VALUES ('x', 'x', 'x', 'x')",
@@ -388,10 +382,8 @@ fn a_protecting_guard_refuses_a_cascade_and_lets_viewkeeper_run_through() {
     db.batch("CREATE VIEW scratch AS SELECT 1 AS one; DROP VIEW scratch;");
 
     // The same migration through `viewkeeper run` drops, and viewkeeper restores.
-    let psql = viewkeeper::sandbox::find_bindir()
-        .expect("bin")
-        .join("psql");
-    let psql = psql.to_str().expect("utf-8 path");
+    let psql = support::psql();
+    let psql = psql.as_str();
     let (code, stdout, stderr) = run(
         &db,
         dir.path(),

@@ -200,3 +200,18 @@ fn plan_does_not_wait_for_writers_and_gives_up_on_an_exclusive_lock() {
         .expect("rollback");
     assert_eq!(oid(&db, "orders"), before);
 }
+
+/// A compiled view of another schema must not shadow the table an unqualified name means.
+#[test]
+fn a_view_named_like_a_table_in_another_schema_does_not_fool_plan() {
+    let db = orders_db();
+    db.batch("CREATE SCHEMA aaa");
+    let dir = project(&[(
+        "views/v.kdl",
+        "view \"aaa.orders\" {\n    depends-on \"public.orders\"\n    query \"SELECT id, amount, 'x'::text AS note FROM public.orders\"\n}\n\
+         view \"public.summary\" {\n    depends-on \"public.orders\"\n    query \"SELECT id, note FROM orders\"\n}\n",
+    )]);
+    let (code, output) = plan_agrees_with_reconcile(&db, dir.path());
+    assert_eq!(code, 1, "{output}");
+    assert!(output.contains("note"), "{output}");
+}

@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::{TestDb, exists, project, reconcile, run, test_db};
+use support::{TestDb, exists, project, psql, reconcile, run, test_db};
 
 const DECLARATIONS: &str = r#"
 materialized-view "totals" {
@@ -25,18 +25,6 @@ fn orders_db() -> TestDb {
          INSERT INTO orders SELECT i, i % 5, i FROM generate_series(1, 50) i;",
     );
     db
-}
-
-/// The server folder's psql, else the one on PATH (the npm server builds ship none).
-fn psql() -> String {
-    let path = viewkeeper::sandbox::find_bindir()
-        .expect("PostgreSQL binaries")
-        .join("psql");
-    if path.is_file() {
-        path.display().to_string()
-    } else {
-        "psql".to_owned()
-    }
 }
 
 #[test]

@@ -442,3 +442,15 @@ pub(crate) fn eventually(limit: std::time::Duration, mut condition: impl FnMut()
     }
     condition()
 }
+
+/// The server folder's psql, else the one on PATH (the npm server builds ship none).
+pub(crate) fn psql() -> String {
+    let path = viewkeeper::sandbox::find_bindir()
+        .expect("PostgreSQL binaries")
+        .join("psql");
+    if path.is_file() {
+        path.display().to_string()
+    } else {
+        "psql".to_owned()
+    }
+}
