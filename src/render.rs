@@ -60,22 +60,28 @@ fn change_style(change: Change) -> Style {
     }
 }
 
+/// The plan's first line, as a headline (`Plan:`, `In sync:`) and the rest.
+fn summary_line(plan: &Plan) -> (&'static str, String) {
+    if plan.is_empty() {
+        let plural = if plan.declared == 1 { "" } else { "s" };
+        return (
+            "In sync:",
+            format!("{} declared object{plural}, nothing to do.", plan.declared),
+        );
+    }
+    let summary: Vec<String> = plan
+        .summary()
+        .iter()
+        .map(|(change, count)| format!("{count} to {}", change.verb()))
+        .collect();
+    ("Plan:", format!("{}.", summary.join(", ")))
+}
+
 /// The plan for people: a summary line, then each action with its reason and diff.
 pub fn plan_text(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
-    if plan.is_empty() {
-        writeln!(
-            out,
-            "{BOLD}In sync:{BOLD:#} {} declared object{}, nothing to do.",
-            plan.declared,
-            if plan.declared == 1 { "" } else { "s" }
-        )?;
-    } else {
-        let summary: Vec<String> = plan
-            .summary()
-            .iter()
-            .map(|(change, count)| format!("{count} to {}", change.verb()))
-            .collect();
-        writeln!(out, "{BOLD}Plan:{BOLD:#} {}.", summary.join(", "))?;
+    let (headline, rest) = summary_line(plan);
+    writeln!(out, "{BOLD}{headline}{BOLD:#} {rest}")?;
+    if !plan.is_empty() {
         writeln!(out)?;
         for action in &plan.actions {
             action_text(action, out)?;
@@ -202,20 +208,9 @@ pub fn plan_json_with(
 /// each query diff and the SQL in collapsible blocks, warnings last. Plain text only (no
 /// styles, no timestamps), so the same plan always gives the same comment.
 pub fn plan_markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
-    if plan.is_empty() {
-        writeln!(
-            out,
-            "**In sync:** {} declared object{}, nothing to do.",
-            plan.declared,
-            if plan.declared == 1 { "" } else { "s" }
-        )?;
-    } else {
-        let summary: Vec<String> = plan
-            .summary()
-            .iter()
-            .map(|(change, count)| format!("{count} to {}", change.verb()))
-            .collect();
-        writeln!(out, "**Plan:** {}.", summary.join(", "))?;
+    let (headline, rest) = summary_line(plan);
+    writeln!(out, "**{headline}** {rest}")?;
+    if !plan.is_empty() {
         writeln!(out)?;
         writeln!(out, "| Object | Change | Reason | Lock |")?;
         writeln!(out, "| --- | --- | --- | --- |")?;
