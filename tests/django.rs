@@ -190,8 +190,16 @@ fn migrate_keeps_the_views_of_a_django_project() {
         &["viewkeeper", "plan", "--detailed-exitcode"],
     );
     assert_eq!(code, 2, "a change pending:\n{out}");
-    let (code, out) = manage(&venv, &project, &db, false, &["viewkeeper", "reconcile"]);
+    // Django's own --settings is applied, not passed on.
+    let (code, out) = manage(
+        &venv,
+        &project,
+        &db,
+        false,
+        &["viewkeeper", "reconcile", "--settings", "shop.settings"],
+    );
     assert_eq!(code, 0, "{out}");
+    assert!(exists(&db, "sales_by_seller"));
 
     // 0002 removes the column with CASCADE: PostgreSQL drops both views; migrate brings them back.
     let before = oid(&db, "sales_summary");

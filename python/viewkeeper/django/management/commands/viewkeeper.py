@@ -22,8 +22,9 @@ class Command(BaseCommand):
         parser.add_argument("arguments", nargs=argparse.REMAINDER)
 
     def run_from_argv(self, argv):
-        # Everything after `viewkeeper` is the binary's, --help included; the exit status is its.
-        sys.exit(self._run(argv[2:]))
+        # Everything after `viewkeeper` is the binary's, --help included, except Django's
+        # --settings and --pythonpath (already applied); the exit status is the binary's.
+        sys.exit(self._run(_without_django_options(argv[2:])))
 
     def handle(self, *args, arguments=(), **options):
         # call_command("viewkeeper", "status")
@@ -38,3 +39,15 @@ class Command(BaseCommand):
         except ImproperlyConfigured as error:
             raise CommandError(str(error)) from error
         return result.returncode
+
+
+def _without_django_options(arguments):
+    kept, skip_value = [], False
+    for argument in arguments:
+        if skip_value:
+            skip_value = False
+        elif argument in ("--settings", "--pythonpath"):
+            skip_value = True
+        elif not argument.startswith(("--settings=", "--pythonpath=")):
+            kept.append(argument)
+    return kept
