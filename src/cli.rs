@@ -153,6 +153,13 @@ pub enum Command {
         #[command(flatten)]
         connect: Connect,
     },
+    /// Drop every managed view (dependents first, one transaction) and record that a restore
+    /// is owed: the next reconcile brings them back. For migration tools that run their own
+    /// migrations, such as the Django app; `run --drop-first` does both steps.
+    DropManaged {
+        #[command(flatten)]
+        connect: Connect,
+    },
     /// Record every drop of a managed view (when, by whom, which statement) with an event
     /// trigger, so plan and status can say why it is missing and schedule can restore it.
     Guard {
@@ -253,6 +260,7 @@ impl Command {
             | Command::Schedule { connect, .. }
             | Command::Status { connect, .. }
             | Command::Run { connect, .. }
+            | Command::DropManaged { connect }
             | Command::Guard { connect, .. }
             | Command::Import { connect, .. } => Some(connect),
             Command::Check

@@ -133,6 +133,7 @@ async fn dispatch(cli: Cli) -> Result<Status, Error> {
             command,
             ..
         } => run_migration(project, url, drop_first, &command).await,
+        Command::DropManaged { .. } => drop_managed(project, url).await,
         Command::Guard { action, .. } => guard(project, url, action).await,
         Command::Import {
             schemas,
@@ -768,6 +769,26 @@ async fn pass_stderr_through(mut from: tokio::process::ChildStderr) -> bool {
             window.drain(..window.len() - keep);
         }
     }
+}
+
+/// `drop-managed`: the first half of `run --drop-first`, for a migration tool that calls us.
+async fn drop_managed(root: &Path, url: Option<&str>) -> Result<Status, Error> {
+    let project = Project::load(root)?;
+    let mut client = connect(url, &project).await?;
+    let mut out = stdout();
+    let width = name_width(&project);
+    let dropped = apply::drop_managed(&mut client, &project, |statement, took| {
+        let _ = render::statement_done(statement, took, width, &mut out);
+    })
+    .await
+    .map_err(Error::drop_first)?;
+    let count = dropped.plan.actions.len();
+    ignore_broken_pipe(writeln!(
+        out,
+        "Dropped {count} managed object{}; `viewkeeper reconcile` restores them.",
+        if count == 1 { "" } else { "s" }
+    ))?;
+    Ok(Status::Done)
 }
 
 /// Runs the migration with stdin, stdout and stderr inherited, so its output streams through

@@ -318,3 +318,31 @@ fn a_finished_drop_first_owes_nothing() {
     let (_, _, stderr) = run(&db, dir.path(), &["status"]);
     assert!(!stderr.contains("restore is owed"), "{stderr}");
 }
+
+#[test]
+fn drop_managed_drops_the_views_and_owes_a_restore_that_reconcile_settles() {
+    let db = orders_db();
+    let dir = project(&[("views/orders.kdl", DECLARATIONS)]);
+    reconcile(&db, dir.path());
+    let (code, stdout, stderr) = run(&db, dir.path(), &["drop-managed"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("Dropped 2 managed objects"), "{stdout}");
+    assert!(!exists(&db, "totals") && !exists(&db, "big_customers"));
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM viewkeeper.restore_owed"),
+        1
+    );
+    // What run --drop-first allows: a type change under the views.
+    db.batch("ALTER TABLE orders ALTER COLUMN amount TYPE numeric(12,2)");
+    let (_, _, stderr) = run(&db, dir.path(), &["status"]);
+    assert!(stderr.contains("a restore is owed"), "{stderr}");
+
+    let (code, _, stderr) = run(&db, dir.path(), &["reconcile", "--keep-going"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(exists(&db, "totals") && exists(&db, "big_customers"));
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM totals"), 5);
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM viewkeeper.restore_owed"),
+        0
+    );
+}

@@ -1,10 +1,10 @@
-# Changing the type of a column that a view reads: PostgreSQL refuses while the view
-# exists, so run this migration with `viewkeeper run --drop-first -- python manage.py migrate`.
+# Changing the type of a column that a view reads: PostgreSQL refuses while the view exists,
+# so this needs VIEWKEEPER["DROP_FIRST"] (the views are dropped before, restored after).
 from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    dependencies = [("invoices", "0001_initial")]
+    dependencies = [("invoices", "0002_remove_region")]
 
     operations = [
         migrations.AlterField(
