@@ -1325,6 +1325,7 @@ impl Plan {
                 origin: declaration.query.origin.clone(),
                 shifts: Vec::new(),
             }),
+            fills: false,
         });
         let replaced = Relation {
             options: declaration.options.clone(),
