@@ -19,9 +19,15 @@
 //! phase, and the rest), splits the no-op plan into introspection and planning, and times a
 //! no-op plan on a new connection, as `viewkeeper plan` runs it (cold backend caches).
 //!
-//! Run it with `cargo run --release --example scale`, or choose the sizes:
-//! `cargo run --release --example scale -- 100 1000 3000`. PostgreSQL's server binaries
-//! must be installed (see [`Sandbox::start`]); `psql` is taken from the same folder, or PATH.
+//! Last, it times `check`'s work (reading the project and ordering it) on 8,000 declarations
+//! in one file and in 8,000 files: it should be linear in the size of a file.
+//!
+//! Run it with `cargo run --release --example scale` (N = 100, 1,000 and 5,000; a few
+//! minutes on 2 cores), or choose the sizes: `cargo run --release --example scale -- 100 500`.
+//! `--all-materialized` makes every node a materialized view with a unique index (the tree of
+//! materialized views the README compares with `psql -1 -f`); `--no-check` skips the `check`
+//! timing. PostgreSQL's server binaries must be installed (see [`Sandbox::start`]); `psql` is
+//! taken from the same folder, or PATH.
 
 use std::collections::BTreeMap;
 use std::error::Error;
@@ -40,7 +46,9 @@ use viewkeeper::sandbox::Sandbox;
 type BoxError = Box<dyn Error>;
 
 /// Sizes measured when none are given on the command line.
-const DEFAULT_SIZES: &[usize] = &[100, 1000];
+const DEFAULT_SIZES: &[usize] = &[100, 1000, 5000];
+/// Declarations `check` reads, in one file and in as many files.
+const CHECK_SIZE: usize = 8000;
 /// Runs of each no-op measurement; the median is reported.
 const NOOP_RUNS: usize = 5;
 /// Runs of the leaf-change measurement; the median is reported.
@@ -75,8 +83,8 @@ struct Measurement {
     /// The introspection part of the no-op plan (the rest is `plan::plan`).
     noop_introspect: Duration,
     noop_plan_queries: usize,
-    /// A no-op plan on a new connection each time, as `viewkeeper plan` runs: connecting
-    /// and the new backend's cold catalog caches included.
+    /// A no-op plan on a new connection each time, as `viewkeeper plan` runs: reading the
+    /// project, connecting and the new backend's cold catalog caches included.
     noop_plan_cold: Duration,
     noop_reconcile: Duration,
     noop_reconcile_queries: usize,
@@ -86,14 +94,24 @@ struct Measurement {
     peak_rss_kib: Option<u64>,
 }
 
+/// What the command line asks for.
+struct Options {
+    sizes: Vec<usize>,
+    /// Every node a materialized view, not every 10th.
+    all_materialized: bool,
+    check: bool,
+}
+
 fn main() -> Result<(), BoxError> {
-    let sizes = sizes()?;
+    let options = options()?;
+    let sizes = &options.sizes;
+    let all_materialized = options.all_materialized;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let sandbox = Sandbox::start()?;
     let psql = psql_path(&sandbox);
-    let result = runtime.block_on(run(&sandbox, &psql, &sizes));
+    let result = runtime.block_on(run(&sandbox, &psql, sizes, all_materialized));
     sandbox.stop();
     let (rows, server_version, psql_overhead) = result?;
 
@@ -142,8 +160,8 @@ fn main() -> Result<(), BoxError> {
         println!(
             "N={}: {} objects ({} materialized); first reconcile ran {} statements: {} \
              (sum {} ms), the rest (introspection, plan, state schema and records, commit) {} ms; \
-             no-op plan = introspection {} ms + planning {} ms, or {} ms on a new connection \
-             (as `viewkeeper plan` runs); \
+             no-op plan = introspection {} ms + planning {} ms, or {} ms reading the project \
+             and on a new connection (as `viewkeeper plan` runs); \
              the leaf change ran {} statements.",
             m.n,
             m.n,
@@ -158,13 +176,75 @@ fn main() -> Result<(), BoxError> {
             m.leaf_statements,
         );
     }
+    if options.check {
+        let (one_file, many_files) = time_check()?;
+        println!(
+            "check, {CHECK_SIZE} declarations: {} ms in one file, {} ms in {CHECK_SIZE} files \
+             ({:.2}x).",
+            ms(one_file),
+            ms(many_files),
+            one_file.as_secs_f64() / many_files.as_secs_f64()
+        );
+    }
     Ok(())
 }
 
-/// The sizes to measure: the command-line arguments, or [`DEFAULT_SIZES`].
-fn sizes() -> Result<Vec<usize>, BoxError> {
+/// `check`'s work (read the project, order it) on [`CHECK_SIZE`] declarations in one file,
+/// then in one file each; the median of three runs of each.
+fn time_check() -> Result<(Duration, Duration), BoxError> {
+    let one = tempfile::tempdir()?;
+    std::fs::create_dir_all(one.path().join("views"))?;
+    let text = declarations(CHECK_SIZE, 0, false);
+    std::fs::write(one.path().join("views").join("tree.kdl"), &text)?;
+    let many = tempfile::tempdir()?;
+    std::fs::create_dir_all(many.path().join("views"))?;
+    let mut file = 0;
+    let mut current = String::new();
+    for line in text.lines() {
+        current.push_str(line);
+        current.push('\n');
+        if line == "}" {
+            std::fs::write(
+                many.path().join("views").join(format!("{file:05}.kdl")),
+                &current,
+            )?;
+            current.clear();
+            file += 1;
+        }
+    }
+    let time = |root: &Path| -> Result<Duration, BoxError> {
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            let started = Instant::now();
+            let project = Project::load(root).map_err(report)?;
+            project
+                .graph()
+                .topological_order()
+                .map_err(|cycle| format!("{cycle:?}"))?;
+            times.push(started.elapsed());
+        }
+        Ok(median(times))
+    };
+    Ok((time(one.path())?, time(many.path())?))
+}
+
+/// The sizes to measure (the numbers on the command line, or [`DEFAULT_SIZES`]) and flags.
+fn options() -> Result<Options, BoxError> {
+    let mut all_materialized = false;
+    let mut check = true;
     let sizes: Vec<usize> = std::env::args()
         .skip(1)
+        .filter(|arg| match arg.as_str() {
+            "--all-materialized" => {
+                all_materialized = true;
+                false
+            }
+            "--no-check" => {
+                check = false;
+                false
+            }
+            _ => true,
+        })
         .map(|arg| {
             arg.parse::<usize>()
                 .ok()
@@ -172,10 +252,14 @@ fn sizes() -> Result<Vec<usize>, BoxError> {
                 .ok_or_else(|| format!("expected positive object counts, got `{arg}`"))
         })
         .collect::<Result<_, _>>()?;
-    Ok(if sizes.is_empty() {
-        DEFAULT_SIZES.to_vec()
-    } else {
-        sizes
+    Ok(Options {
+        sizes: if sizes.is_empty() {
+            DEFAULT_SIZES.to_vec()
+        } else {
+            sizes
+        },
+        all_materialized,
+        check,
     })
 }
 
@@ -184,6 +268,7 @@ async fn run(
     sandbox: &Sandbox,
     psql: &Path,
     sizes: &[usize],
+    all_materialized: bool,
 ) -> Result<(Vec<Measurement>, String, Duration), BoxError> {
     let admin = viewkeeper::db::connect(&sandbox.url("postgres"), &["public".to_owned()]).await?;
     let server_version: String = admin
@@ -204,7 +289,7 @@ async fn run(
     let mut rows = Vec::new();
     for &n in sizes {
         eprintln!("N={n}: measuring…");
-        rows.push(measure(sandbox, &admin, psql, scratch.path(), n).await?);
+        rows.push(measure(sandbox, &admin, psql, scratch.path(), n, all_materialized).await?);
     }
     Ok((rows, server_version, psql_overhead))
 }
@@ -215,6 +300,7 @@ async fn measure(
     psql: &Path,
     scratch: &Path,
     n: usize,
+    all_materialized: bool,
 ) -> Result<Measurement, BoxError> {
     let database = format!("scale_{n}");
     let floor_database = format!("scale_{n}_psql");
@@ -233,11 +319,13 @@ async fn measure(
     let project_dir = tempfile::tempdir()?;
     let tree = project_dir.path().join("views").join("tree.kdl");
     std::fs::create_dir_all(project_dir.path().join("views"))?;
-    std::fs::write(&tree, declarations(n, 0))?;
+    std::fs::write(&tree, declarations(n, 0, all_materialized))?;
     let project = Project::load(project_dir.path()).map_err(report)?;
     let search_path = &project.config.search_path;
     let state_schema = &project.config.state_schema;
-    let materialized = (0..n).filter(|&i| is_materialized(i)).count();
+    let materialized = (0..n)
+        .filter(|&i| is_materialized(i, all_materialized))
+        .count();
 
     let setup = SETUP.replace("$ROWS", &ROWS.to_string());
     let mut client = viewkeeper::db::connect(&sandbox.url(&database), search_path).await?;
@@ -310,6 +398,7 @@ async fn measure(
     let mut cold_times = Vec::new();
     for _ in 0..NOOP_RUNS {
         let started = Instant::now();
+        let project = Project::load(project_dir.path()).map_err(report)?;
         let fresh = viewkeeper::db::connect(&sandbox.url(&database), search_path).await?;
         let catalog = catalog::introspect(&fresh, &dependency_names(&project), state_schema)
             .await
@@ -342,7 +431,7 @@ async fn measure(
     let mut leaf_queries = 0;
     let mut leaf_statements = 0;
     for run in 0..LEAF_RUNS {
-        std::fs::write(&tree, declarations(n, run % 2 + 1))?;
+        std::fs::write(&tree, declarations(n, run % 2 + 1, all_materialized))?;
         let edited = Project::load(project_dir.path()).map_err(report)?;
         let started = Instant::now();
         let reconciled =
@@ -390,16 +479,16 @@ async fn measure(
     })
 }
 
-/// Every 10th node (0, 10, 20, …) is a materialized view.
-fn is_materialized(i: usize) -> bool {
-    i.is_multiple_of(10)
+/// Every 10th node (0, 10, 20, …) is a materialized view, or every node.
+fn is_materialized(i: usize, all: bool) -> bool {
+    all || i.is_multiple_of(10)
 }
 
 /// `tree.kdl` for `n` objects. `leaf_variant` > 0 edits the query of the last node, a leaf.
 ///
 /// Every node exposes `seller_no, invoice_date, invoice_amt`, so any node can read any other.
 /// Materialized views sum by seller and day, unique on that pair; views filter.
-fn declarations(n: usize, leaf_variant: usize) -> String {
+fn declarations(n: usize, leaf_variant: usize, all_materialized: bool) -> String {
     let mut kdl = String::new();
     for i in 0..n {
         let parent = if i == 0 {
@@ -407,7 +496,7 @@ fn declarations(n: usize, leaf_variant: usize) -> String {
         } else {
             format!("public.{}", node_name((i - 1) / 2))
         };
-        let mut query = if is_materialized(i) {
+        let mut query = if is_materialized(i, all_materialized) {
             format!(
                 "SELECT seller_no, invoice_date, sum(invoice_amt)::numeric(13,2) AS invoice_amt \
                  FROM {parent} GROUP BY seller_no, invoice_date"
@@ -424,7 +513,7 @@ fn declarations(n: usize, leaf_variant: usize) -> String {
                 1_000_000 + leaf_variant
             );
         }
-        let keyword = if is_materialized(i) {
+        let keyword = if is_materialized(i, all_materialized) {
             "materialized-view"
         } else {
             "view"
@@ -432,7 +521,7 @@ fn declarations(n: usize, leaf_variant: usize) -> String {
         let _ = writeln!(kdl, "{keyword} \"public.{}\" {{", node_name(i));
         let _ = writeln!(kdl, "    depends-on \"{parent}\"");
         let _ = writeln!(kdl, "    query \"{query}\"");
-        if is_materialized(i) {
+        if is_materialized(i, all_materialized) {
             let _ = writeln!(kdl, "    index \"seller_no\" \"invoice_date\" unique=#true");
         }
         let _ = writeln!(kdl, "}}");

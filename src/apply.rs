@@ -441,38 +441,51 @@ async fn run_statements(
     config: &crate::project::Config,
     on_statement: &mut impl FnMut(&Statement, Duration),
 ) -> Result<(), (usize, tokio_postgres::Error)> {
+    // Refreshes made here (and creates that fill) count in the history, so `schedule` starts
+    // its periods from them. The server's clock is read once; each start is offset from it.
+    let fills = |statement: &Statement| statement.phase == Phase::Refresh || statement.fills;
+    let clock = match plan.statements.iter().position(fills) {
+        Some(first) => {
+            let row = transaction
+                .query_one("SELECT clock_timestamp()", &[])
+                .await
+                .map_err(|error| (first, error))?;
+            Some((
+                row.get::<_, chrono::DateTime<chrono::Utc>>(0),
+                Instant::now(),
+            ))
+        }
+        None => None,
+    };
+    let mut refreshes = Vec::new();
     for (index, statement) in plan.statements.iter().enumerate() {
         let statement_started = Instant::now();
-        // Refreshes made here count in the history, so `schedule` starts its periods from them.
-        let refresh_started: Option<chrono::DateTime<chrono::Utc>> =
-            if statement.phase == Phase::Refresh {
-                let row = transaction
-                    .query_one("SELECT clock_timestamp()", &[])
-                    .await
-                    .map_err(|error| (index, error))?;
-                Some(row.get(0))
-            } else {
-                None
-            };
         // The extended protocol runs exactly one statement: a declared query cannot smuggle
         // in a second one (`SELECT …; DROP TABLE …`) or end the transaction early.
         transaction
             .execute(&statement.sql, &[])
             .await
             .map_err(|error| (index, error))?;
-        if let Some(started_at) = refresh_started {
-            state::log_refresh(
-                transaction,
-                &config.state_schema,
-                &statement.object,
+        let took = statement_started.elapsed();
+        if let Some((server_time, read_at)) = clock
+            && fills(statement)
+        {
+            let offset = statement_started.saturating_duration_since(read_at);
+            let started_at = server_time + chrono::TimeDelta::from_std(offset).unwrap_or_default();
+            refreshes.push(state::LoggedRefresh {
+                name: statement.object.clone(),
                 started_at,
-                false,
-                None,
-            )
-            .await
-            .map_err(|error| (index, error))?;
+                duration: took,
+            });
         }
-        on_statement(statement, statement_started.elapsed());
+        on_statement(statement, took);
+    }
+    if let Some(last) = plan.statements.len().checked_sub(1)
+        && !refreshes.is_empty()
+    {
+        state::log_refreshes(transaction, &config.state_schema, &refreshes)
+            .await
+            .map_err(|error| (last, error))?;
     }
     Ok(())
 }

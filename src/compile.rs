@@ -50,6 +50,7 @@ pub fn compile_statements(plan: &Plan, project: &Project) -> Vec<Statement> {
                 origin: query.origin.clone(),
                 shifts,
             }),
+            fills: false,
         });
         compiled.insert(statement.object.clone(), temp_name);
     }

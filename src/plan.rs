@@ -165,6 +165,10 @@ pub struct Statement {
     /// and where it came from, so an error position maps back to the declaration file.
     #[serde(skip)]
     pub query: Option<EmbeddedQuery>,
+    /// A create that fills a materialized view (`WITH DATA`): recorded as a refresh, so
+    /// `schedule` starts its periods from it.
+    #[serde(skip)]
+    pub fills: bool,
 }
 
 /// A declared query inside a statement.
@@ -528,6 +532,9 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
 
     // Creates and alterations, dependencies first.
     let mut refreshes = Vec::new();
+    // Objects whose data comes only with the refresh phase (directly or through views): a
+    // materialized view reading one is created empty and refreshed after it.
+    let mut filled_later: BTreeSet<QualifiedName> = BTreeSet::new();
     for name in &order {
         let (Some(declaration), Some(status)) = (declarations.get(name), statuses.get(name)) else {
             continue;
@@ -580,6 +587,11 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
                     && !live.populated
                 {
                     refreshes.push((declaration, "not populated: it holds no data"));
+                    filled_later.insert(name.clone());
+                } else if declaration.kind == Kind::View
+                    && reads_any(&create_graph, name, &filled_later)
+                {
+                    filled_later.insert(name.clone());
                 }
                 warn_about_dependencies(&mut plan, declaration, catalog);
                 continue;
@@ -598,11 +610,28 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
             details: Vec::new(),
             destroys_data: false,
         });
-        plan.create(declaration, catalog, live.map(|live| live.owner.as_str()));
-        plan.records.push(record(declaration));
-        if declaration.kind == Kind::MaterializedView && declaration.populate {
+        // Upstream is full by now (created earlier in this phase, or kept), so the create
+        // fills the view itself: cheaper than an empty create and a refresh, which builds
+        // the heap again and rebuilds every index.
+        let upstream_empty = reads_any(&create_graph, name, &filled_later);
+        let fill = if declaration.kind != Kind::MaterializedView || !declaration.populate {
+            Fill::None
+        } else if upstream_empty {
             refreshes.push((declaration, "created without data: filling it"));
+            Fill::Later
+        } else {
+            Fill::AtCreate
+        };
+        if upstream_empty || fill == Fill::Later {
+            filled_later.insert(name.clone());
         }
+        plan.create(
+            declaration,
+            catalog,
+            live.map(|live| live.owner.as_str()),
+            fill,
+        );
+        plan.records.push(record(declaration));
     }
 
     for (declaration, reason) in refreshes {
@@ -626,6 +655,30 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
     // Statements run phase by phase; within a phase, in the order they were planned.
     plan.statements.sort_by_key(|statement| statement.phase);
     Ok(plan)
+}
+
+/// True when `name` directly reads one of `names` in `graph`.
+fn reads_any(
+    graph: &DependencyGraph,
+    name: &QualifiedName,
+    names: &BTreeSet<QualifiedName>,
+) -> bool {
+    !names.is_empty()
+        && graph
+            .dependencies(name)
+            .iter()
+            .any(|dependency| names.contains(dependency))
+}
+
+/// How a created materialized view gets its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    /// A view, or `populate #false`: `WITH NO DATA`, never filled by reconcile.
+    None,
+    /// `WITH DATA`: the create fills it.
+    AtCreate,
+    /// `WITH NO DATA`, then the refresh phase fills it (something it reads is filled there).
+    Later,
 }
 
 /// Drops every managed object that exists, dependents first, keeping them managed so the
@@ -768,7 +821,8 @@ pub fn restore_missing(project: &Project, catalog: &Catalog) -> Result<Plan, Pla
             destroys_data: false,
         });
         let first = plan.statements.len();
-        plan.create(&applied, catalog, None);
+        // Empty (`WITH NO DATA`): the refreshes below fill it.
+        plan.create(&applied, catalog, None, Fill::Later);
         if pending {
             // The file no longer holds this text: no file:line:col to point at.
             for statement in &mut plan.statements[first..] {
@@ -1133,6 +1187,7 @@ impl Plan {
             summary,
             sql,
             query: None,
+            fills: false,
         });
     }
 
@@ -1162,7 +1217,13 @@ impl Plan {
 
     /// Statements that create `declaration` from nothing, with all its attributes. A rebuilt
     /// object without a declared owner keeps the owner it had (`live_owner`).
-    fn create(&mut self, declaration: &Declaration, catalog: &Catalog, live_owner: Option<&str>) {
+    fn create(
+        &mut self,
+        declaration: &Declaration,
+        catalog: &Catalog,
+        live_owner: Option<&str>,
+        fill: Fill,
+    ) {
         let name = &declaration.name;
         let owner = declaration
             .owner
@@ -1179,10 +1240,10 @@ impl Plan {
             declaration.kind.sql(),
             name.to_sql()
         );
-        let suffix = match declaration.kind {
-            Kind::View => "",
-            // Filled later by the refresh phase, after indexes exist, dependencies first.
-            Kind::MaterializedView => "\nWITH NO DATA",
+        let suffix = match (declaration.kind, fill) {
+            (Kind::View, _) => "",
+            (Kind::MaterializedView, Fill::AtCreate) => "\nWITH DATA",
+            (Kind::MaterializedView, Fill::None | Fill::Later) => "\nWITH NO DATA",
         };
         self.statements.push(Statement {
             phase: Phase::Create,
@@ -1195,6 +1256,7 @@ impl Plan {
                 origin: declaration.query.origin.clone(),
                 shifts: Vec::new(),
             }),
+            fills: fill == Fill::AtCreate,
         });
         for index in &declaration.indexes {
             self.push(
@@ -1263,6 +1325,7 @@ impl Plan {
                 origin: declaration.query.origin.clone(),
                 shifts: Vec::new(),
             }),
+            fills: false,
         });
         let replaced = Relation {
             options: declaration.options.clone(),

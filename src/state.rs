@@ -293,6 +293,42 @@ pub(crate) async fn log_refresh(
     Ok(())
 }
 
+/// A successful refresh made by reconcile, to be logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LoggedRefresh {
+    pub name: QualifiedName,
+    pub started_at: DateTime<Utc>,
+    pub duration: std::time::Duration,
+}
+
+/// Appends `refreshes` to the history in one statement (the caller checks the schema
+/// exists).
+pub(crate) async fn log_refreshes(
+    client: &impl GenericClient,
+    schema: &str,
+    refreshes: &[LoggedRefresh],
+) -> Result<(), tokio_postgres::Error> {
+    let schemas: Vec<&str> = refreshes.iter().map(|r| r.name.schema.as_str()).collect();
+    let names: Vec<&str> = refreshes.iter().map(|r| r.name.name.as_str()).collect();
+    let starts: Vec<DateTime<Utc>> = refreshes.iter().map(|r| r.started_at).collect();
+    let durations: Vec<i64> = refreshes
+        .iter()
+        .map(|r| i64::try_from(r.duration.as_millis()).unwrap_or(i64::MAX))
+        .collect();
+    // language=SQL
+    let sql = format!(
+        "INSERT INTO {} (schema_name, object_name, started_at, duration_ms, concurrent, outcome)
+         SELECT s, n, started, duration, false, 'ok'
+         FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int8[])
+              AS r(s, n, started, duration)",
+        table(schema, REFRESH_TABLE)
+    );
+    client
+        .execute(&sql, &[&schemas, &names, &starts, &durations])
+        .await?;
+    Ok(())
+}
+
 /// What the refresh history says about one materialized view.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RefreshHistory {

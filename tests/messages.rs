@@ -328,6 +328,7 @@ fn progress_lines_line_up_for_long_names() {
             summary: summary.to_owned(),
             sql: String::new(),
             query: None,
+            fills: false,
         };
         render::statement_done(&statement, Duration::from_millis(4017), 45, &mut out)
             .expect("render");
