@@ -339,7 +339,7 @@ async fn measure(
         .map_err(sql)?;
     let floor_plan = plan::plan(&project, &floor_catalog).map_err(report)?;
     let mut floor_sql = String::new();
-    for statement in &floor_plan.statements {
+    for statement in &floor_plan.statements() {
         writeln!(floor_sql, "{};", statement.sql)?;
     }
     drop(floor);
@@ -361,11 +361,11 @@ async fn measure(
     .map_err(report)?;
     let first = started.elapsed();
     let first_queries = reconciled.catalog_queries;
-    let first_statements = reconciled.plan.statements.len();
-    if first_statements != floor_plan.statements.len() {
+    let first_statements = reconciled.plan.statements().len();
+    if first_statements != floor_plan.statements().len() {
         return Err(format!(
             "the first reconcile ran {first_statements} statements, the floor's plan has {}",
-            floor_plan.statements.len()
+            floor_plan.statements().len()
         )
         .into());
     }
@@ -388,7 +388,7 @@ async fn measure(
         if !plan.is_empty() {
             return Err(format!(
                 "N={n}: the plan after the first reconcile is not empty: {} actions",
-                plan.actions.len()
+                plan.actions().len()
             )
             .into());
         }
@@ -440,11 +440,11 @@ async fn measure(
                 .map_err(report)?;
         leaf_times.push(started.elapsed());
         leaf_queries = reconciled.catalog_queries;
-        leaf_statements = reconciled.plan.statements.len();
-        if reconciled.plan.actions.len() != 1 {
+        leaf_statements = reconciled.plan.statements().len();
+        if reconciled.plan.actions().len() != 1 {
             return Err(format!(
                 "N={n}: a leaf edit should change one object, the plan has {} actions",
-                reconciled.plan.actions.len()
+                reconciled.plan.actions().len()
             )
             .into());
         }

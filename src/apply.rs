@@ -147,7 +147,7 @@ pub struct Intent<'a> {
     /// `--allow-drop`: drops that lose data, or that empty the database of managed objects.
     pub allow_drop: bool,
     /// Asked, with the drops that lose data, when `allow_drop` is not given.
-    pub confirm: &'a dyn Fn(&[&plan::Action]) -> bool,
+    pub confirm: &'a dyn Fn(&[plan::Action]) -> bool,
     /// `--plan FILE`: apply this saved plan or nothing.
     pub saved: Option<&'a crate::saved_plan::SavedPlan>,
     /// `--keep-going`: apply every object that can be applied, each in its own savepoint;
@@ -319,7 +319,7 @@ async fn apply_with(
             Err(error) => return Err(error.into()),
         };
         if plan.is_empty()
-            && plan.records.is_empty()
+            && plan.records().is_empty()
             && left_out.is_empty()
             && owed_record.is_none()
         {
@@ -343,12 +343,13 @@ async fn apply_with(
                 .map_err(database("cannot create viewkeeper's state schema"))?;
             schema_ready = true;
         }
+        let statements = plan.statements();
         if !keep_going {
             if let Err((index, error)) =
-                run_statements(&transaction, &plan, config, &mut on_statement).await
+                run_statements(&transaction, &statements, config, &mut on_statement).await
             {
-                let statement = &plan.statements[index];
-                let mut failure = statement_error(&plan, statement, &error);
+                let statement = &statements[index];
+                let mut failure = statement_error(&statements, index, &error);
                 // A lock wait that gave up: say who holds the lock (read once our own
                 // transaction is gone, so the list is of the sessions still there).
                 if crate::waits::timed_out(&error) {
@@ -375,7 +376,7 @@ async fn apply_with(
             .map_err(database("cannot start a savepoint"))?;
         // Progress is told once the attempt stands, so nothing rolled back is reported.
         let mut done = Vec::new();
-        let outcome = run_statements(&transaction, &plan, config, &mut |statement, took| {
+        let outcome = run_statements(&transaction, &statements, config, &mut |statement, took| {
             done.push((statement.clone(), took));
         })
         .await;
@@ -391,8 +392,8 @@ async fn apply_with(
                 return Err(database("lost the connection")(error));
             }
             Err((index, error)) => {
-                let statement = &plan.statements[index];
-                let failure = statement_error(&plan, statement, &error);
+                let statement = &statements[index];
+                let failure = statement_error(&statements, index, &error);
                 transaction
                     .batch_execute("ROLLBACK TO SAVEPOINT viewkeeper_attempt")
                     .await
@@ -404,13 +405,13 @@ async fn apply_with(
     state::write(
         &transaction,
         &config.state_schema,
-        &plan.records,
-        &plan.forget,
+        &plan.records(),
+        &plan.forgotten(),
     )
     .await
     .map_err(database("cannot record what was applied"))?;
     match restore_owed {
-        RestoreOwed::Owe if !plan.statements.is_empty() => {
+        RestoreOwed::Owe if !plan.is_empty() => {
             state::owe_restore(&transaction, &config.state_schema).await
         }
         RestoreOwed::Owe => Ok(()),
@@ -437,14 +438,14 @@ async fn apply_with(
 /// Runs the plan's statements in order; on failure, the index of the failing one.
 async fn run_statements(
     transaction: &Transaction<'_>,
-    plan: &Plan,
+    statements: &[Statement],
     config: &crate::project::Config,
     on_statement: &mut impl FnMut(&Statement, Duration),
 ) -> Result<(), (usize, tokio_postgres::Error)> {
     // Refreshes made here (and creates that fill) count in the history, so `schedule` starts
     // its periods from them. The server's clock is read once; each start is offset from it.
     let fills = |statement: &Statement| statement.phase == Phase::Refresh || statement.fills;
-    let clock = match plan.statements.iter().position(fills) {
+    let clock = match statements.iter().position(fills) {
         Some(first) => {
             let row = transaction
                 .query_one("SELECT clock_timestamp()", &[])
@@ -458,7 +459,7 @@ async fn run_statements(
         None => None,
     };
     let mut refreshes = Vec::new();
-    for (index, statement) in plan.statements.iter().enumerate() {
+    for (index, statement) in statements.iter().enumerate() {
         let statement_started = Instant::now();
         // The extended protocol runs exactly one statement: a declared query cannot smuggle
         // in a second one (`SELECT …; DROP TABLE …`) or end the transaction early.
@@ -480,7 +481,7 @@ async fn run_statements(
         }
         on_statement(statement, took);
     }
-    if let Some(last) = plan.statements.len().checked_sub(1)
+    if let Some(last) = statements.len().checked_sub(1)
         && !refreshes.is_empty()
     {
         state::log_refreshes(transaction, &config.state_schema, &refreshes)
@@ -633,15 +634,11 @@ pub async fn prove(
             .map(|statement| transaction.query_typed(&statement.sql, &[])),
     )
     .await;
-    let compile_plan = Plan {
-        statements,
-        ..Plan::default()
-    };
-    for (statement, outcome) in compile_plan.statements.iter().zip(outcomes) {
+    for (index, outcome) in outcomes.into_iter().enumerate() {
         if let Err(error) = outcome {
             return Err(ApplyError::Statement(Box::new(statement_error(
-                &compile_plan,
-                statement,
+                &statements,
+                index,
                 &error,
             ))));
         }
@@ -683,11 +680,13 @@ fn database(context: &'static str) -> impl Fn(tokio_postgres::Error) -> ApplyErr
     }
 }
 
+/// The error of `statements[index]`, located in its declaration file where it can be.
 fn statement_error(
-    plan: &Plan,
-    statement: &Statement,
+    statements: &[Statement],
+    index: usize,
     error: &tokio_postgres::Error,
 ) -> StatementError {
+    let statement = &statements[index];
     let message = describe(error);
     // SQLSTATE classes 08 (connection), 40 (rollback: deadlock, serialization), 53 (resources),
     // 55 (lock not available), 57 (cancelled, shutdown).
@@ -710,7 +709,7 @@ fn statement_error(
         )
     });
     let help = match (
-        missing_declared_dependency(plan, statement, error),
+        missing_declared_dependency(&statements[index..], error),
         &declared_in,
     ) {
         (Some(missing), _) => format!(
@@ -755,9 +754,9 @@ fn statement_error(
 
 /// For `relation "x" does not exist` while creating a view: the declared object `x` that
 /// the plan creates later, because no `depends-on` told it to come first.
+/// `statements` starts with the failing one.
 fn missing_declared_dependency(
-    plan: &Plan,
-    statement: &Statement,
+    statements: &[Statement],
     error: &tokio_postgres::Error,
 ) -> Option<QualifiedName> {
     if error.code() != Some(&SqlState::UNDEFINED_TABLE) {
@@ -768,11 +767,7 @@ fn missing_declared_dependency(
         .strip_prefix("relation \"")?
         .strip_suffix("\" does not exist")?;
     let missing = QualifiedName::parse(quoted, "public").ok()?;
-    let position = plan
-        .statements
-        .iter()
-        .position(|s| std::ptr::eq(s, statement))?;
-    plan.statements[position..]
+    statements
         .iter()
         .any(|later| later.phase == Phase::Create && later.object == missing)
         .then_some(missing)

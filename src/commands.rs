@@ -385,7 +385,7 @@ fn kept_going(reconciled: apply::Reconciled) -> Result<(), Error> {
 
 /// On a terminal, lists the data a reconcile would destroy and asks for `yes`. Anywhere
 /// else (CI, cron, a pipe) there is nobody to ask: the answer is no.
-fn confirm_data_loss(losses: &[&plan::Action]) -> bool {
+fn confirm_data_loss(losses: &[plan::Action]) -> bool {
     use std::io::{BufRead, IsTerminal};
     if !io::stdin().is_terminal() || !io::stderr().is_terminal() {
         return false;
@@ -702,8 +702,8 @@ async fn run_migration(
         ignore_broken_pipe(writeln!(
             out,
             "Dropped {} managed object{} before the migration.",
-            dropped.plan.actions.len(),
-            if dropped.plan.actions.len() == 1 {
+            dropped.plan.actions().len(),
+            if dropped.plan.actions().len() == 1 {
                 ""
             } else {
                 "s"
@@ -782,7 +782,7 @@ async fn drop_managed(root: &Path, url: Option<&str>) -> Result<Status, Error> {
     })
     .await
     .map_err(Error::drop_first)?;
-    let count = dropped.plan.actions.len();
+    let count = dropped.plan.actions().len();
     ignore_broken_pipe(writeln!(
         out,
         "Dropped {count} managed object{}; `viewkeeper reconcile` restores them.",

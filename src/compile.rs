@@ -14,45 +14,48 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::name::QualifiedName;
-use crate::plan::{EmbeddedQuery, Phase, Plan, Statement};
+use crate::plan::{EmbeddedQuery, Op, Phase, Plan, Statement};
 use crate::project::{Kind, Project};
-use crate::sql::quote_ident;
+use crate::sql::{ddl, quote_ident};
 
 /// The compile statements for every create in `plan`, in plan order.
 pub fn compile_statements(plan: &Plan, project: &Project) -> Vec<Statement> {
     let mut compiled: BTreeMap<QualifiedName, String> = BTreeMap::new();
     let mut statements = Vec::new();
-    for statement in plan.statements.iter().filter(|s| s.phase == Phase::Create) {
-        let (Some(query), Some(declaration)) = (
-            &statement.query,
-            project.declarations.get(&statement.object),
-        ) else {
+    for step in &plan.steps {
+        let (Op::Create { query, options, .. } | Op::ReplaceInPlace { query, options, .. }) =
+            &step.op
+        else {
+            continue;
+        };
+        let Some(origin) = &query.origin else {
             continue;
         };
         let first_schema = project.config.search_path.first().map(String::as_str);
-        let temp_name = temporary_name(&statement.object, &compiled, first_schema);
-        let with = match declaration.kind {
-            Kind::View if !declaration.options.is_empty() => {
-                format!(" WITH ({})", crate::plan::options_sql(&declaration.options))
-            }
-            _ => String::new(),
+        let temp_name = temporary_name(&step.object, &compiled, first_schema);
+        // Materialized views are compiled as plain views, which take no storage options.
+        let no_options = BTreeMap::new();
+        let options = if step.kind == Kind::View {
+            options
+        } else {
+            &no_options
         };
-        let prefix = format!("CREATE TEMPORARY VIEW pg_temp.{temp_name}{with} AS\n");
         let (text, shifts) = redirect(&query.text, &compiled);
+        let temporary = ddl::create_temporary_view(&temp_name, options, &text);
         statements.push(Statement {
             phase: Phase::Create,
-            object: statement.object.clone(),
-            summary: format!("compile {}", declaration.kind.words()),
-            sql: format!("{prefix}{text}"),
+            object: step.object.clone(),
+            summary: format!("compile {}", step.kind.words()),
+            sql: temporary.sql,
             query: Some(EmbeddedQuery {
-                offset_chars: prefix.chars().count(),
+                offset_chars: temporary.query_offset,
                 text: query.text.clone(),
-                origin: query.origin.clone(),
+                origin: origin.clone(),
                 shifts,
             }),
             fills: false,
         });
-        compiled.insert(statement.object.clone(), temp_name);
+        compiled.insert(step.object.clone(), temp_name);
     }
     statements
 }

@@ -14,7 +14,7 @@ use serde::Serialize;
 use chrono::{DateTime, Utc};
 
 use crate::name::QualifiedName;
-use crate::plan::{Action, Change, Lock, Phase, Plan, Statement, Warning};
+use crate::plan::{Action, Change, Lock, Phase, Plan, Statement, Step, Warning};
 use crate::project::{Kind, Project};
 use crate::refresh::{Outcome, RefreshTarget, Skip};
 use crate::status::ObjectStatus;
@@ -57,6 +57,7 @@ fn change_style(change: Change) -> Style {
         Change::Drop | Change::Forget => RED,
         Change::Replace | Change::ReplaceInPlace | Change::Rebuild | Change::Alter => YELLOW,
         Change::Refresh => CYAN,
+        Change::Adopt => Style::new(),
     }
 }
 
@@ -83,7 +84,7 @@ pub fn plan_text(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
     writeln!(out, "{BOLD}{headline}{BOLD:#} {rest}")?;
     if !plan.is_empty() {
         writeln!(out)?;
-        for action in &plan.actions {
+        for action in &plan.actions() {
             action_text(action, out)?;
         }
     }
@@ -132,10 +133,11 @@ fn action_text(action: &Action, out: &mut impl Write) -> io::Result<()> {
 
 /// Objects that already match their declarations, named once (they need no change).
 fn adopted_text(plan: &Plan, what_happens: &str, out: &mut impl Write) -> io::Result<()> {
-    if plan.adopted.is_empty() {
+    let adopted = plan.adopted();
+    if adopted.is_empty() {
         return Ok(());
     }
-    let names: Vec<String> = plan.adopted.iter().map(ToString::to_string).collect();
+    let names: Vec<String> = adopted.iter().map(ToString::to_string).collect();
     writeln!(
         out,
         "{DIM}{} existing object{} already match{} the declarations ({}): {what_happens}, without rebuilding.{DIM:#}",
@@ -167,13 +169,45 @@ struct PlanDocument<'p> {
     format_version: u32,
     in_sync: bool,
     summary: std::collections::BTreeMap<Change, usize>,
-    actions: &'p [Action],
-    statements: &'p [Statement],
-    adopted: &'p [crate::name::QualifiedName],
+    /// Every step, in the order reconcile takes them: the plan itself.
+    steps: Vec<StepDocument<'p>>,
+    /// Per object: the change, its reason, diff and details (gathered from `steps`).
+    actions: Vec<Action>,
+    /// The SQL of the steps that run one, in order.
+    statements: Vec<Statement>,
+    adopted: Vec<&'p crate::name::QualifiedName>,
     warnings: &'p [Warning],
     /// Only in files written by `plan --out`.
     #[serde(skip_serializing_if = "Option::is_none")]
     fingerprint: Option<&'p crate::saved_plan::Fingerprint>,
+}
+
+/// One step in the JSON plan.
+#[derive(Serialize)]
+struct StepDocument<'p> {
+    object: &'p crate::name::QualifiedName,
+    kind: crate::project::Kind,
+    change: Change,
+    phase: crate::plan::Phase,
+    summary: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sql: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lock: Option<&'static str>,
+}
+
+impl<'p> StepDocument<'p> {
+    fn new(step: &'p Step) -> StepDocument<'p> {
+        StepDocument {
+            object: &step.object,
+            kind: step.kind,
+            change: step.change,
+            phase: step.phase(),
+            summary: step.summary(),
+            sql: step.statement().map(|statement| statement.sql),
+            lock: step.lock().map(Lock::words),
+        }
+    }
 }
 
 /// The `format_version` of the JSON plan.
@@ -195,9 +229,10 @@ pub fn plan_json_with(
         fingerprint,
         in_sync: plan.is_empty(),
         summary: plan.summary(),
-        actions: &plan.actions,
-        statements: &plan.statements,
-        adopted: &plan.adopted,
+        steps: plan.steps.iter().map(StepDocument::new).collect(),
+        actions: plan.actions(),
+        statements: plan.statements(),
+        adopted: plan.adopted(),
         warnings: &plan.warnings,
     };
     serde_json::to_writer_pretty(&mut *out, &document).map_err(io::Error::from)?;
@@ -214,7 +249,8 @@ pub fn plan_markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
         writeln!(out)?;
         writeln!(out, "| Object | Change | Reason | Lock |")?;
         writeln!(out, "| --- | --- | --- | --- |")?;
-        for action in &plan.actions {
+        let actions = plan.actions();
+        for action in &actions {
             let mut reason = table_cell(&action.reason);
             if action.destroys_data {
                 reason.push_str("<br>**destroys its data**");
@@ -229,20 +265,20 @@ pub fn plan_markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
                 action.object,
                 action.kind.words(),
                 action.change.verb(),
-                action_lock(action, &plan.statements).map_or("", Lock::words)
+                action.lock.map_or("", Lock::words)
             )?;
         }
-        for action in &plan.actions {
+        for action in &actions {
             if let Some(diff) = &action.diff {
                 writeln!(out)?;
                 let summary = format!("Query diff of <code>{}</code>", action.object);
                 collapsible(&summary, "diff", diff, out)?;
             }
         }
-        if !plan.statements.is_empty() {
+        let statements = plan.statements();
+        if !statements.is_empty() {
             writeln!(out)?;
-            let sql: Vec<String> = plan
-                .statements
+            let sql: Vec<String> = statements
                 .iter()
                 .map(|statement| {
                     format!(
@@ -255,18 +291,15 @@ pub fn plan_markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
                 .collect();
             let summary = format!(
                 "SQL ({} statement{}, in order, in one transaction)",
-                plan.statements.len(),
-                if plan.statements.len() == 1 { "" } else { "s" }
+                statements.len(),
+                if statements.len() == 1 { "" } else { "s" }
             );
             collapsible(&summary, "sql", &sql.join("\n\n"), out)?;
         }
     }
-    if !plan.adopted.is_empty() {
-        let names: Vec<String> = plan
-            .adopted
-            .iter()
-            .map(|name| format!("`{name}`"))
-            .collect();
+    let adopted = plan.adopted();
+    if !adopted.is_empty() {
+        let names: Vec<String> = adopted.iter().map(|name| format!("`{name}`")).collect();
         writeln!(out)?;
         writeln!(
             out,
@@ -289,24 +322,6 @@ pub fn plan_markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The strongest lock an action takes on an existing object, where known. Creating takes
-/// none that anyone waits for: the object is new.
-fn action_lock(action: &Action, statements: &[Statement]) -> Option<Lock> {
-    match action.change {
-        Change::Create | Change::Forget => None,
-        Change::Drop
-        | Change::Replace
-        | Change::ReplaceInPlace
-        | Change::Rebuild
-        | Change::Refresh => Some(Lock::AccessExclusive),
-        Change::Alter => statements
-            .iter()
-            .filter(|statement| statement.object == action.object)
-            .filter_map(|statement| statement.phase.lock())
-            .max(),
-    }
 }
 
 /// Text fit for one Markdown table cell: one line, pipes escaped.
@@ -346,6 +361,7 @@ pub fn statement_done(
         Phase::Create => GREEN,
         Phase::Refresh => CYAN,
         Phase::Index | Phase::Options | Phase::Grant | Phase::Comment | Phase::Owner => YELLOW,
+        Phase::State => Style::new(),
     };
     writeln!(
         out,
@@ -393,6 +409,7 @@ fn past(change: Change) -> &'static str {
         Change::Rebuild => "rebuilt",
         Change::Alter => "altered",
         Change::Refresh => "refreshed",
+        Change::Adopt => "adopted",
     }
 }
 
@@ -768,15 +785,15 @@ pub fn reconciled_json(
     #[derive(Serialize)]
     struct Document<'r> {
         format_version: u32,
-        applied: &'r [Action],
-        adopted: &'r [crate::name::QualifiedName],
+        applied: Vec<Action>,
+        adopted: Vec<&'r crate::name::QualifiedName>,
         failed: Vec<Failed<'r>>,
         skipped: Vec<Skipped<'r>>,
     }
     let document = Document {
         format_version: PLAN_FORMAT_VERSION,
-        applied: &reconciled.plan.actions,
-        adopted: &reconciled.plan.adopted,
+        applied: reconciled.plan.actions(),
+        adopted: reconciled.plan.adopted(),
         failed: reconciled
             .failed
             .iter()
@@ -803,26 +820,50 @@ mod tests {
     #[test]
     fn markdown_marks_lost_data_keeps_fences_closed_and_lists_warnings_last() {
         let object = QualifiedName::new("public", "old_summary");
+        let step = |object: &QualifiedName, kind, change, reason: &str, op| crate::plan::Step {
+            object: object.clone(),
+            kind,
+            change,
+            reason: reason.to_owned(),
+            op,
+        };
+        let quoted = QualifiedName::new("public", "quoted");
+        let query = crate::plan::DeclaredQuery {
+            text: "SELECT '```' AS fence".to_owned(),
+            origin: None,
+        };
         let plan = Plan {
-            actions: vec![
-                Action {
-                    change: Change::Drop,
-                    object: object.clone(),
-                    kind: Kind::MaterializedView,
-                    reason: "no longer declared".to_owned(),
-                    diff: None,
-                    details: Vec::new(),
-                    destroys_data: true,
-                },
-                Action {
-                    change: Change::Replace,
-                    object: QualifiedName::new("public", "quoted"),
-                    kind: Kind::View,
-                    reason: "declared query changed".to_owned(),
-                    diff: Some("-SELECT 1\n+SELECT '```' AS fence\n".to_owned()),
-                    details: Vec::new(),
-                    destroys_data: false,
-                },
+            steps: vec![
+                step(
+                    &object,
+                    Kind::MaterializedView,
+                    Change::Drop,
+                    "no longer declared",
+                    crate::plan::Op::Drop {
+                        destroys_data: true,
+                    },
+                ),
+                step(
+                    &quoted,
+                    Kind::View,
+                    Change::Replace,
+                    "declared query changed",
+                    crate::plan::Op::Drop {
+                        destroys_data: false,
+                    },
+                ),
+                step(
+                    &quoted,
+                    Kind::View,
+                    Change::Replace,
+                    "declared query changed",
+                    crate::plan::Op::Create {
+                        query,
+                        options: Default::default(),
+                        fill: crate::plan::Fill::None,
+                        diff: Some("-SELECT 1\n+SELECT '```' AS fence\n".to_owned()),
+                    },
+                ),
             ],
             warnings: vec![Warning {
                 object: object.clone(),

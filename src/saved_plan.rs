@@ -109,6 +109,17 @@ pub struct SavedPlan {
     pub format_version: u32,
     pub fingerprint: Fingerprint,
     pub statements: Vec<SavedStatement>,
+    /// Every step, state records included.
+    #[serde(default)]
+    pub steps: Vec<SavedStep>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SavedStep {
+    pub object: String,
+    pub summary: String,
+    #[serde(default)]
+    pub sql: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -137,17 +148,37 @@ pub fn check(saved: &SavedPlan, now: &Fingerprint, plan: &Plan) -> Result<(), Sa
     if !changes.is_empty() {
         return Err(SavedPlanError::Stale(changes));
     }
-    if saved.statements.len() != plan.statements.len() {
+    let statements = plan.statements();
+    if saved.statements.len() != statements.len() {
         return Err(SavedPlanError::Edited(format!(
             "{} statements saved, {} planned",
             saved.statements.len(),
-            plan.statements.len()
+            statements.len()
         )));
     }
-    for (index, (saved, planned)) in saved.statements.iter().zip(&plan.statements).enumerate() {
+    for (index, (saved, planned)) in saved.statements.iter().zip(&statements).enumerate() {
         if saved.sql != planned.sql || saved.object != planned.object.to_string() {
             return Err(SavedPlanError::Edited(format!(
                 "statement {} differs",
+                index + 1
+            )));
+        }
+    }
+    if saved.steps.len() != plan.steps.len() {
+        return Err(SavedPlanError::Edited(format!(
+            "{} steps saved, {} planned",
+            saved.steps.len(),
+            plan.steps.len()
+        )));
+    }
+    for (index, (saved, planned)) in saved.steps.iter().zip(&plan.steps).enumerate() {
+        let sql = planned.statement().map(|statement| statement.sql);
+        if saved.object != planned.object.to_string()
+            || saved.summary != planned.summary()
+            || saved.sql != sql
+        {
+            return Err(SavedPlanError::Edited(format!(
+                "step {} differs",
                 index + 1
             )));
         }

@@ -149,8 +149,8 @@ pub struct Record {
 pub(crate) async fn write(
     client: &impl GenericClient,
     schema: &str,
-    records: &[Record],
-    forget: &[QualifiedName],
+    records: &[&Record],
+    forget: &[&QualifiedName],
 ) -> Result<(), tokio_postgres::Error> {
     let objects = table(schema, OBJECTS_TABLE);
     if !forget.is_empty() {

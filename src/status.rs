@@ -70,14 +70,14 @@ pub fn status(
         .into_iter()
         .map(|view| (view.target.name.clone(), view))
         .collect();
+    let actions = plan.map(Plan::actions);
     names
         .into_iter()
         .map(|(name, kind)| {
-            let (sync, reason) = match &plan {
-                Some(plan) => {
+            let (sync, reason) = match &actions {
+                Some(actions) => {
                     // The first structural change wins over a refresh of the same object.
-                    let action = plan
-                        .actions
+                    let action = actions
                         .iter()
                         .filter(|a| a.object == name)
                         .min_by_key(|a| a.change == Change::Refresh);

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use support::{TestDb, ensure_role, project, reconcile, run, test_db};
 use viewkeeper::name::QualifiedName;
-use viewkeeper::plan::{Action, Change, Phase, Plan, Statement};
-use viewkeeper::project::Kind;
+use viewkeeper::plan::{Change, Op, Phase, Plan, Statement, Step};
+use viewkeeper::project::{Grantee, Kind};
 use viewkeeper::render;
+use viewkeeper::state::Record;
 
 /// The viewkeeper binary without a database, colours off, in `dir`.
 fn offline(dir: &Path) -> assert_cmd::Command {
@@ -285,20 +286,42 @@ fn name(text: &str) -> QualifiedName {
 
 #[test]
 fn plan_text_bullets_alter_details_and_summarises_adopted_objects() {
-    let plan = Plan {
-        actions: vec![Action {
-            change: Change::Alter,
-            object: name("sales_by_seller_and_region_per_quarter"),
+    let altered = name("sales_by_seller_and_region_per_quarter");
+    let alter = |op| Step {
+        object: altered.clone(),
+        kind: Kind::View,
+        change: Change::Alter,
+        reason: "attributes differ from the declaration".to_owned(),
+        op,
+    };
+    let mut steps = vec![
+        alter(Op::Grant {
+            grantee: Grantee::Role("reporting".to_owned()),
+            privileges: vec!["SELECT".to_owned()],
+        }),
+        alter(Op::Revoke {
+            grantee: Grantee::Role("intern".to_owned()),
+            privileges: vec!["SELECT".to_owned()],
+            default: false,
+        }),
+    ];
+    steps.extend((1..=154).map(|i| {
+        let object = name(&format!("report_{i:03}"));
+        Step {
+            object: object.clone(),
             kind: Kind::View,
-            reason: "attributes differ from the declaration".to_owned(),
-            diff: None,
-            details: vec![
-                "grant SELECT to reporting".to_owned(),
-                "revoke SELECT from intern".to_owned(),
-            ],
-            destroys_data: false,
-        }],
-        adopted: (1..=154).map(|i| name(&format!("report_{i:03}"))).collect(),
+            change: Change::Adopt,
+            reason: String::new(),
+            op: Op::Record(Record {
+                name: object,
+                kind: Kind::View,
+                query: "SELECT 1".to_owned(),
+                indexes: Vec::new(),
+            }),
+        }
+    }));
+    let plan = Plan {
+        steps,
         declared: 155,
         ..Plan::default()
     };

@@ -465,7 +465,7 @@ fn catalog_queries_for(count: usize) -> (usize, usize) {
         assert!(
             plan.is_empty(),
             "{count} views should be in sync: {:?}",
-            plan.actions.first()
+            plan.actions().first()
         );
         let views = catalog
             .relations

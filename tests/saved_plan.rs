@@ -125,14 +125,23 @@ fn an_edited_saved_plan_is_refused() {
     let (code, _, _) = run(&db, dir.path(), &["plan", "--out", path]);
     assert_eq!(code, 0);
     let text = std::fs::read_to_string(&file).expect("read");
-    let mut json: serde_json::Value = serde_json::from_str(&text).expect("json");
-    json["statements"][0]["sql"] = serde_json::Value::from("DROP TABLE victim");
-    std::fs::write(&file, json.to_string()).expect("write");
-    let (code, _, stderr) = run(&db, dir.path(), &["reconcile", "--plan", path]);
-    assert_eq!(code, 1);
-    assert!(stderr.contains("does not match"), "{stderr}");
-    assert!(exists(&db, "victim"));
-    assert!(!exists(&db, "m"));
+    // The SQL of a statement, of a step, or a step taken away: each is refused.
+    for list in ["statements", "steps", "steps-removed"] {
+        let mut json: serde_json::Value = serde_json::from_str(&text).expect("json");
+        if list == "steps-removed" {
+            let steps = json["steps"].as_array_mut().expect("steps");
+            assert!(steps.len() > 1, "{text}");
+            steps.pop();
+        } else {
+            json[list][0]["sql"] = serde_json::Value::from("DROP TABLE victim");
+        }
+        std::fs::write(&file, json.to_string()).expect("write");
+        let (code, _, stderr) = run(&db, dir.path(), &["reconcile", "--plan", path]);
+        assert_eq!(code, 1, "{list}");
+        assert!(stderr.contains("does not match"), "{list}: {stderr}");
+        assert!(exists(&db, "victim"));
+        assert!(!exists(&db, "m"));
+    }
 }
 
 #[test]

@@ -379,7 +379,7 @@ impl Healer {
             Ok(reconciled) => {
                 let summary: Vec<String> = reconciled
                     .plan
-                    .actions
+                    .actions()
                     .iter()
                     .map(|action| format!("{} {}", action.change.verb(), action.object))
                     .collect();

@@ -1,8 +1,11 @@
-//! The one place DDL text gets its identifiers and literals quoted.
+//! SQL text: the DDL of a plan's steps ([`ddl`]), and the one place identifiers and
+//! literals get quoted.
 //!
-//! Every statement viewkeeper builds from user-controlled names goes through these two
-//! helpers, which wrap libpq's own escaping rules (`postgres-protocol`), so no code path
-//! hand-writes quotes.
+//! Every statement viewkeeper builds from user-controlled names goes through the two
+//! quoting helpers, which wrap libpq's own escaping rules (`postgres-protocol`), so no code
+//! path hand-writes quotes.
+
+pub(crate) mod ddl;
 
 use postgres_protocol::escape;
 
