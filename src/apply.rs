@@ -119,12 +119,18 @@ pub async fn reconcile(
     intent: &Intent<'_>,
     on_statement: impl FnMut(&Statement, Duration),
 ) -> Result<Reconciled, ApplyError> {
-    let planner = |project: &Project, catalog: &Catalog| {
+    let planner = |project: &Project, catalog: &Catalog, pass: Pass| {
         let plan = plan::plan(project, catalog)?;
-        if let Some(saved) = intent.saved {
-            let schema = catalog.schema_digest.clone().unwrap_or_default();
-            let now = crate::saved_plan::fingerprint(project, catalog, schema);
-            crate::saved_plan::check(saved, &now, &plan)?;
+        match (intent.saved, pass) {
+            (Some(saved), Pass::First) => {
+                let schema = catalog.schema_digest.clone().unwrap_or_default();
+                let now = crate::saved_plan::fingerprint(project, catalog, schema);
+                crate::saved_plan::check(saved, &now, &plan)?;
+            }
+            // The database now holds the copies this very reconcile built (under its lock
+            // until then): the rest of the saved plan must still be what runs.
+            (Some(saved), Pass::AfterBuild) => crate::saved_plan::check_steps(saved, &plan, true)?,
+            (None, _) => {}
         }
         plan::refuse_dropping_everything(project, &plan, intent.allow_drop)?;
         plan::refuse_data_loss(&plan, intent.allow_drop, intent.confirm)?;
@@ -182,7 +188,7 @@ pub async fn drop_managed(
     apply_with(
         client,
         project,
-        plan::drop_managed,
+        |project: &Project, catalog: &Catalog, _: Pass| plan::drop_managed(project, catalog),
         false,
         false,
         RestoreOwed::Owe,
@@ -202,7 +208,7 @@ pub async fn restore_missing(
     apply_with(
         client,
         project,
-        plan::restore_missing,
+        |project: &Project, catalog: &Catalog, _: Pass| plan::restore_missing(project, catalog),
         false,
         true,
         // What healing restores is what a killed `run --drop-first` owes.
@@ -226,7 +232,7 @@ enum RestoreOwed {
 async fn apply_with(
     client: &mut Client,
     project: &Project,
-    planner: impl Fn(&Project, &Catalog) -> Result<Plan, PlanError>,
+    planner: impl Fn(&Project, &Catalog, Pass) -> Result<Plan, PlanError>,
     read_schema_digest: bool,
     keep_going: bool,
     restore_owed: RestoreOwed,
@@ -238,44 +244,13 @@ async fn apply_with(
         .transaction()
         .await
         .map_err(database("cannot start a transaction"))?;
-    // Give up instead of queueing behind a long-running query that holds a view: waiting
-    // would also block every reader queued behind our own ACCESS EXCLUSIVE request. Set
-    // first, so it bounds the wait for the advisory lock too.
-    crate::waits::bound(&transaction, config.lock_timeout)
-        .await
-        .map_err(database("cannot set lock_timeout"))?;
-    // Waits for a concurrent reconcile (or reader) to finish; released by commit or
-    // rollback, so it cannot leak (unlike a session lock on an early return).
-    if let Err(error) = transaction
-        .execute(
-            "SELECT pg_advisory_xact_lock($1)",
-            &[&lock_key(&config.state_schema)],
-        )
-        .await
-    {
-        let context = "cannot take viewkeeper's advisory lock";
-        if !crate::waits::timed_out(&error) {
-            return Err(database(context)(error));
-        }
+    if let Err(error) = prepare(&transaction, config).await {
         transaction
             .rollback()
             .await
             .map_err(database("cannot end the transaction"))?;
-        let holders = crate::waits::holders(&*client).await.unwrap_or_default();
-        return Err(ApplyError::Database {
-            context,
-            message: crate::waits::gave_up("it", config.lock_timeout, &holders),
-        });
+        return Err(prepare_failed(client, config, error).await);
     }
-    // viewkeeper's own drops are not "dropped outside viewkeeper": the guard skips them.
-    transaction
-        .batch_execute(&format!(
-            "SET LOCAL {} = 'on'",
-            crate::guard::APPLYING_SETTING
-        ))
-        .await
-        .map_err(database("cannot mark the transaction"))?;
-
     let mut catalog = read_catalog(&mut transaction, project)
         .await
         .map_err(database("cannot read the catalog"))?;
@@ -297,14 +272,15 @@ async fn apply_with(
     let graph = catalog.graph_of(project);
     let mut left_out = LeftOut::default();
     let mut schema_ready = false;
+    let mut pass = Pass::First;
     // One attempt, or with keep-going one more per object that fails: each attempt plans
     // without what failed before, and runs in a savepoint that a failure rolls back.
     let plan = loop {
         let plan = if left_out.is_empty() {
-            planner(project, &catalog)
+            planner(project, &catalog, pass)
         } else {
             let (project, catalog) = left_out.apply(project, &catalog);
-            planner(&project, &catalog)
+            planner(&project, &catalog, pass)
         };
         let plan = match plan {
             Ok(plan) => plan,
@@ -342,6 +318,41 @@ async fn apply_with(
                 .await
                 .map_err(database("cannot create viewkeeper's state schema"))?;
             schema_ready = true;
+        }
+        if pass == Pass::First && plan.builds_side_by_side() {
+            // The builds commit on their own, before the swap: readers keep using the old
+            // versions meanwhile. Then everything is read and planned again, and the plan
+            // now swaps the copies in (built copies are part of the catalog).
+            build_side_by_side(
+                &transaction,
+                &plan,
+                config,
+                keep_going,
+                &graph,
+                &mut left_out,
+                &mut on_statement,
+            )
+            .await
+            .map_err(|failure| failure.into_error())?;
+            if let Err(error) = transaction.commit().await {
+                return Err(commit_error(client, error));
+            }
+            transaction = client
+                .transaction()
+                .await
+                .map_err(database("cannot start a transaction"))?;
+            if let Err(error) = prepare(&transaction, config).await {
+                transaction
+                    .rollback()
+                    .await
+                    .map_err(database("cannot end the transaction"))?;
+                return Err(prepare_failed(client, config, error).await);
+            }
+            catalog = read_catalog(&mut transaction, project)
+                .await
+                .map_err(database("cannot read the catalog"))?;
+            pass = Pass::AfterBuild;
+            continue;
         }
         let statements = plan.statements();
         if !keep_going {
@@ -410,6 +421,14 @@ async fn apply_with(
     )
     .await
     .map_err(database("cannot record what was applied"))?;
+    state::write_builds(
+        &transaction,
+        &config.state_schema,
+        &plan.recorded_builds(),
+        &plan.forgotten_builds(),
+    )
+    .await
+    .map_err(database("cannot record what was applied"))?;
     match restore_owed {
         RestoreOwed::Owe if !plan.is_empty() => {
             state::owe_restore(&transaction, &config.state_schema).await
@@ -433,6 +452,145 @@ async fn apply_with(
         failed,
         skipped,
     })
+}
+
+/// Which planning of one apply: the first, or the one after side-by-side builds committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    First,
+    AfterBuild,
+}
+
+/// Why a transaction could not be given reconcile's settings and lock.
+enum PrepareError {
+    /// Another session holds reconcile's advisory lock past `lock-timeout`.
+    LockTimedOut,
+    Database {
+        context: &'static str,
+        error: tokio_postgres::Error,
+    },
+}
+
+/// Makes `transaction` wait at most `lock-timeout` for any lock, takes reconcile's advisory
+/// lock, and marks the transaction as viewkeeper's own for the guard. On failure the caller
+/// rolls back, then asks [`prepare_failed`] for the error.
+async fn prepare(
+    transaction: &Transaction<'_>,
+    config: &crate::project::Config,
+) -> Result<(), PrepareError> {
+    let failed = |context| move |error| PrepareError::Database { context, error };
+    // Give up instead of queueing behind a long-running query that holds a view: waiting
+    // would also block every reader queued behind our own ACCESS EXCLUSIVE request. Set
+    // first, so it bounds the wait for the advisory lock too.
+    crate::waits::bound(transaction, config.lock_timeout)
+        .await
+        .map_err(failed("cannot set lock_timeout"))?;
+    // Waits for a concurrent reconcile (or reader) to finish; released by commit or
+    // rollback, so it cannot leak (unlike a session lock on an early return).
+    if let Err(error) = transaction
+        .execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&lock_key(&config.state_schema)],
+        )
+        .await
+    {
+        if crate::waits::timed_out(&error) {
+            return Err(PrepareError::LockTimedOut);
+        }
+        return Err(failed("cannot take viewkeeper's advisory lock")(error));
+    }
+    // viewkeeper's own drops are not "dropped outside viewkeeper": the guard skips them.
+    transaction
+        .batch_execute(&format!(
+            "SET LOCAL {} = 'on'",
+            crate::guard::APPLYING_SETTING
+        ))
+        .await
+        .map_err(failed("cannot mark the transaction"))
+}
+
+/// The error for a transaction [`prepare`] failed on (rolled back by now): names who
+/// holds the lock it gave up on.
+async fn prepare_failed(
+    client: &Client,
+    config: &crate::project::Config,
+    error: PrepareError,
+) -> ApplyError {
+    match error {
+        PrepareError::Database { context, error } => database(context)(error),
+        PrepareError::LockTimedOut => {
+            let holders = crate::waits::holders(client).await.unwrap_or_default();
+            ApplyError::Database {
+                context: "cannot take viewkeeper's advisory lock",
+                message: crate::waits::gave_up("it", config.lock_timeout, &holders),
+            }
+        }
+    }
+}
+
+/// A failed build phase.
+struct BuildFailure(ApplyError);
+
+impl BuildFailure {
+    fn into_error(self) -> ApplyError {
+        self.0
+    }
+}
+
+/// Runs the plan's side-by-side builds and records them, in `transaction` (which the caller
+/// commits). With keep-going, each object's build runs in a savepoint: one that fails is
+/// rolled back and left out, and the others are kept.
+async fn build_side_by_side(
+    transaction: &Transaction<'_>,
+    plan: &Plan,
+    config: &crate::project::Config,
+    keep_going: bool,
+    graph: &DependencyGraph,
+    left_out: &mut LeftOut,
+    on_statement: &mut impl FnMut(&Statement, Duration),
+) -> Result<(), BuildFailure> {
+    let steps: Vec<&crate::plan::Step> = plan
+        .steps
+        .iter()
+        .filter(|step| step.phase() == Phase::Build)
+        .collect();
+    let mut objects: Vec<&QualifiedName> = steps.iter().map(|step| &step.object).collect();
+    objects.dedup();
+    let mut recorded = Vec::new();
+    for object in objects {
+        let of_object = || steps.iter().filter(|step| step.object == *object);
+        let statements: Vec<Statement> = of_object().filter_map(|step| step.statement()).collect();
+        if keep_going {
+            transaction
+                .batch_execute("SAVEPOINT viewkeeper_build")
+                .await
+                .map_err(|error| BuildFailure(database("cannot start a savepoint")(error)))?;
+        }
+        match run_statements(transaction, &statements, config, on_statement).await {
+            Ok(()) => recorded.extend(of_object().filter_map(|step| match &step.op {
+                crate::plan::Op::RecordBuild(build) => Some(build),
+                _ => None,
+            })),
+            Err((index, error)) if keep_going && error.as_db_error().is_some() => {
+                let failure = statement_error(&statements, index, &error);
+                transaction
+                    .batch_execute("ROLLBACK TO SAVEPOINT viewkeeper_build")
+                    .await
+                    .map_err(|error| {
+                        BuildFailure(database("cannot roll back to a savepoint")(error))
+                    })?;
+                left_out.fail(object, failure, graph);
+            }
+            Err((index, error)) => {
+                return Err(BuildFailure(ApplyError::Statement(Box::new(
+                    statement_error(&statements, index, &error),
+                ))));
+            }
+        }
+    }
+    state::write_builds(transaction, &config.state_schema, &recorded, &[])
+        .await
+        .map_err(|error| BuildFailure(database("cannot record the builds")(error)))
 }
 
 /// Runs the plan's statements in order; on failure, the index of the failing one.

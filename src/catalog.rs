@@ -42,6 +42,10 @@ pub struct Catalog {
     pub drops: BTreeMap<QualifiedName, crate::guard::DropRecord>,
     /// viewkeeper's records; `None` when the state schema does not exist yet.
     pub state: Option<State>,
+    /// Side-by-side copies recorded in the state that exist, by temporary name. They are
+    /// not in [`Self::relations`]: nobody declared them, and nothing may treat them as
+    /// objects of their own.
+    pub built: BTreeMap<QualifiedName, Relation>,
     /// How many queries introspection issued (constant, checked by tests and the benchmark).
     pub queries_issued: usize,
 }
@@ -66,6 +70,8 @@ pub struct Relation {
     pub indexes: BTreeMap<String, LiveIndex>,
     /// Privileges granted to roles other than the owner.
     pub grants: BTreeSet<(Grantee, String)>,
+    /// `pg_total_relation_size` of a materialized view (heap, indexes, TOAST); 0 for a view.
+    pub size_bytes: i64,
 }
 
 /// An index on a materialized view.
@@ -225,6 +231,15 @@ JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('v', 'm')
   AND n.nspname <> ALL($1::text[]) AND n.nspname NOT LIKE 'pg\\_%'";
 
+// The room a materialized view takes, which a side-by-side rebuild needs a second time.
+// language=SQL
+const SIZES: &str = "
+SELECT c.oid, pg_total_relation_size(c.oid)
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'm'
+  AND n.nspname <> ALL($1::text[]) AND n.nspname NOT LIKE 'pg\\_%'";
+
 // language=SQL
 const NAMED_RELATIONS: &str = "
 SELECT n.nspname::text, c.relname::text, c.relkind::text
@@ -299,8 +314,15 @@ pub async fn introspect(
                 columns: row.get(10),
                 indexes: BTreeMap::new(),
                 grants: BTreeSet::new(),
+                size_bytes: 0,
             },
         );
+    }
+
+    for row in client.query(SIZES, &[&excluded]).await? {
+        if let Some(relation) = relation_by_oid(&mut catalog, &names_by_oid, row.get(0)) {
+            relation.size_bytes = row.get::<_, Option<i64>>(1).unwrap_or(0);
+        }
     }
 
     for row in client.query(INDEXES, &[&excluded]).await? {
@@ -359,7 +381,14 @@ pub async fn introspect(
 
     if state_exists {
         client.count();
-        catalog.state = Some(state::read(client.inner, state_schema).await?);
+        let state = state::read(client.inner, state_schema).await?;
+        for temp in state.builds.keys() {
+            catalog.reads.remove(temp);
+            if let Some(copy) = catalog.relations.remove(temp) {
+                catalog.built.insert(temp.clone(), copy);
+            }
+        }
+        catalog.state = Some(state);
     }
     if guard_log_exists {
         client.count();

@@ -358,7 +358,7 @@ pub fn statement_done(
 ) -> io::Result<()> {
     let style = match statement.phase {
         Phase::Drop | Phase::DropIndex => RED,
-        Phase::Create => GREEN,
+        Phase::Create | Phase::Build => GREEN,
         Phase::Refresh => CYAN,
         Phase::Index | Phase::Options | Phase::Grant | Phase::Comment | Phase::Owner => YELLOW,
         Phase::State => Style::new(),
@@ -862,6 +862,7 @@ mod tests {
                         options: Default::default(),
                         fill: crate::plan::Fill::None,
                         diff: Some("-SELECT 1\n+SELECT '```' AS fence\n".to_owned()),
+                        in_place: None,
                     },
                 ),
             ],

@@ -23,6 +23,10 @@ pub const REFRESH_TABLE: &str = "refresh_log";
 /// restored them yet. Written in the transaction of the drops, cleared in the one that
 /// restores, so a killed run leaves a record the next command reports.
 pub const RESTORE_OWED_TABLE: &str = "restore_owed";
+/// Materialized views built side by side under a temporary name, waiting for their swap.
+/// A row is written in the transaction that builds the copy and deleted in the one that
+/// swaps it in (or drops it), so a killed reconcile leaves only recorded copies.
+pub const BUILDS_TABLE: &str = "side_build";
 
 /// What viewkeeper recorded about one object the last time it applied it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,10 +51,67 @@ pub struct AppliedIndex {
     pub definition: String,
 }
 
-/// Everything in the state table, by name.
+/// Everything in the state tables, by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State {
     pub objects: BTreeMap<QualifiedName, ManagedObject>,
+    /// Side-by-side copies, by their temporary name.
+    pub builds: BTreeMap<QualifiedName, SideBuild>,
+    /// How long the last successful build or refresh of each object took.
+    pub last_builds: BTreeMap<QualifiedName, std::time::Duration>,
+}
+
+/// A new version of a materialized view, built beside the old one under `temp` (same
+/// schema) with its indexes, to be renamed to `target` by a short swap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SideBuild {
+    pub temp: QualifiedName,
+    pub target: QualifiedName,
+    /// [`query_hash`] of the query it was built from.
+    pub query_sha256: String,
+    pub indexes: Vec<BuiltIndex>,
+}
+
+/// A [`SideBuild`] as its row stores it.
+#[derive(Serialize, Deserialize)]
+struct BuildRow {
+    schema: String,
+    temp: String,
+    target: String,
+    query_sha256: String,
+    indexes: Vec<BuiltIndex>,
+}
+
+impl From<&SideBuild> for BuildRow {
+    fn from(build: &SideBuild) -> BuildRow {
+        BuildRow {
+            schema: build.temp.schema.clone(),
+            temp: build.temp.name.clone(),
+            target: build.target.name.clone(),
+            query_sha256: build.query_sha256.clone(),
+            indexes: build.indexes.clone(),
+        }
+    }
+}
+
+impl From<BuildRow> for SideBuild {
+    fn from(row: BuildRow) -> SideBuild {
+        SideBuild {
+            temp: QualifiedName::new(row.schema.clone(), row.temp),
+            target: QualifiedName::new(row.schema, row.target),
+            query_sha256: row.query_sha256,
+            indexes: row.indexes,
+        }
+    }
+}
+
+/// An index of a side-by-side copy: built as `temp`, renamed to `name` by the swap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuiltIndex {
+    pub name: String,
+    pub temp: String,
+    /// The declared index's statement (on the target), to tell a changed declaration.
+    pub sql: String,
 }
 
 /// `"schema"."table"` for a state table.
@@ -90,7 +151,15 @@ CREATE INDEX IF NOT EXISTS refresh_log_object_idx ON {refreshes} (schema_name, o
 CREATE TABLE IF NOT EXISTS {restore_owed} (
     single boolean PRIMARY KEY DEFAULT true CHECK (single),
     since timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS {builds} (
+    temp_schema text NOT NULL,
+    temp_name text NOT NULL,
+    build jsonb NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (temp_schema, temp_name)
 );",
+        builds = table(schema, BUILDS_TABLE),
         schema = quote_ident(schema)
     )
 }
@@ -131,7 +200,78 @@ pub(crate) async fn read(
             },
         );
     }
+    // language=SQL
+    let sql = format!(
+        "SELECT DISTINCT ON (schema_name, object_name) schema_name, object_name, duration_ms
+         FROM {} WHERE outcome = 'ok'
+         ORDER BY schema_name, object_name, started_at DESC",
+        table(schema, REFRESH_TABLE)
+    );
+    for row in client.query(&sql, &[]).await? {
+        let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
+        let millis = u64::try_from(row.get::<_, i64>(2)).unwrap_or(0);
+        state
+            .last_builds
+            .insert(name, std::time::Duration::from_millis(millis));
+    }
+    // A state schema made by an older viewkeeper has no builds table: nothing was built.
+    let builds = table(schema, BUILDS_TABLE);
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&builds])
+        .await?
+        .get(0);
+    if exists {
+        // language=SQL
+        let sql = format!("SELECT build::text FROM {builds}");
+        for row in client.query(&sql, &[]).await? {
+            // A row this version cannot read is left alone (and not used).
+            if let Ok(row) = serde_json::from_str::<BuildRow>(&row.get::<_, String>(0)) {
+                let build = SideBuild::from(row);
+                state.builds.insert(build.temp.clone(), build);
+            }
+        }
+    }
     Ok(state)
+}
+
+/// Records side-by-side copies just built (in the transaction that built them), and
+/// deletes the records of `done` (swapped in or dropped).
+pub(crate) async fn write_builds(
+    client: &impl GenericClient,
+    schema: &str,
+    built: &[&SideBuild],
+    done: &[&QualifiedName],
+) -> Result<(), tokio_postgres::Error> {
+    let builds = table(schema, BUILDS_TABLE);
+    if !done.is_empty() {
+        let schemas: Vec<&str> = done.iter().map(|n| n.schema.as_str()).collect();
+        let names: Vec<&str> = done.iter().map(|n| n.name.as_str()).collect();
+        // language=SQL
+        let sql = format!(
+            "DELETE FROM {builds} b USING unnest($1::text[], $2::text[]) AS d(s, n)
+             WHERE b.temp_schema = d.s AND b.temp_name = d.n"
+        );
+        client.execute(&sql, &[&schemas, &names]).await?;
+    }
+    if !built.is_empty() {
+        let schemas: Vec<&str> = built.iter().map(|b| b.temp.schema.as_str()).collect();
+        let names: Vec<&str> = built.iter().map(|b| b.temp.name.as_str()).collect();
+        let documents: Vec<String> = built
+            .iter()
+            .map(|b| serde_json::to_string(&BuildRow::from(*b)).unwrap_or_default())
+            .collect();
+        // language=SQL
+        let sql = format!(
+            "INSERT INTO {builds} (temp_schema, temp_name, build)
+             SELECT s, n, b::jsonb FROM unnest($1::text[], $2::text[], $3::text[]) AS r(s, n, b)
+             ON CONFLICT (temp_schema, temp_name) DO UPDATE
+                 SET build = excluded.build, started_at = now()"
+        );
+        client
+            .execute(&sql, &[&schemas, &names, &documents])
+            .await?;
+    }
+    Ok(())
 }
 
 /// One object's new record, written after its DDL ran.

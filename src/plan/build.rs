@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::catalog::Catalog;
 use crate::graph::DependencyGraph;
 use crate::name::QualifiedName;
-use crate::project::{Declaration, Kind, Project};
+use crate::project::{Declaration, Kind, Project, Rebuild};
 use crate::sql::ddl;
-use crate::state::{ManagedObject, Record, State, query_hash};
+use crate::state::{BuiltIndex, ManagedObject, Record, SideBuild, State, query_hash};
 
 use super::verdict::{self, Status};
 use super::{
@@ -65,6 +65,7 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
         builder.push(&forget, Op::Forget);
     }
     builder.creates(&graphs, &statuses, state);
+    builder.drop_unused_builds(state);
     Ok(builder.finish())
 }
 
@@ -151,6 +152,10 @@ struct Builder<'a> {
     refreshes: Vec<Head>,
     /// Where the drop of each rebuilt object's old version is, to join it to its rebuild.
     old_version_drops: BTreeMap<QualifiedName, usize>,
+    /// Side-by-side copies this plan swaps in.
+    used_builds: BTreeSet<QualifiedName>,
+    /// Materialized views rebuilt in reconcile's transaction, and why not side by side.
+    in_place: BTreeMap<QualifiedName, String>,
 }
 
 impl<'a> Builder<'a> {
@@ -163,6 +168,8 @@ impl<'a> Builder<'a> {
             filled_later: BTreeSet::new(),
             refreshes: Vec::new(),
             old_version_drops: BTreeMap::new(),
+            used_builds: BTreeSet::new(),
+            in_place: BTreeMap::new(),
         }
     }
 
@@ -271,7 +278,7 @@ impl<'a> Builder<'a> {
                 (Status::Replace { reason, diff }, _) => {
                     let head = Head::new(name, declaration.kind, Change::Replace, reason);
                     self.adopt_drop(&head);
-                    self.create(&head, declaration, diff.clone(), graphs);
+                    self.rebuild(&head, declaration, diff.clone(), statuses, graphs, state);
                 }
                 (Status::Rebuild { because }, _) => {
                     let reason = format!("depends on {because}, which is rebuilt");
@@ -279,10 +286,196 @@ impl<'a> Builder<'a> {
                     self.adopt_drop(&head);
                     // Its query is unchanged, so what the catalog says it reads still holds.
                     self.warn_about_dependencies(declaration);
-                    self.create(&head, declaration, None, graphs);
+                    self.rebuild(&head, declaration, None, statuses, graphs, state);
                 }
                 (Status::ReplaceInPlace { .. } | Status::Keep | Status::Adopt, None) => {}
             }
+        }
+    }
+
+    /// A new version of an existing object: built side by side and swapped in where it
+    /// can be, else created in reconcile's transaction.
+    fn rebuild(
+        &mut self,
+        head: &Head,
+        declaration: &Declaration,
+        diff: Option<String>,
+        statuses: &BTreeMap<QualifiedName, Status>,
+        graphs: &Graphs,
+        state: &State,
+    ) {
+        match self.side_by_side(declaration, statuses, graphs) {
+            Ok(()) => self.swap(head, declaration, diff, state),
+            Err(why) => {
+                if declaration.kind == Kind::MaterializedView {
+                    self.in_place.insert(declaration.name.clone(), why);
+                }
+                self.create(head, declaration, diff, graphs);
+            }
+        }
+    }
+
+    /// Whether a rebuilt materialized view can be built beside the old one: its data, and
+    /// everything it reads, must be there before reconcile's transaction starts. If not,
+    /// why (in the plan's words).
+    fn side_by_side(
+        &self,
+        declaration: &Declaration,
+        statuses: &BTreeMap<QualifiedName, Status>,
+        graphs: &Graphs,
+    ) -> Result<(), String> {
+        let name = &declaration.name;
+        let live = self.catalog.relations.get(name);
+        if declaration.kind != Kind::MaterializedView
+            || !declaration.populate
+            || !live.is_some_and(|live| live.kind == Kind::MaterializedView && live.populated)
+        {
+            return Err("it holds no data".to_owned());
+        }
+        if declaration.rebuild.unwrap_or(self.project.config.rebuild) == Rebuild::InPlace {
+            return Err("rebuild \"in-place\" is set".to_owned());
+        }
+        // What it reads must stay as it is, or be there only after the swap.
+        for dependency in graphs.create_graph.dependencies(name) {
+            let stays = match statuses.get(&dependency) {
+                None => true,
+                Some(Status::Keep | Status::Adopt) => !self.filled_later.contains(&dependency),
+                Some(_) => false,
+            };
+            if !stays {
+                return Err(format!(
+                    "it reads {dependency}, which changes in the same swap"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A materialized view built side by side (unless a copy of exactly this version is
+    /// built already), then swapped in: the old version is dropped and the copy renamed,
+    /// with its indexes, in reconcile's short transaction.
+    fn swap(
+        &mut self,
+        head: &Head,
+        declaration: &Declaration,
+        diff: Option<String>,
+        state: &State,
+    ) {
+        let name = &declaration.name;
+        let query_sha256 = query_hash(declaration.kind, &declaration.query.text);
+        let temp = temporary_name(declaration, &query_sha256);
+        let indexes: Vec<BuiltIndex> = declaration
+            .indexes
+            .iter()
+            .enumerate()
+            .map(|(position, index)| BuiltIndex {
+                name: index.name.clone(),
+                temp: format!("{}_{position}", temp.name),
+                sql: ddl::create_index(name, index),
+            })
+            .collect();
+        let build = SideBuild {
+            temp: temp.clone(),
+            target: name.clone(),
+            query_sha256,
+            indexes,
+        };
+        let ready = state.builds.get(&temp) == Some(&build)
+            && self
+                .catalog
+                .built
+                .get(&temp)
+                .is_some_and(|copy| copy.kind == Kind::MaterializedView && copy.populated);
+        self.used_builds.insert(temp.clone());
+        let query = DeclaredQuery {
+            text: declaration.query.text.clone(),
+            origin: Some(declaration.query.origin.clone()),
+        };
+        if !ready {
+            self.push(
+                head,
+                Op::Build {
+                    build: build.clone(),
+                    query,
+                    options: declaration.options.clone(),
+                },
+            );
+            for (index, built) in declaration.indexes.iter().zip(&build.indexes) {
+                let mut temporary = index.clone();
+                temporary.name.clone_from(&built.temp);
+                self.push(
+                    head,
+                    Op::BuildIndex {
+                        temp: temp.clone(),
+                        index: temporary,
+                    },
+                );
+            }
+            self.push(head, Op::RecordBuild(build.clone()));
+        }
+        self.push(
+            head,
+            Op::Swap {
+                temp: temp.clone(),
+                built: ready,
+                diff,
+            },
+        );
+        for built in &build.indexes {
+            self.push(
+                head,
+                Op::RenameIndex {
+                    temp: built.temp.clone(),
+                    name: built.name.clone(),
+                },
+            );
+        }
+        let live_owner = self.catalog.relations.get(name).map(|r| r.owner.as_str());
+        let owner = declaration
+            .owner
+            .as_deref()
+            .or(live_owner)
+            .unwrap_or(&self.catalog.current_user);
+        let mut without_indexes = declaration.clone();
+        without_indexes.indexes.clear();
+        for op in attributes::for_create(&without_indexes, self.catalog, owner) {
+            self.push(head, op);
+        }
+        self.push(head, Op::Record(record(declaration)));
+        self.push(head, Op::ForgetBuild { temp });
+    }
+
+    /// Side-by-side copies recorded in the state that this plan does not swap in: dropped
+    /// (if they exist) and forgotten.
+    fn drop_unused_builds(&mut self, state: &State) {
+        for build in state.builds.values() {
+            if self.used_builds.contains(&build.temp) {
+                continue;
+            }
+            let head = Head::new(
+                &build.temp,
+                Kind::MaterializedView,
+                Change::Drop,
+                &format!(
+                    "a side-by-side build of {} that is not swapped in (left by an interrupted \
+                     reconcile, or its declaration changed since)",
+                    build.target
+                ),
+            );
+            if self.catalog.built.contains_key(&build.temp) {
+                self.push(
+                    &head,
+                    Op::DropBuild {
+                        temp: build.temp.clone(),
+                    },
+                );
+            }
+            self.push(
+                &head,
+                Op::ForgetBuild {
+                    temp: build.temp.clone(),
+                },
+            );
         }
     }
 
@@ -328,6 +521,7 @@ impl<'a> Builder<'a> {
         if upstream_empty || fill == Fill::Later {
             self.filled_later.insert(name.clone());
         }
+        let in_place = self.in_place.remove(name);
         self.push(
             head,
             Op::Create {
@@ -338,6 +532,7 @@ impl<'a> Builder<'a> {
                 options: declaration.options.clone(),
                 fill,
                 diff,
+                in_place,
             },
         );
         let live_owner = self.catalog.relations.get(name).map(|r| r.owner.as_str());
@@ -472,6 +667,37 @@ impl<'a> Builder<'a> {
             }
         }
     }
+}
+
+/// The name a side-by-side copy is built under, in the target's schema: the same for the
+/// same declared version (query, indexes, options), so a copy left by an interrupted
+/// reconcile is found again, and never a name anyone declares by hand.
+fn temporary_name(declaration: &Declaration, query_sha256: &str) -> QualifiedName {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for part in [
+        &declaration.name.schema,
+        &declaration.name.name,
+        query_sha256,
+    ] {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    for index in &declaration.indexes {
+        hasher.update(ddl::create_index(&declaration.name, index).as_bytes());
+        hasher.update([0]);
+    }
+    hasher.update(ddl::options_list(&declaration.options).as_bytes());
+    let digest: String = hasher
+        .finalize()
+        .iter()
+        .take(10)
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    QualifiedName::new(
+        declaration.name.schema.clone(),
+        format!("viewkeeper_build_{digest}"),
+    )
 }
 
 /// `path:line` of a span in a declaration's file.
@@ -640,6 +866,7 @@ impl Builder<'_> {
                 options: declared.options.clone(),
                 fill: Fill::Later,
                 diff: None,
+                in_place: None,
             },
         );
         for index in &managed.applied_indexes {

@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::name::QualifiedName;
 use crate::project::Kind;
-use crate::state::Record;
+use crate::state::{Record, SideBuild};
 
 pub use build::{drop_managed, plan, restore_missing};
 pub use error::{Blocker, PlanError, refuse_data_loss, refuse_dropping_everything};
@@ -154,6 +154,33 @@ impl Plan {
             .iter()
             .filter(|step| step.change == Change::Adopt)
             .map(|step| &step.object)
+            .collect()
+    }
+
+    /// True when some materialized view is built side by side first.
+    pub fn builds_side_by_side(&self) -> bool {
+        self.steps.iter().any(|step| step.phase() == Phase::Build)
+    }
+
+    /// The side-by-side copies to record once built.
+    pub fn recorded_builds(&self) -> Vec<&SideBuild> {
+        self.steps
+            .iter()
+            .filter_map(|step| match &step.op {
+                Op::RecordBuild(build) => Some(build),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The side-by-side copies whose records go: swapped in, dropped or gone.
+    pub fn forgotten_builds(&self) -> Vec<&QualifiedName> {
+        self.steps
+            .iter()
+            .filter_map(|step| match &step.op {
+                Op::ForgetBuild { temp } => Some(temp),
+                _ => None,
+            })
             .collect()
     }
 

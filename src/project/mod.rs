@@ -75,6 +75,34 @@ impl Kind {
     }
 }
 
+/// How a materialized view whose query changed (or whose upstream did) is rebuilt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Rebuild {
+    /// Built under a temporary name while the old one keeps serving, then swapped in by a
+    /// short transaction: readers wait only for the swap. Needs room for a second copy.
+    #[default]
+    SideBySide,
+    /// Dropped and built again in reconcile's transaction: readers wait for the whole build.
+    InPlace,
+}
+
+impl Rebuild {
+    /// The words of `rebuild "…"` in files.
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Rebuild::SideBySide => "side-by-side",
+            Rebuild::InPlace => "in-place",
+        }
+    }
+
+    pub(crate) fn parse(text: &str) -> Option<Rebuild> {
+        [Rebuild::SideBySide, Rebuild::InPlace]
+            .into_iter()
+            .find(|rebuild| rebuild.keyword() == text)
+    }
+}
+
 /// One `view` or `materialized-view` node.
 #[derive(Debug, Clone)]
 pub struct Declaration {
@@ -91,6 +119,8 @@ pub struct Declaration {
     pub owner: Option<String>,
     /// False for `populate #false`: created `WITH NO DATA` and never refreshed by reconcile.
     pub populate: bool,
+    /// `rebuild "in-place"` or `"side-by-side"`; `None` follows `viewkeeper.kdl`.
+    pub rebuild: Option<Rebuild>,
     pub refresh: Option<RefreshPolicy>,
     /// `with` options (PostgreSQL's `reloptions`), such as `security_invoker` → `true`.
     pub options: std::collections::BTreeMap<String, String>,
