@@ -149,7 +149,11 @@ struct Builder<'a> {
     /// Materialized views (and views reading them) whose data comes only with the refresh
     /// steps: a materialized view reading one is created empty and refreshed after it.
     filled_later: BTreeSet<QualifiedName>,
-    refreshes: Vec<Head>,
+    /// Objects kept in place whose rows change: views replaced in place, and what reads
+    /// them; a populated materialized view above one is refreshed.
+    rows_change: BTreeSet<QualifiedName>,
+    /// Refreshes, and whether each may run concurrently.
+    refreshes: Vec<(Head, bool)>,
     /// Where the drop of each rebuilt object's old version is, to join it to its rebuild.
     old_version_drops: BTreeMap<QualifiedName, usize>,
     /// Side-by-side copies this plan swaps in.
@@ -166,6 +170,7 @@ impl<'a> Builder<'a> {
             steps: Vec::new(),
             warnings: Vec::new(),
             filled_later: BTreeSet::new(),
+            rows_change: BTreeSet::new(),
             refreshes: Vec::new(),
             old_version_drops: BTreeMap::new(),
             used_builds: BTreeSet::new(),
@@ -186,16 +191,25 @@ impl<'a> Builder<'a> {
     /// Refreshes after everything else, then the state's records; within a phase, the
     /// order they were planned in.
     fn finish(mut self) -> Plan {
-        for head in std::mem::take(&mut self.refreshes) {
-            self.push(
-                &head,
-                Op::Refresh {
-                    concurrently: false,
-                },
-            );
+        for (head, concurrently) in std::mem::take(&mut self.refreshes) {
+            self.push(&head, Op::Refresh { concurrently });
         }
         self.steps.sort_by_key(Step::phase);
+        // How long the builds the plan makes took last time, for what it costs readers.
+        let last_builds = self
+            .catalog
+            .state
+            .iter()
+            .flat_map(|state| &state.last_builds)
+            .filter(|(name, _)| {
+                self.steps
+                    .iter()
+                    .any(|step| &step.object == *name && step.builds_data())
+            })
+            .map(|(name, took)| (name.clone(), *took))
+            .collect();
         Plan {
+            last_builds,
             steps: self.steps,
             warnings: self.warnings,
             declared: self.project.declarations.len(),
@@ -264,6 +278,7 @@ impl<'a> Builder<'a> {
                 ) => {
                     let head = Head::new(name, declaration.kind, Change::ReplaceInPlace, reason);
                     self.replace_in_place(&head, declaration, live, added, diff.clone());
+                    self.rows_change.insert(name.clone());
                     self.warn_about_dependencies(declaration);
                 }
                 (Status::Keep | Status::Adopt, Some(live)) => {
@@ -398,6 +413,11 @@ impl<'a> Builder<'a> {
                     build: build.clone(),
                     query,
                     options: declaration.options.clone(),
+                    size_bytes: self
+                        .catalog
+                        .relations
+                        .get(name)
+                        .map_or(0, |live| live.size_bytes),
                 },
             );
             for (index, built) in declaration.indexes.iter().zip(&build.indexes) {
@@ -508,11 +528,14 @@ impl<'a> Builder<'a> {
         let fill = if declaration.kind != Kind::MaterializedView || !declaration.populate {
             Fill::None
         } else if upstream_empty {
-            self.refreshes.push(Head::new(
-                name,
-                declaration.kind,
-                Change::Refresh,
-                "created without data: filling it",
+            self.refreshes.push((
+                Head::new(
+                    name,
+                    declaration.kind,
+                    Change::Refresh,
+                    "created without data: filling it",
+                ),
+                false,
             ));
             Fill::Later
         } else {
@@ -608,18 +631,41 @@ impl<'a> Builder<'a> {
         } else if altered {
             self.push(&head, Op::Record(record(declaration)));
         }
+        let stale_read = graphs
+            .create_graph
+            .dependencies(name)
+            .into_iter()
+            .find(|dependency| self.rows_change.contains(dependency));
         if declaration.kind == Kind::MaterializedView && declaration.populate && !live.populated {
-            self.refreshes.push(Head::new(
-                name,
-                declaration.kind,
-                Change::Refresh,
-                "not populated: it holds no data",
+            self.refreshes.push((
+                Head::new(
+                    name,
+                    declaration.kind,
+                    Change::Refresh,
+                    "not populated: it holds no data",
+                ),
+                false,
             ));
             self.filled_later.insert(name.clone());
         } else if declaration.kind == Kind::View
             && self.reads_filled_later(&graphs.create_graph, name)
         {
             self.filled_later.insert(name.clone());
+        } else if let Some(dependency) = stale_read {
+            self.rows_change.insert(name.clone());
+            if declaration.kind == Kind::MaterializedView && declaration.populate {
+                // Its rows came from the old version. Readers keep reading them while a
+                // concurrent refresh runs; that needs a unique index on plain columns.
+                let concurrently = declaration
+                    .indexes
+                    .iter()
+                    .any(crate::project::Index::allows_concurrent_refresh);
+                let reason = format!("reads {dependency}, whose rows change: refreshing its data");
+                self.refreshes.push((
+                    Head::new(name, declaration.kind, Change::Refresh, &reason),
+                    concurrently,
+                ));
+            }
         }
     }
 
@@ -907,11 +953,14 @@ impl Builder<'_> {
             }),
         );
         if managed.kind == Kind::MaterializedView && declared.populate {
-            self.refreshes.push(Head::new(
-                name,
-                Kind::MaterializedView,
-                Change::Refresh,
-                "created without data: filling it",
+            self.refreshes.push((
+                Head::new(
+                    name,
+                    Kind::MaterializedView,
+                    Change::Refresh,
+                    "created without data: filling it",
+                ),
+                false,
             ));
         }
     }

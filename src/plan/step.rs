@@ -92,6 +92,8 @@ pub enum Op {
         build: SideBuild,
         query: DeclaredQuery,
         options: BTreeMap<String, String>,
+        /// The room the old version takes, which the copy needs too.
+        size_bytes: i64,
     },
     /// An index of a side-by-side copy, under its temporary name.
     BuildIndex {
@@ -224,6 +226,8 @@ pub enum Phase {
 pub enum Lock {
     ShareUpdateExclusive,
     Share,
+    /// Blocks writes, not reads (`REFRESH … CONCURRENTLY`).
+    Exclusive,
     AccessExclusive,
 }
 
@@ -232,6 +236,7 @@ impl Lock {
         match self {
             Lock::ShareUpdateExclusive => "SHARE UPDATE EXCLUSIVE",
             Lock::Share => "SHARE",
+            Lock::Exclusive => "EXCLUSIVE",
             Lock::AccessExclusive => "ACCESS EXCLUSIVE",
         }
     }
@@ -294,17 +299,17 @@ impl Step {
             | Op::Drop { .. }
             | Op::ReplaceInPlace { .. }
             | Op::Owner { .. }
+            | Op::Swap { .. }
             | Op::Refresh {
                 concurrently: false,
             } => Some(Lock::AccessExclusive),
-            Op::Refresh { concurrently: true } => Some(Lock::ShareUpdateExclusive),
+            Op::Refresh { concurrently: true } => Some(Lock::Exclusive),
             Op::CreateIndex { .. } => Some(Lock::Share),
             Op::Comment { .. } => Some(Lock::ShareUpdateExclusive),
             Op::Create { .. }
             | Op::Build { .. }
             | Op::BuildIndex { .. }
             | Op::RecordBuild(_)
-            | Op::Swap { .. }
             | Op::RenameIndex { .. }
             | Op::DropBuild { .. }
             | Op::ForgetBuild { .. }
@@ -423,7 +428,6 @@ impl Step {
             | Op::Build { .. }
             | Op::BuildIndex { .. }
             | Op::RecordBuild(_)
-            | Op::Swap { .. }
             | Op::RenameIndex { .. }
             | Op::DropBuild { .. }
             | Op::ForgetBuild { .. } => None,
@@ -439,6 +443,19 @@ impl Step {
             }
             _ => None,
         }
+    }
+
+    /// True for a step that fills a materialized view with rows: its time is the build's.
+    pub fn builds_data(&self) -> bool {
+        matches!(
+            self.op,
+            Op::Build { .. }
+                | Op::Refresh { .. }
+                | Op::Create {
+                    fill: Fill::AtCreate,
+                    ..
+                }
+        )
     }
 
     pub fn destroys_data(&self) -> bool {
@@ -496,6 +513,7 @@ impl Step {
                 build,
                 query,
                 options,
+                ..
             } => {
                 let built = ddl::create(
                     Kind::MaterializedView,
@@ -520,15 +538,7 @@ impl Step {
             summary: self.summary(),
             sql,
             query,
-            fills: matches!(
-                self.op,
-                Op::Refresh { .. }
-                    | Op::Build { .. }
-                    | Op::Create {
-                        fill: Fill::AtCreate,
-                        ..
-                    }
-            ),
+            fills: self.builds_data(),
         })
     }
 }
