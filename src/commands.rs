@@ -569,7 +569,7 @@ async fn status(
         Default::default()
     };
     let now: chrono::DateTime<chrono::Utc> = client
-        .query_one("SELECT clock_timestamp()", &[])
+        .query_one(crate::sql::session::CLOCK, &[])
         .await
         .map_err(catalog_error)?
         .get(0);

@@ -10,16 +10,16 @@ use std::time::Duration;
 use tokio_postgres::GenericClient;
 use tokio_postgres::error::SqlState;
 
+use crate::sql::{self, session, session::LockMode};
+
 /// `SET LOCAL lock_timeout`: bounds every later wait in the transaction, advisory locks
 /// taken with `pg_advisory_xact_lock` included.
 pub async fn bound(
     client: &impl GenericClient,
     timeout: Duration,
 ) -> Result<(), tokio_postgres::Error> {
-    // Zero would mean "wait forever" to PostgreSQL.
-    let millis = timeout.as_millis().max(1);
     client
-        .batch_execute(&format!("SET LOCAL lock_timeout = {millis}"))
+        .batch_execute(&session::set_local_lock_timeout(timeout))
         .await
 }
 
@@ -31,7 +31,7 @@ pub async fn share_reconcile_lock(
 ) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
-            "SELECT pg_advisory_xact_lock_shared($1)",
+            session::advisory_xact_lock(LockMode::Shared, false),
             &[&crate::apply::lock_key(state_schema)],
         )
         .await
@@ -57,7 +57,7 @@ pub fn lost_relation(error: &tokio_postgres::Error) -> bool {
 /// or a lock on a view or materialized view, with role, application, state, since when and
 /// the first line of their query. Read on `client` once its own wait is over.
 pub async fn holders(client: &impl GenericClient) -> Result<Vec<String>, tokio_postgres::Error> {
-    sessions(client, HOLDERS, &[]).await
+    sessions(client, sql::waits::HOLDERS, &[]).await
 }
 
 /// Who holds any lock on `relation`: what a DROP or an ALTER, which need it alone, waits for.
@@ -67,43 +67,11 @@ pub async fn holders_of(
 ) -> Result<Vec<String>, tokio_postgres::Error> {
     sessions(
         client,
-        RELATION_HOLDERS,
+        sql::waits::RELATION_HOLDERS,
         &[&relation.schema, &relation.name],
     )
     .await
 }
-
-// language=SQL
-const HOLDERS: &str = "SELECT DISTINCT a.pid, coalesce(a.usename::text, ''), coalesce(a.application_name, ''),
-                    coalesce(a.state, ''),
-                    coalesce(extract(epoch FROM now() - coalesce(a.xact_start, a.query_start)), 0)::float8,
-                    split_part(coalesce(a.query, ''), E'\\n', 1),
-                    CASE WHEN l.locktype = 'advisory' THEN 'an advisory lock'
-                         ELSE format('%s on %s', l.mode, l.relation::regclass) END
-             FROM pg_locks l
-             JOIN pg_stat_activity a ON a.pid = l.pid
-             LEFT JOIN pg_class c ON c.oid = l.relation
-             WHERE l.granted AND l.pid <> pg_backend_pid()
-               AND a.datname = current_database()
-               AND ((l.locktype = 'advisory' AND l.mode = 'ExclusiveLock')
-                    OR (l.locktype = 'relation' AND c.relkind IN ('v', 'm')
-                        AND l.mode IN ('AccessExclusiveLock', 'ExclusiveLock')))
-             ORDER BY a.pid";
-
-// language=SQL
-const RELATION_HOLDERS: &str = "SELECT DISTINCT a.pid, coalesce(a.usename::text, ''), coalesce(a.application_name, ''),
-                    coalesce(a.state, ''),
-                    coalesce(extract(epoch FROM now() - coalesce(a.xact_start, a.query_start)), 0)::float8,
-                    split_part(coalesce(a.query, ''), E'\\n', 1),
-                    format('%s on %s', l.mode, l.relation::regclass)
-             FROM pg_locks l
-             JOIN pg_stat_activity a ON a.pid = l.pid
-             JOIN pg_class c ON c.oid = l.relation
-             JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE l.granted AND l.pid <> pg_backend_pid()
-               AND a.datname = current_database()
-               AND n.nspname = $1 AND c.relname = $2
-             ORDER BY a.pid";
 
 async fn sessions(
     client: &impl GenericClient,

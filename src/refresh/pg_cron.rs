@@ -192,11 +192,7 @@ fn refresh_statement(project: &Project, name: &QualifiedName) -> String {
         .get(name)
         .and_then(|d| d.refresh.as_ref())
         .is_some_and(|p| p.concurrently);
-    format!(
-        "REFRESH MATERIALIZED VIEW {}{}",
-        if concurrently { "CONCURRENTLY " } else { "" },
-        name.to_sql()
-    )
+    crate::sql::ddl::refresh(name, concurrently)
 }
 
 /// `refresh_public_sales_summary_1a2b3c4d`: readable, within PostgreSQL's 63-byte limit,
