@@ -338,7 +338,7 @@ async fn apply_with(
         }
         if !schema_ready {
             transaction
-                .batch_execute(&state::ensure_schema_sql(&config.state_schema))
+                .batch_execute(&crate::sql::state::create_schema(&config.state_schema))
                 .await
                 .map_err(database("cannot create viewkeeper's state schema"))?;
             schema_ready = true;

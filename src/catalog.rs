@@ -247,7 +247,7 @@ pub async fn introspect(
         .chain(std::iter::once(state_schema))
         .collect();
 
-    let state_table = state::table(state_schema, state::OBJECTS_TABLE);
+    let state_table = crate::sql::state::table(state_schema, crate::sql::state::OBJECTS_TABLE);
     let drop_table = crate::guard::log_table(state_schema);
     let session = client
         .query_one(SESSION, &[&state_table, &drop_table])

@@ -11,7 +11,6 @@ use tokio_postgres::error::SqlState;
 use crate::db::describe;
 use crate::name::QualifiedName;
 use crate::sql::{quote_ident, quote_literal};
-use crate::state;
 
 /// Table of recorded drops, inside the state schema.
 pub const DROP_TABLE: &str = "drop_log";
@@ -100,7 +99,7 @@ pub fn guard_schema(state_schema: &str) -> String {
 
 /// `"<state>_guard"."drop_log"`.
 pub fn log_table(state_schema: &str) -> String {
-    state::table(&guard_schema(state_schema), DROP_TABLE)
+    crate::sql::state::table(&guard_schema(state_schema), DROP_TABLE)
 }
 
 /// SQL creating the guard's schema, log table, trigger function and event trigger. The
@@ -116,7 +115,7 @@ pub fn log_table(state_schema: &str) -> String {
 fn install_sql(state_schema: &str, protect: bool) -> String {
     let schema = quote_ident(&guard_schema(state_schema));
     let log = log_table(state_schema);
-    let protected = state::table(&guard_schema(state_schema), PROTECTED_TABLE);
+    let protected = crate::sql::state::table(&guard_schema(state_schema), PROTECTED_TABLE);
     let function = format!("{schema}.{}", quote_ident(FUNCTION));
     let create_function = format!("{schema}.{}", quote_ident(CREATE_FUNCTION));
     // Dropped views leave the protected list, so a reused OID is never protected by mistake.
@@ -214,7 +213,7 @@ DROP FUNCTION IF EXISTS {create_function}();
 /// The table of managed views by OID, and the trigger that adds what viewkeeper creates.
 fn protection_sql(state_schema: &str) -> String {
     let schema = quote_ident(&guard_schema(state_schema));
-    let protected = state::table(&guard_schema(state_schema), PROTECTED_TABLE);
+    let protected = crate::sql::state::table(&guard_schema(state_schema), PROTECTED_TABLE);
     let function = format!("{schema}.{}", quote_ident(CREATE_FUNCTION));
     let body = format!(
         "
@@ -251,7 +250,7 @@ async fn protect_managed(
     transaction: &tokio_postgres::Transaction<'_>,
     state_schema: &str,
 ) -> Result<(), tokio_postgres::Error> {
-    let objects = state::table(state_schema, state::OBJECTS_TABLE);
+    let objects = crate::sql::state::table(state_schema, crate::sql::state::OBJECTS_TABLE);
     let exists: bool = transaction
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&objects])
         .await?
@@ -279,7 +278,7 @@ async fn protect_managed(
     if !plain {
         return Ok(());
     }
-    let protected = state::table(&guard_schema(state_schema), PROTECTED_TABLE);
+    let protected = crate::sql::state::table(&guard_schema(state_schema), PROTECTED_TABLE);
     // language=SQL
     transaction
         .execute(

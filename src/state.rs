@@ -13,16 +13,7 @@ use tokio_postgres::GenericClient;
 use crate::name::QualifiedName;
 use crate::project::Kind;
 pub use crate::project::query_hash;
-use crate::sql::quote_ident;
-
-/// Table of managed objects, inside the configured state schema.
-pub const OBJECTS_TABLE: &str = "managed_object";
-/// Table of refreshes, inside the configured state schema.
-pub const REFRESH_TABLE: &str = "refresh_log";
-/// At most one row: `run --drop-first` dropped the managed views and no reconcile has
-/// restored them yet. Written in the transaction of the drops, cleared in the one that
-/// restores, so a killed run leaves a record the next command reports.
-pub const RESTORE_OWED_TABLE: &str = "restore_owed";
+use crate::sql::state as sql;
 
 /// What viewkeeper recorded about one object the last time it applied it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,61 +44,12 @@ pub struct State {
     pub objects: BTreeMap<QualifiedName, ManagedObject>,
 }
 
-/// `"schema"."table"` for a state table.
-pub(crate) fn table(schema: &str, table: &str) -> String {
-    format!("{}.{}", quote_ident(schema), quote_ident(table))
-}
-
-/// DDL creating the state schema and its tables when missing.
-pub(crate) fn ensure_schema_sql(schema: &str) -> String {
-    let objects = table(schema, OBJECTS_TABLE);
-    let refreshes = table(schema, REFRESH_TABLE);
-    let restore_owed = table(schema, RESTORE_OWED_TABLE);
-    format!(
-        "CREATE SCHEMA IF NOT EXISTS {schema};
-CREATE TABLE IF NOT EXISTS {objects} (
-    schema_name text NOT NULL,
-    object_name text NOT NULL,
-    kind text NOT NULL,
-    query text NOT NULL,
-    query_sha256 text NOT NULL,
-    applied_definition text NOT NULL,
-    applied_indexes jsonb NOT NULL DEFAULT '[]',
-    applied_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (schema_name, object_name)
-);
-CREATE TABLE IF NOT EXISTS {refreshes} (
-    id bigserial PRIMARY KEY,
-    schema_name text NOT NULL,
-    object_name text NOT NULL,
-    started_at timestamptz NOT NULL,
-    duration_ms bigint NOT NULL,
-    concurrent boolean NOT NULL,
-    outcome text NOT NULL,
-    error text
-);
-CREATE INDEX IF NOT EXISTS refresh_log_object_idx ON {refreshes} (schema_name, object_name, started_at);
-CREATE TABLE IF NOT EXISTS {restore_owed} (
-    single boolean PRIMARY KEY DEFAULT true CHECK (single),
-    since timestamptz NOT NULL DEFAULT now()
-);",
-        schema = quote_ident(schema)
-    )
-}
-
 /// Reads the state table; call only when it exists.
 pub(crate) async fn read(
     client: &impl GenericClient,
     schema: &str,
 ) -> Result<State, tokio_postgres::Error> {
-    // language=SQL
-    let sql = format!(
-        "SELECT schema_name, object_name, kind, query, query_sha256, applied_definition,
-                applied_indexes::text, applied_at
-         FROM {} ORDER BY schema_name, object_name",
-        table(schema, OBJECTS_TABLE)
-    );
-    let rows = client.query(&sql, &[]).await?;
+    let rows = client.query(&sql::select_objects(schema), &[]).await?;
     let mut state = State::default();
     for row in rows {
         let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
@@ -152,16 +94,12 @@ pub(crate) async fn write(
     records: &[&Record],
     forget: &[&QualifiedName],
 ) -> Result<(), tokio_postgres::Error> {
-    let objects = table(schema, OBJECTS_TABLE);
     if !forget.is_empty() {
         let schemas: Vec<&str> = forget.iter().map(|n| n.schema.as_str()).collect();
         let names: Vec<&str> = forget.iter().map(|n| n.name.as_str()).collect();
-        // language=SQL
-        let sql = format!(
-            "DELETE FROM {objects} o USING unnest($1::text[], $2::text[]) AS f(s, n)
-             WHERE o.schema_name = f.s AND o.object_name = f.n"
-        );
-        client.execute(&sql, &[&schemas, &names]).await?;
+        client
+            .execute(&sql::delete_objects(schema), &[&schemas, &names])
+            .await?;
     }
     if records.is_empty() {
         return Ok(());
@@ -186,31 +124,9 @@ pub(crate) async fn write(
         })
         .collect();
     // The definitions PostgreSQL reports now, read in the same statement that stores them.
-    // language=SQL
-    let sql = format!(
-        "INSERT INTO {objects} AS o (schema_name, object_name, kind, query, query_sha256,
-                                     applied_definition, applied_indexes, applied_at)
-         SELECT r.s, r.n, r.kind, r.query, r.sha, pg_get_viewdef(c.oid),
-                coalesce((SELECT jsonb_agg(jsonb_build_object(
-                              'name', i->>'name', 'sql', i->>'sql',
-                              'definition', pg_get_indexdef(ic.oid)))
-                          FROM jsonb_array_elements(r.indexes::jsonb) AS i
-                          JOIN pg_class ic ON ic.relnamespace = c.relnamespace
-                                          AND ic.relname = i->>'name'
-                                          AND ic.relkind = 'i'), '[]'::jsonb),
-                now()
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-              AS r(s, n, kind, query, sha, indexes)
-         JOIN pg_namespace ns ON ns.nspname = r.s
-         JOIN pg_class c ON c.relnamespace = ns.oid AND c.relname = r.n
-         ON CONFLICT (schema_name, object_name) DO UPDATE SET
-             kind = excluded.kind, query = excluded.query, query_sha256 = excluded.query_sha256,
-             applied_definition = excluded.applied_definition,
-             applied_indexes = excluded.applied_indexes, applied_at = excluded.applied_at"
-    );
     client
         .execute(
-            &sql,
+            &sql::upsert_objects(schema),
             &[&schemas, &names, &kinds, &queries, &hashes, &index_lists],
         )
         .await?;
@@ -223,12 +139,10 @@ pub(crate) async fn owe_restore(
     client: &impl GenericClient,
     schema: &str,
 ) -> Result<(), tokio_postgres::Error> {
-    // language=SQL
-    let sql = format!(
-        "INSERT INTO {} DEFAULT VALUES ON CONFLICT DO NOTHING",
-        table(schema, RESTORE_OWED_TABLE)
-    );
-    client.execute(&sql, &[]).await.map(drop)
+    client
+        .execute(&sql::owe_restore(schema), &[])
+        .await
+        .map(drop)
 }
 
 /// Clears the record of an owed restore, if any (the caller checks the table exists).
@@ -236,9 +150,10 @@ pub(crate) async fn settle_restore(
     client: &impl GenericClient,
     schema: &str,
 ) -> Result<(), tokio_postgres::Error> {
-    // language=SQL
-    let sql = format!("DELETE FROM {}", table(schema, RESTORE_OWED_TABLE));
-    client.execute(&sql, &[]).await.map(drop)
+    client
+        .execute(&sql::settle_restore(schema), &[])
+        .await
+        .map(drop)
 }
 
 /// Since when a restore is owed, if one is. Reads nothing when the state schema (or this
@@ -247,17 +162,15 @@ pub(crate) async fn restore_owed_since(
     client: &impl GenericClient,
     schema: &str,
 ) -> Result<Option<DateTime<Utc>>, tokio_postgres::Error> {
-    let name = table(schema, RESTORE_OWED_TABLE);
-    let exists: bool = client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
-        .await?
-        .get(0);
+    let name = sql::table(schema, sql::RESTORE_OWED_TABLE);
+    let exists: bool = client.query_one(sql::EXISTS, &[&name]).await?.get(0);
     if !exists {
         return Ok(None);
     }
-    // language=SQL
-    let sql = format!("SELECT since FROM {name}");
-    Ok(client.query_opt(&sql, &[]).await?.map(|row| row.get(0)))
+    let since = client
+        .query_opt(&sql::restore_owed_since(schema), &[])
+        .await?;
+    Ok(since.map(|row| row.get(0)))
 }
 
 /// Appends one refresh to the history (the caller checks the schema exists). Times are the
@@ -271,15 +184,9 @@ pub(crate) async fn log_refresh(
     error: Option<&str>,
 ) -> Result<(), tokio_postgres::Error> {
     let outcome = if error.is_some() { "failed" } else { "ok" };
-    // language=SQL
-    let sql = format!(
-        "INSERT INTO {} (schema_name, object_name, started_at, duration_ms, concurrent, outcome, error)
-         VALUES ($1, $2, $3, (extract(epoch FROM clock_timestamp() - $3) * 1000)::int8, $4, $5, $6)",
-        table(schema, REFRESH_TABLE)
-    );
     client
         .execute(
-            &sql,
+            &sql::log_refresh(schema),
             &[
                 &name.schema,
                 &name.name,
@@ -315,16 +222,11 @@ pub(crate) async fn log_refreshes(
         .iter()
         .map(|r| i64::try_from(r.duration.as_millis()).unwrap_or(i64::MAX))
         .collect();
-    // language=SQL
-    let sql = format!(
-        "INSERT INTO {} (schema_name, object_name, started_at, duration_ms, concurrent, outcome)
-         SELECT s, n, started, duration, false, 'ok'
-         FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int8[])
-              AS r(s, n, started, duration)",
-        table(schema, REFRESH_TABLE)
-    );
     client
-        .execute(&sql, &[&schemas, &names, &starts, &durations])
+        .execute(
+            &sql::log_refreshes(schema),
+            &[&schemas, &names, &starts, &durations],
+        )
         .await?;
     Ok(())
 }
@@ -350,31 +252,16 @@ pub(crate) async fn read_history(
     schema: &str,
     only: Option<&QualifiedName>,
 ) -> Result<BTreeMap<QualifiedName, RefreshHistory>, tokio_postgres::Error> {
-    let log = table(schema, REFRESH_TABLE);
-    // language=SQL
-    let sql = format!(
-        "WITH latest AS (
-             SELECT DISTINCT ON (schema_name, object_name)
-                    schema_name, object_name, started_at, duration_ms, outcome, error
-             FROM {log}
-             WHERE $1::text IS NULL OR (schema_name = $1 AND object_name = $2)
-             ORDER BY schema_name, object_name, started_at DESC, id DESC),
-         last_ok AS (
-             SELECT schema_name, object_name, max(started_at) AS at
-             FROM {log}
-             WHERE outcome = 'ok' AND ($1::text IS NULL OR (schema_name = $1 AND object_name = $2))
-             GROUP BY schema_name, object_name)
-         SELECT l.schema_name, l.object_name, o.at, l.started_at, l.duration_ms,
-                CASE WHEN l.outcome = 'failed' THEN coalesce(l.error, 'failed') END,
-                (SELECT count(*) FROM {log} f
-                 WHERE f.schema_name = l.schema_name AND f.object_name = l.object_name
-                   AND f.outcome = 'failed' AND f.started_at > coalesce(o.at, '-infinity'))::int4
-         FROM latest l LEFT JOIN last_ok o USING (schema_name, object_name)"
-    );
     let schema_filter = only.map(|name| name.schema.as_str());
     let name_filter = only.map(|name| name.name.as_str());
     let mut history = BTreeMap::new();
-    for row in client.query(&sql, &[&schema_filter, &name_filter]).await? {
+    for row in client
+        .query(
+            &sql::select_history(schema),
+            &[&schema_filter, &name_filter],
+        )
+        .await?
+    {
         let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
         history.insert(
             name,
@@ -397,15 +284,5 @@ pub(crate) async fn prune_history(
     schema: &str,
     keep: i64,
 ) -> Result<u64, tokio_postgres::Error> {
-    let log = table(schema, REFRESH_TABLE);
-    // language=SQL
-    let sql = format!(
-        "DELETE FROM {log} WHERE id IN (
-             SELECT id FROM (
-                 SELECT id, row_number() OVER (PARTITION BY schema_name, object_name
-                                               ORDER BY started_at DESC, id DESC) AS position
-                 FROM {log}) ranked
-             WHERE position > $1)"
-    );
-    client.execute(&sql, &[&keep]).await
+    client.execute(&sql::prune_history(schema), &[&keep]).await
 }

@@ -10,6 +10,7 @@ pub(crate) mod ddl;
 pub(crate) mod pg_cron;
 pub(crate) mod refresh;
 pub(crate) mod session;
+pub(crate) mod state;
 pub(crate) mod waits;
 
 use postgres_protocol::escape;
