@@ -7,6 +7,7 @@
 //! path hand-writes quotes.
 
 pub(crate) mod ddl;
+pub(crate) mod guard;
 pub(crate) mod pg_cron;
 pub(crate) mod refresh;
 pub(crate) mod session;
