@@ -9,6 +9,7 @@
 pub(crate) mod ddl;
 pub(crate) mod guard;
 pub(crate) mod pg_cron;
+pub(crate) mod privileges;
 pub(crate) mod refresh;
 pub(crate) mod session;
 pub(crate) mod state;
