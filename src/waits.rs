@@ -121,14 +121,14 @@ pub async fn introspect(
 ) -> Result<crate::catalog::Catalog, tokio_postgres::Error> {
     let mut attempt = 1;
     loop {
-        client.batch_execute("BEGIN").await?;
+        client.batch_execute(session::BEGIN).await?;
         let read = async {
             bound(client, timeout).await?;
             share_reconcile_lock(client, state_schema).await?;
             crate::catalog::introspect(client, dependencies, state_schema).await
         }
         .await;
-        client.batch_execute("ROLLBACK").await?;
+        client.batch_execute(session::ROLLBACK).await?;
         match read {
             Err(error) if lost_relation(&error) && attempt < 3 => attempt += 1,
             read => return read,

@@ -4,6 +4,11 @@ use std::time::Duration;
 
 use super::quote_literal;
 
+/// A transaction on a plain client (one that cannot hand out a `Transaction`).
+pub(crate) const BEGIN: &str = "BEGIN";
+/// Ends a transaction begun with [`BEGIN`], changing nothing.
+pub(crate) const ROLLBACK: &str = "ROLLBACK";
+
 /// The server's clock, which moves during a transaction (unlike `now()`).
 pub(crate) const CLOCK: &str = "SELECT clock_timestamp()";
 
