@@ -9,8 +9,9 @@ use tokio_postgres::GenericClient;
 
 use crate::graph::DependencyGraph;
 use crate::name::QualifiedName;
-use crate::project::{Grantee, Kind, Project};
-use crate::state::{self, State};
+use crate::objects::{Grantee, Kind, State};
+use crate::project::Project;
+use crate::state;
 
 /// What the database holds right now.
 #[derive(Debug, Clone, Default)]

@@ -7,42 +7,11 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
 
 use crate::name::QualifiedName;
-use crate::project::Kind;
-pub use crate::project::query_hash;
+use crate::objects::{Kind, ManagedObject, Record, State, query_hash};
 use crate::sql::state as sql;
-
-/// What viewkeeper recorded about one object the last time it applied it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ManagedObject {
-    pub name: QualifiedName,
-    pub kind: Kind,
-    /// The declared query as applied (normalised text).
-    pub query: String,
-    pub query_sha256: String,
-    /// `pg_get_viewdef` right after viewkeeper applied it: a different live definition means
-    /// someone changed the object outside viewkeeper.
-    pub applied_definition: String,
-    pub applied_indexes: Vec<AppliedIndex>,
-    pub applied_at: DateTime<Utc>,
-}
-
-/// An index as viewkeeper created it: the statement it ran and what PostgreSQL reported.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AppliedIndex {
-    pub name: String,
-    pub sql: String,
-    pub definition: String,
-}
-
-/// Everything in the state table, by name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct State {
-    pub objects: BTreeMap<QualifiedName, ManagedObject>,
-}
 
 /// Reads the state table; call only when it exists.
 pub(crate) async fn read(
@@ -74,16 +43,6 @@ pub(crate) async fn read(
         );
     }
     Ok(state)
-}
-
-/// One object's new record, written after its DDL ran.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub name: QualifiedName,
-    pub kind: Kind,
-    pub query: String,
-    /// `(index name, statement)` for each declared index.
-    pub indexes: Vec<(String, String)>,
 }
 
 /// Writes `records` (reading back what PostgreSQL now reports for each) and deletes

@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::catalog::Catalog;
 use crate::graph::DependencyGraph;
 use crate::name::QualifiedName;
+use crate::objects::{ManagedObject, Record, State, query_hash};
 use crate::project::{Declaration, Kind, Project};
 use crate::sql::ddl;
-use crate::state::{ManagedObject, Record, State, query_hash};
 
 use super::verdict::{self, Status};
 use super::{

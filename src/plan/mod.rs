@@ -22,8 +22,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::name::QualifiedName;
+use crate::objects::Record;
 use crate::project::Kind;
-use crate::state::Record;
 
 pub use build::{drop_managed, plan, restore_missing};
 pub use error::{Blocker, PlanError, refuse_data_loss, refuse_dropping_everything};

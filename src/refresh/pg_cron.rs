@@ -169,7 +169,7 @@ fn refresh_statement(project: &Project, name: &QualifiedName) -> String {
 /// and distinct for every view (`a_b.c` and `a.b_c`, or two long names with one prefix,
 /// differ in the hash).
 fn procedure_name(name: &QualifiedName) -> String {
-    let hash = crate::state::query_hash(crate::project::Kind::MaterializedView, &name.to_sql());
+    let hash = crate::objects::query_hash(Kind::MaterializedView, &name.to_sql());
     let mut readable = format!("refresh_{}_{}", name.schema, name.name);
     let limit = 63 - 9;
     while readable.len() > limit {
