@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use miette::{Diagnostic, NamedSource, SourceSpan};
-use sha2::{Digest, Sha256};
 use tokio_postgres::error::{ErrorPosition, SqlState};
 use tokio_postgres::{Client, Transaction};
 
@@ -20,6 +19,7 @@ use crate::name::QualifiedName;
 use crate::plan::{self, EmbeddedQuery, Phase, Plan, PlanError, Statement};
 use crate::project::Project;
 use crate::state;
+use crate::waits::lock_key;
 
 /// Reconcile failed; the transaction was rolled back.
 #[derive(Debug, thiserror::Error, Diagnostic)]
@@ -77,14 +77,6 @@ impl ApplyError {
             ApplyError::Statement(error) => error.transient,
         }
     }
-}
-
-/// The advisory lock key that keeps reconciles of one state schema from interleaving.
-pub fn lock_key(state_schema: &str) -> i64 {
-    let digest = Sha256::digest(format!("viewkeeper:{state_schema}").as_bytes());
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&digest[..8]);
-    i64::from_be_bytes(bytes)
 }
 
 /// An object that keep-going left out, and why.

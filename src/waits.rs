@@ -7,10 +7,19 @@
 
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
 use tokio_postgres::GenericClient;
 use tokio_postgres::error::SqlState;
 
 use crate::sql::{self, session, session::LockMode};
+
+/// The advisory lock key that keeps reconciles of one state schema from interleaving.
+pub fn lock_key(state_schema: &str) -> i64 {
+    let digest = Sha256::digest(format!("viewkeeper:{state_schema}").as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(bytes)
+}
 
 /// `SET LOCAL lock_timeout`: bounds every later wait in the transaction, advisory locks
 /// taken with `pg_advisory_xact_lock` included.
@@ -32,7 +41,7 @@ pub async fn share_reconcile_lock(
     client
         .execute(
             session::advisory_xact_lock(LockMode::Shared, false),
-            &[&crate::apply::lock_key(state_schema)],
+            &[&lock_key(state_schema)],
         )
         .await
         .map(drop)

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use miette::Diagnostic;
 use tokio_postgres::{Client, GenericClient};
 
-use crate::apply::{dependency_names, lock_key};
+use crate::apply::dependency_names;
 use crate::catalog::Catalog;
 use crate::db::describe;
 use crate::graph::Cycle;
@@ -24,6 +24,7 @@ use crate::name::QualifiedName;
 use crate::project::{Kind, Project};
 use crate::sql::{self, session, session::LockMode};
 use crate::state::{self, RefreshHistory};
+use crate::waits::lock_key;
 
 /// One materialized view to refresh.
 #[derive(Debug, Clone, PartialEq, Eq)]
