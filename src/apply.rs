@@ -12,6 +12,7 @@ use miette::{Diagnostic, NamedSource, SourceSpan};
 use tokio_postgres::error::{ErrorPosition, SqlState};
 use tokio_postgres::{Client, Transaction};
 
+use crate::catalog::read::read_catalog;
 use crate::catalog::{self, Catalog};
 use crate::db::describe;
 use crate::graph::DependencyGraph;
@@ -534,122 +535,6 @@ impl LeftOut {
     }
 }
 
-/// Reads the catalog for planning: introspection, then PostgreSQL's own reading of the
-/// declared queries that might be adopted as they are, inside a savepoint that is rolled
-/// back so nothing is left behind. Constant queries; two more when there are candidates.
-pub async fn read_catalog(
-    transaction: &mut Transaction<'_>,
-    project: &Project,
-) -> Result<Catalog, tokio_postgres::Error> {
-    let mut catalog = catalog::introspect(
-        &*transaction,
-        &dependency_names(project),
-        &project.config.state_schema,
-    )
-    .await?;
-    let candidates = plan::normalisation_candidates(project, &catalog);
-    if !candidates.is_empty() {
-        let savepoint = transaction.savepoint("viewkeeper_normalise").await?;
-        // Normalising needs temporary objects; without that right (or on a read-only
-        // replica) objects are simply not adopted, and the plan says what it would do.
-        match normalise_both_sides(&savepoint, &catalog, &candidates).await {
-            Ok((normalised, columns)) => {
-                catalog.normalised = normalised;
-                catalog.compiled_columns = columns;
-            }
-            Err(error) => tracing::info!(
-                "cannot compare declared queries with live ones, so nothing is adopted: {}",
-                describe(&error)
-            ),
-        }
-        savepoint.rollback().await?;
-    }
-    Ok(catalog)
-}
-
-/// How PostgreSQL prints each candidate's declared query. `pg_get_viewdef` is not always a
-/// fixed point (a `NATURAL JOIN` with no common column prints as `ON TRUE`, which prints
-/// back as `ON (true)`), so where the declared query prints differently from the live
-/// definition, the live definition is put through the same round trip; when both sides
-/// then print the same, the declared query counts as the live one. Also gives the columns of
-/// each compiled declared query.
-async fn normalise_both_sides(
-    client: &Transaction<'_>,
-    catalog: &Catalog,
-    candidates: &[(QualifiedName, String)],
-) -> Result<
-    (
-        BTreeMap<QualifiedName, String>,
-        BTreeMap<QualifiedName, Vec<String>>,
-    ),
-    tokio_postgres::Error,
-> {
-    let compiled = catalog::read_back(client, candidates).await?;
-    let mut columns = BTreeMap::new();
-    let mut normalised = BTreeMap::new();
-    for (name, compiled) in compiled {
-        columns.insert(name.clone(), compiled.columns);
-        normalised.insert(name, compiled.definition);
-    }
-    let differing: Vec<_> = normalised
-        .iter()
-        .filter_map(|(name, declared)| {
-            let live = catalog.relations.get(name)?;
-            (*declared != live.definition).then(|| (name.clone(), live.definition.clone()))
-        })
-        .collect();
-    for (name, live) in catalog::normalise(client, &differing).await? {
-        if normalised.get(&name) == Some(&live)
-            && let Some(relation) = catalog.relations.get(&name)
-        {
-            normalised.insert(name, relation.definition.clone());
-        }
-    }
-    Ok((normalised, columns))
-}
-
-/// Proves that `plan` applies: compiles every query it creates as a temporary view, in
-/// plan order, inside `transaction` (which the caller rolls back). The statements are
-/// pipelined; the first one PostgreSQL rejects is reported as reconcile would report it.
-pub async fn prove(
-    transaction: &Transaction<'_>,
-    project: &Project,
-    plan: &Plan,
-) -> Result<(), ApplyError> {
-    let statements = crate::compile::compile_statements(plan, project);
-    if statements.is_empty() {
-        return Ok(());
-    }
-    let outcomes = futures_util::future::join_all(
-        statements
-            .iter()
-            .map(|statement| transaction.query_typed(&statement.sql, &[])),
-    )
-    .await;
-    for (index, outcome) in outcomes.into_iter().enumerate() {
-        if let Err(error) = outcome {
-            return Err(ApplyError::Statement(Box::new(statement_error(
-                &statements,
-                index,
-                &error,
-            ))));
-        }
-    }
-    Ok(())
-}
-
-/// Every relation named in a `depends-on` or inferred from a query, for the catalog to look up.
-pub fn dependency_names(project: &Project) -> Vec<crate::name::QualifiedName> {
-    let mut names: Vec<_> = project
-        .declarations
-        .values()
-        .flat_map(|declaration| declaration.reads().cloned())
-        .collect();
-    names.sort();
-    names.dedup();
-    names
-}
-
 /// A failed COMMIT: a plain error (a deferred constraint, a serialization failure) means the
 /// server rolled back; a lost connection or a fatal error means nobody can say.
 fn commit_error(client: &Client, error: tokio_postgres::Error) -> ApplyError {
@@ -673,7 +558,7 @@ fn database(context: &'static str) -> impl Fn(tokio_postgres::Error) -> ApplyErr
 }
 
 /// The error of `statements[index]`, located in its declaration file where it can be.
-fn statement_error(
+pub(crate) fn statement_error(
     statements: &[Statement],
     index: usize,
     error: &tokio_postgres::Error,

@@ -16,8 +16,8 @@ use chrono::{DateTime, Utc};
 use miette::Diagnostic;
 use tokio_postgres::{Client, GenericClient};
 
-use crate::apply::dependency_names;
 use crate::catalog::Catalog;
+use crate::catalog::read::dependency_names;
 use crate::db::describe;
 use crate::graph::Cycle;
 use crate::name::QualifiedName;

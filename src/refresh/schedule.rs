@@ -15,8 +15,8 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 
 use super::{Outcome, RefreshTarget, Wait, refresh_one};
-use crate::apply::dependency_names;
 use crate::catalog::Catalog;
+use crate::catalog::read::dependency_names;
 use crate::db;
 use crate::graph::DependencyGraph;
 use crate::name::QualifiedName;

@@ -3,6 +3,9 @@
 //!
 //! All catalog SQL lives here, with bound parameters for values.
 
+pub mod prove;
+pub mod read;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use tokio_postgres::GenericClient;
