@@ -9,17 +9,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use miette::{Diagnostic, NamedSource, SourceSpan};
-use sha2::{Digest, Sha256};
 use tokio_postgres::error::{ErrorPosition, SqlState};
 use tokio_postgres::{Client, Transaction};
 
+use crate::catalog::read::read_catalog;
 use crate::catalog::{self, Catalog};
 use crate::db::describe;
 use crate::graph::DependencyGraph;
 use crate::name::QualifiedName;
 use crate::plan::{self, EmbeddedQuery, Phase, Plan, PlanError, Statement};
 use crate::project::Project;
+use crate::sql::session;
 use crate::state;
+use crate::waits::lock_key;
 
 /// Reconcile failed; the transaction was rolled back.
 #[derive(Debug, thiserror::Error, Diagnostic)]
@@ -77,14 +79,6 @@ impl ApplyError {
             ApplyError::Statement(error) => error.transient,
         }
     }
-}
-
-/// The advisory lock key that keeps reconciles of one state schema from interleaving.
-pub fn lock_key(state_schema: &str) -> i64 {
-    let digest = Sha256::digest(format!("viewkeeper:{state_schema}").as_bytes());
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&digest[..8]);
-    i64::from_be_bytes(bytes)
 }
 
 /// An object that keep-going left out, and why.
@@ -314,7 +308,7 @@ async fn apply_with(
         }
         if !schema_ready {
             transaction
-                .batch_execute(&state::ensure_schema_sql(&config.state_schema))
+                .batch_execute(&crate::sql::state::create_schema(&config.state_schema))
                 .await
                 .map_err(database("cannot create viewkeeper's state schema"))?;
             schema_ready = true;
@@ -322,7 +316,12 @@ async fn apply_with(
         if pass == Pass::First && plan.builds_side_by_side() {
             // The builds commit on their own, before the swap: readers keep using the old
             // versions meanwhile. Then everything is read and planned again, and the plan
-            // now swaps the copies in (built copies are part of the catalog).
+            // now swaps the copies in (built copies are part of the catalog). A declared
+            // query PostgreSQL rejects is found first, by the compile step, so a failing
+            // reconcile leaves no copies behind.
+            if !keep_going {
+                prove_before_building(&transaction, project, &plan).await?;
+            }
             build_side_by_side(
                 &transaction,
                 &plan,
@@ -382,7 +381,7 @@ async fn apply_with(
             break plan;
         }
         transaction
-            .batch_execute("SAVEPOINT viewkeeper_attempt")
+            .batch_execute(&session::savepoint("viewkeeper_attempt"))
             .await
             .map_err(database("cannot start a savepoint"))?;
         // Progress is told once the attempt stands, so nothing rolled back is reported.
@@ -406,7 +405,7 @@ async fn apply_with(
                 let statement = &statements[index];
                 let failure = statement_error(&statements, index, &error);
                 transaction
-                    .batch_execute("ROLLBACK TO SAVEPOINT viewkeeper_attempt")
+                    .batch_execute(&session::rollback_to("viewkeeper_attempt"))
                     .await
                     .map_err(database("cannot roll back to a savepoint"))?;
                 left_out.fail(&statement.object, failure, &graph);
@@ -537,6 +536,24 @@ impl BuildFailure {
     }
 }
 
+/// The compile step of `plan`, run in a savepoint rolled back afterwards: the plan's
+/// queries, compiled as temporary views, all apply.
+async fn prove_before_building(
+    transaction: &Transaction<'_>,
+    project: &Project,
+    plan: &Plan,
+) -> Result<(), ApplyError> {
+    let run = |sql: String| async move {
+        transaction
+            .batch_execute(&sql)
+            .await
+            .map_err(database("cannot use a savepoint"))
+    };
+    run(session::savepoint("viewkeeper_prove")).await?;
+    crate::catalog::prove::prove(transaction, project, plan).await?;
+    run(session::rollback_to("viewkeeper_prove")).await
+}
+
 /// Runs the plan's side-by-side builds and records them, in `transaction` (which the caller
 /// commits). With keep-going, each object's build runs in a savepoint: one that fails is
 /// rolled back and left out, and the others are kept.
@@ -562,7 +579,7 @@ async fn build_side_by_side(
         let statements: Vec<Statement> = of_object().filter_map(|step| step.statement()).collect();
         if keep_going {
             transaction
-                .batch_execute("SAVEPOINT viewkeeper_build")
+                .batch_execute(&session::savepoint("viewkeeper_build"))
                 .await
                 .map_err(|error| BuildFailure(database("cannot start a savepoint")(error)))?;
         }
@@ -574,7 +591,7 @@ async fn build_side_by_side(
             Err((index, error)) if keep_going && error.as_db_error().is_some() => {
                 let failure = statement_error(&statements, index, &error);
                 transaction
-                    .batch_execute("ROLLBACK TO SAVEPOINT viewkeeper_build")
+                    .batch_execute(&session::rollback_to("viewkeeper_build"))
                     .await
                     .map_err(|error| {
                         BuildFailure(database("cannot roll back to a savepoint")(error))
@@ -700,122 +717,6 @@ impl LeftOut {
     }
 }
 
-/// Reads the catalog for planning: introspection, then PostgreSQL's own reading of the
-/// declared queries that might be adopted as they are, inside a savepoint that is rolled
-/// back so nothing is left behind. Constant queries; two more when there are candidates.
-pub async fn read_catalog(
-    transaction: &mut Transaction<'_>,
-    project: &Project,
-) -> Result<Catalog, tokio_postgres::Error> {
-    let mut catalog = catalog::introspect(
-        &*transaction,
-        &dependency_names(project),
-        &project.config.state_schema,
-    )
-    .await?;
-    let candidates = plan::normalisation_candidates(project, &catalog);
-    if !candidates.is_empty() {
-        let savepoint = transaction.savepoint("viewkeeper_normalise").await?;
-        // Normalising needs temporary objects; without that right (or on a read-only
-        // replica) objects are simply not adopted, and the plan says what it would do.
-        match normalise_both_sides(&savepoint, &catalog, &candidates).await {
-            Ok((normalised, columns)) => {
-                catalog.normalised = normalised;
-                catalog.compiled_columns = columns;
-            }
-            Err(error) => tracing::info!(
-                "cannot compare declared queries with live ones, so nothing is adopted: {}",
-                describe(&error)
-            ),
-        }
-        savepoint.rollback().await?;
-    }
-    Ok(catalog)
-}
-
-/// How PostgreSQL prints each candidate's declared query. `pg_get_viewdef` is not always a
-/// fixed point (a `NATURAL JOIN` with no common column prints as `ON TRUE`, which prints
-/// back as `ON (true)`), so where the declared query prints differently from the live
-/// definition, the live definition is put through the same round trip; when both sides
-/// then print the same, the declared query counts as the live one. Also gives the columns of
-/// each compiled declared query.
-async fn normalise_both_sides(
-    client: &Transaction<'_>,
-    catalog: &Catalog,
-    candidates: &[(QualifiedName, String)],
-) -> Result<
-    (
-        BTreeMap<QualifiedName, String>,
-        BTreeMap<QualifiedName, Vec<String>>,
-    ),
-    tokio_postgres::Error,
-> {
-    let compiled = catalog::read_back(client, candidates).await?;
-    let mut columns = BTreeMap::new();
-    let mut normalised = BTreeMap::new();
-    for (name, compiled) in compiled {
-        columns.insert(name.clone(), compiled.columns);
-        normalised.insert(name, compiled.definition);
-    }
-    let differing: Vec<_> = normalised
-        .iter()
-        .filter_map(|(name, declared)| {
-            let live = catalog.relations.get(name)?;
-            (*declared != live.definition).then(|| (name.clone(), live.definition.clone()))
-        })
-        .collect();
-    for (name, live) in catalog::normalise(client, &differing).await? {
-        if normalised.get(&name) == Some(&live)
-            && let Some(relation) = catalog.relations.get(&name)
-        {
-            normalised.insert(name, relation.definition.clone());
-        }
-    }
-    Ok((normalised, columns))
-}
-
-/// Proves that `plan` applies: compiles every query it creates as a temporary view, in
-/// plan order, inside `transaction` (which the caller rolls back). The statements are
-/// pipelined; the first one PostgreSQL rejects is reported as reconcile would report it.
-pub async fn prove(
-    transaction: &Transaction<'_>,
-    project: &Project,
-    plan: &Plan,
-) -> Result<(), ApplyError> {
-    let statements = crate::compile::compile_statements(plan, project);
-    if statements.is_empty() {
-        return Ok(());
-    }
-    let outcomes = futures_util::future::join_all(
-        statements
-            .iter()
-            .map(|statement| transaction.query_typed(&statement.sql, &[])),
-    )
-    .await;
-    for (index, outcome) in outcomes.into_iter().enumerate() {
-        if let Err(error) = outcome {
-            return Err(ApplyError::Statement(Box::new(statement_error(
-                &statements,
-                index,
-                &error,
-            ))));
-        }
-    }
-    Ok(())
-}
-
-/// Every relation named in a `depends-on` or inferred from a query, for the catalog to look up.
-pub fn dependency_names(project: &Project) -> Vec<crate::name::QualifiedName> {
-    let mut names: Vec<_> = project
-        .declarations
-        .values()
-        .flat_map(|declaration| declaration.reads().cloned())
-        .collect();
-    names.sort();
-    names.dedup();
-    names
-}
-
 /// A failed COMMIT: a plain error (a deferred constraint, a serialization failure) means the
 /// server rolled back; a lost connection or a fatal error means nobody can say.
 fn commit_error(client: &Client, error: tokio_postgres::Error) -> ApplyError {
@@ -839,7 +740,7 @@ fn database(context: &'static str) -> impl Fn(tokio_postgres::Error) -> ApplyErr
 }
 
 /// The error of `statements[index]`, located in its declaration file where it can be.
-fn statement_error(
+pub(crate) fn statement_error(
     statements: &[Statement],
     index: usize,
     error: &tokio_postgres::Error,

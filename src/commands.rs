@@ -298,7 +298,7 @@ async fn proven_plan(
             waits::bound(&transaction, timeout).await?;
             // Never read views while a reconcile drops and recreates them.
             waits::share_reconcile_lock(&transaction, &project.config.state_schema).await?;
-            apply::read_catalog(&mut transaction, project).await
+            catalog::read::read_catalog(&mut transaction, project).await
         }
         .await;
         match read {
@@ -326,7 +326,7 @@ async fn proven_plan(
         None
     };
     print_plan(&plan, format)?;
-    apply::prove(&transaction, project, &plan)
+    catalog::prove::prove(&transaction, project, &plan)
         .await
         .map_err(Error::Unprovable)?;
     transaction.rollback().await.map_err(catalog_error)?;
@@ -569,7 +569,7 @@ async fn status(
         Default::default()
     };
     let now: chrono::DateTime<chrono::Utc> = client
-        .query_one("SELECT clock_timestamp()", &[])
+        .query_one(crate::sql::session::CLOCK, &[])
         .await
         .map_err(catalog_error)?
         .get(0);
@@ -1074,7 +1074,7 @@ async fn read_catalog(
             waits::bound(&transaction, timeout).await?;
             // Never read views while a reconcile drops and recreates them.
             waits::share_reconcile_lock(&transaction, &project.config.state_schema).await?;
-            apply::read_catalog(&mut transaction, project).await
+            catalog::read::read_catalog(&mut transaction, project).await
         }
         .await;
         transaction.rollback().await.map_err(catalog_error)?;

@@ -949,7 +949,7 @@ mod tests {
         let markdown = String::from_utf8(out).expect("utf-8");
         assert!(
             markdown.contains(
-                "| `public.old_summary` (materialized view) | drop | no longer declared<br>**destroys its data** | ACCESS EXCLUSIVE |"
+                "| `public.old_summary` (materialized view) | drop | no longer declared<br>**destroys its data** | ACCESS EXCLUSIVE, brief |"
             ),
             "{markdown}"
         );

@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::catalog::Catalog;
 use crate::graph::DependencyGraph;
 use crate::name::QualifiedName;
+use crate::objects::{BuiltIndex, ManagedObject, Record, SideBuild, State, query_hash};
 use crate::project::{Declaration, Kind, Project, Rebuild};
 use crate::sql::ddl;
-use crate::state::{BuiltIndex, ManagedObject, Record, SideBuild, State, query_hash};
 
 use super::verdict::{self, Status};
 use super::{

@@ -23,8 +23,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::name::QualifiedName;
+use crate::objects::Record;
+use crate::objects::SideBuild;
 use crate::project::Kind;
-use crate::state::{Record, SideBuild};
 
 pub use build::{drop_managed, plan, restore_missing};
 pub use error::{Blocker, PlanError, refuse_data_loss, refuse_dropping_everything};

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::name::QualifiedName;
+use crate::objects::Record;
+use crate::objects::SideBuild;
 use crate::project::{Grantee, Index, Kind, QueryOrigin};
 use crate::sql::{ddl, quote_literal};
-use crate::state::{Record, SideBuild};
 
 /// One step of a plan. The steps of one object share its `change` and `reason`.
 #[derive(Debug, Clone)]

@@ -18,8 +18,6 @@ use std::time::Duration;
 
 use indexmap::IndexMap;
 use miette::SourceSpan;
-use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 pub use config::Config;
 pub(crate) use declaration::{all_privileges, parse_cron};
@@ -27,6 +25,7 @@ pub use diagnostic::{MAX_SHOWN, Problem, Problems, SourceFile};
 
 use crate::graph::DependencyGraph;
 use crate::name::QualifiedName;
+pub use crate::objects::{Grantee, Kind, query_hash};
 
 /// Name of the optional project settings file at the project root.
 pub const CONFIG_FILE: &str = "viewkeeper.kdl";
@@ -41,42 +40,8 @@ pub struct Project {
     pub views_dir: PathBuf,
 }
 
-/// What kind of relation a declaration makes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Kind {
-    View,
-    MaterializedView,
-}
-
-impl Kind {
-    /// The words SQL uses for it (`DROP MATERIALIZED VIEW …`).
-    pub fn sql(self) -> &'static str {
-        match self {
-            Kind::View => "VIEW",
-            Kind::MaterializedView => "MATERIALIZED VIEW",
-        }
-    }
-
-    /// The KDL node name, also used in plans and JSON.
-    pub fn keyword(self) -> &'static str {
-        match self {
-            Kind::View => "view",
-            Kind::MaterializedView => "materialized-view",
-        }
-    }
-
-    /// Human words for messages.
-    pub fn words(self) -> &'static str {
-        match self {
-            Kind::View => "view",
-            Kind::MaterializedView => "materialized view",
-        }
-    }
-}
-
 /// How a materialized view whose query changed (or whose upstream did) is rebuilt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Rebuild {
     /// Built under a temporary name while the old one keeps serving, then swapped in by a
@@ -272,23 +237,6 @@ pub struct Grant {
     pub role: Grantee,
 }
 
-/// Who a grant is for.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(untagged)]
-pub enum Grantee {
-    Public,
-    Role(String),
-}
-
-impl std::fmt::Display for Grantee {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Grantee::Public => f.write_str("PUBLIC"),
-            Grantee::Role(role) => f.write_str(role),
-        }
-    }
-}
-
 /// When `schedule` refreshes a materialized view.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefreshPolicy {
@@ -418,15 +366,6 @@ impl Project {
     pub fn graph(&self) -> DependencyGraph {
         declared_graph(&self.declarations)
     }
-}
-
-/// SHA-256 of a declared query, stored to detect changes without comparing long texts.
-pub fn query_hash(kind: Kind, query: &str) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(kind.keyword().as_bytes());
-    hasher.update(b"\n");
-    hasher.update(query.as_bytes());
-    format!("{:x}", hasher.finalize())
 }
 
 /// Fills each declaration's `inferred` from its query text.

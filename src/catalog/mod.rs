@@ -3,14 +3,18 @@
 //!
 //! All catalog SQL lives here, with bound parameters for values.
 
+pub mod prove;
+pub mod read;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use tokio_postgres::GenericClient;
 
 use crate::graph::DependencyGraph;
 use crate::name::QualifiedName;
-use crate::project::{Grantee, Kind, Project};
-use crate::state::{self, State};
+use crate::objects::{Grantee, Kind, State};
+use crate::project::Project;
+use crate::state;
 
 /// What the database holds right now.
 #[derive(Debug, Clone, Default)]
@@ -262,7 +266,7 @@ pub async fn introspect(
         .chain(std::iter::once(state_schema))
         .collect();
 
-    let state_table = state::table(state_schema, state::OBJECTS_TABLE);
+    let state_table = crate::sql::state::table(state_schema, crate::sql::state::OBJECTS_TABLE);
     let drop_table = crate::guard::log_table(state_schema);
     let session = client
         .query_one(SESSION, &[&state_table, &drop_table])
