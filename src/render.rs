@@ -177,7 +177,7 @@ pub fn side_by_side_words(action: &Action) -> Option<String> {
             format!("its last build took {}", format_duration(took))
         });
     Some(format!(
-        "built side by side while the old one serves ({took}); needs about {} more disk until the swap",
+        "build: {took}; the copy needs about {} more disk until the swap",
         format_bytes(cost.size_bytes)
     ))
 }
