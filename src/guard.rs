@@ -31,7 +31,8 @@ const CREATE_FUNCTION: &str = "record_create";
 const PROTECTED_TABLE: &str = "protected_object";
 
 /// A recorded drop.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DropRecord {
     pub object: QualifiedName,
     pub dropped_at: DateTime<Utc>,

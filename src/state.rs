@@ -25,7 +25,8 @@ pub const REFRESH_TABLE: &str = "refresh_log";
 pub const RESTORE_OWED_TABLE: &str = "restore_owed";
 
 /// What viewkeeper recorded about one object the last time it applied it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ManagedObject {
     pub name: QualifiedName,
     pub kind: Kind,
@@ -35,7 +36,9 @@ pub struct ManagedObject {
     /// `pg_get_viewdef` right after viewkeeper applied it: a different live definition means
     /// someone changed the object outside viewkeeper.
     pub applied_definition: String,
+    #[serde(default)]
     pub applied_indexes: Vec<AppliedIndex>,
+    #[serde(default)]
     pub applied_at: DateTime<Utc>,
 }
 
@@ -48,7 +51,8 @@ pub struct AppliedIndex {
 }
 
 /// Everything in the state table, by name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
 pub struct State {
     pub objects: BTreeMap<QualifiedName, ManagedObject>,
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use indexmap::IndexMap;
 use miette::SourceSpan;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use config::Config;
@@ -42,7 +42,7 @@ pub struct Project {
 }
 
 /// What kind of relation a declaration makes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
     View,
@@ -242,12 +242,29 @@ pub struct Grant {
     pub role: Grantee,
 }
 
-/// Who a grant is for.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(untagged)]
+/// Who a grant is for. Serialised as it is written in a grant: `PUBLIC` or the role name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
 pub enum Grantee {
     Public,
     Role(String),
+}
+
+/// `PUBLIC` in any case is everyone, as in a declaration (no role may be named `public`).
+impl From<String> for Grantee {
+    fn from(text: String) -> Self {
+        if text.eq_ignore_ascii_case("public") {
+            Grantee::Public
+        } else {
+            Grantee::Role(text)
+        }
+    }
+}
+
+impl From<Grantee> for String {
+    fn from(grantee: Grantee) -> Self {
+        grantee.to_string()
+    }
 }
 
 impl std::fmt::Display for Grantee {
