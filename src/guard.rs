@@ -17,7 +17,8 @@ pub use crate::sql::guard::{
 };
 
 /// A recorded drop.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DropRecord {
     pub object: QualifiedName,
     pub dropped_at: DateTime<Utc>,

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::name::QualifiedName;
 
 /// What kind of relation a declaration makes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
     View,
@@ -45,12 +45,29 @@ impl Kind {
     }
 }
 
-/// Who a grant is for.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(untagged)]
+/// Who a grant is for. Serialised as it is written in a grant: `PUBLIC` or the role name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
 pub enum Grantee {
     Public,
     Role(String),
+}
+
+/// `PUBLIC` in any case is everyone, as in a declaration (no role may be named `public`).
+impl From<String> for Grantee {
+    fn from(text: String) -> Self {
+        if text.eq_ignore_ascii_case("public") {
+            Grantee::Public
+        } else {
+            Grantee::Role(text)
+        }
+    }
+}
+
+impl From<Grantee> for String {
+    fn from(grantee: Grantee) -> Self {
+        grantee.to_string()
+    }
 }
 
 impl std::fmt::Display for Grantee {
@@ -62,8 +79,10 @@ impl std::fmt::Display for Grantee {
     }
 }
 
-/// What viewkeeper recorded about one object the last time it applied it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What viewkeeper recorded about one object the last time it applied it. Deserialisable,
+/// so planner tests (`tests/planner/`) can state records as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ManagedObject {
     pub name: QualifiedName,
     pub kind: Kind,
@@ -73,7 +92,9 @@ pub struct ManagedObject {
     /// `pg_get_viewdef` right after viewkeeper applied it: a different live definition means
     /// someone changed the object outside viewkeeper.
     pub applied_definition: String,
+    #[serde(default)]
     pub applied_indexes: Vec<AppliedIndex>,
+    #[serde(default)]
     pub applied_at: DateTime<Utc>,
 }
 
@@ -85,14 +106,25 @@ pub struct AppliedIndex {
     pub definition: String,
 }
 
-/// Everything in the state tables, by name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Everything in the state tables, by name. Deserialised (in planner tests) from the map of
+/// records alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(from = "BTreeMap<QualifiedName, ManagedObject>")]
 pub struct State {
     pub objects: BTreeMap<QualifiedName, ManagedObject>,
     /// Side-by-side copies, by their temporary name.
     pub builds: BTreeMap<QualifiedName, SideBuild>,
     /// How long the last successful build or refresh of each object took.
     pub last_builds: BTreeMap<QualifiedName, std::time::Duration>,
+}
+
+impl From<BTreeMap<QualifiedName, ManagedObject>> for State {
+    fn from(objects: BTreeMap<QualifiedName, ManagedObject>) -> State {
+        State {
+            objects,
+            ..State::default()
+        }
+    }
 }
 
 /// A new version of a materialized view, built beside the old one under `temp` (same

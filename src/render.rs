@@ -176,10 +176,15 @@ pub fn side_by_side_words(action: &Action) -> Option<String> {
         .map_or("no build recorded yet".to_owned(), |took| {
             format!("its last build took {}", format_duration(took))
         });
-    Some(format!(
-        "build: {took}; the copy needs about {} more disk until the swap",
-        format_bytes(cost.size_bytes)
-    ))
+    // A size of 0 is one the catalog did not give: nothing worth saying.
+    Some(if cost.size_bytes > 0 {
+        format!(
+            "build: {took}; the copy needs about {} more disk until the swap",
+            format_bytes(cost.size_bytes)
+        )
+    } else {
+        format!("build: {took}")
+    })
 }
 
 /// `0 B`, `8.0 kB`, `1.2 GB`: in steps of 1024, as PostgreSQL's `pg_size_pretty` counts.
@@ -360,8 +365,13 @@ pub fn plan_markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
                     )
                 })
                 .collect();
+            let transactions = if statements.iter().any(|s| s.phase == Phase::Build) {
+                "the side-by-side builds in a transaction of their own, then the rest in one"
+            } else {
+                "in one transaction"
+            };
             let summary = format!(
-                "SQL ({} statement{}, in order, in one transaction)",
+                "SQL ({} statement{}, in order, {transactions})",
                 statements.len(),
                 if statements.len() == 1 { "" } else { "s" }
             );

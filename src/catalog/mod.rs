@@ -8,6 +8,7 @@ pub mod read;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use serde::Deserialize;
 use tokio_postgres::GenericClient;
 
 use crate::graph::DependencyGraph;
@@ -16,8 +17,10 @@ use crate::objects::{Grantee, Kind, State};
 use crate::project::Project;
 use crate::state;
 
-/// What the database holds right now.
-#[derive(Debug, Clone, Default)]
+/// What the database holds right now. Deserialisable, so planner tests can state a catalog
+/// as JSON (`tests/planner/`); every field may be left out.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Catalog {
     /// `server_version_num`, for version-dependent privilege lists.
     pub server_version: i32,
@@ -54,45 +57,75 @@ pub struct Catalog {
     pub queries_issued: usize,
 }
 
-/// A live view or materialized view.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A live view or materialized view. Only `kind`, `owner` and `definition` are required
+/// when deserialised; a relation is populated unless it says otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Relation {
+    #[serde(default)]
     pub oid: u32,
     pub kind: Kind,
     pub owner: String,
     /// `pg_get_viewdef` under the session's `search_path`.
     pub definition: String,
+    #[serde(default = "populated_by_default")]
     pub populated: bool,
+    #[serde(default)]
     pub comment: Option<String>,
     /// `reloptions`: storage and security options such as `security_invoker`.
+    #[serde(default)]
     pub options: BTreeMap<String, String>,
     /// Triggers, rules, column privileges and column comments: kept by an in-place change,
     /// lost by a rebuild, and not expressible in a declaration.
+    #[serde(default)]
     pub undeclarable: Vec<String>,
     /// Each column as `name type collation-oid`, in order ([`column_sql`]).
+    #[serde(default)]
     pub columns: Vec<String>,
+    #[serde(default)]
     pub indexes: BTreeMap<String, LiveIndex>,
     /// Privileges granted to roles other than the owner.
+    #[serde(default)]
     pub grants: BTreeSet<(Grantee, String)>,
     /// `pg_total_relation_size` of a materialized view (heap, indexes, TOAST); 0 for a view.
+    #[serde(default)]
     pub size_bytes: i64,
 }
 
 /// An index on a materialized view.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LiveIndex {
     /// `pg_get_indexdef`.
     pub definition: String,
+    #[serde(default)]
     pub unique: bool,
     /// Access method (`btree`, …).
+    #[serde(default = "btree")]
     pub method: String,
     /// Each key column or expression, as PostgreSQL prints it.
+    #[serde(default)]
     pub elements: Vec<String>,
     /// The `WHERE` of a partial index.
+    #[serde(default)]
     pub predicate: Option<String>,
     /// False when it has settings a declaration cannot express (INCLUDE, DESC, operator
     /// classes, NULLS NOT DISTINCT): such an index is never taken for a declared one.
+    #[serde(default = "declarable_by_default")]
     pub declarable: bool,
+}
+
+// Defaults for deserialised catalogs: what PostgreSQL reports for the common case.
+fn populated_by_default() -> bool {
+    true
+}
+
+fn btree() -> String {
+    "btree".to_owned()
+}
+
+fn declarable_by_default() -> bool {
+    true
 }
 
 impl Catalog {
