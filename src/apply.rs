@@ -488,7 +488,7 @@ async fn prepare(
     // rollback, so it cannot leak (unlike a session lock on an early return).
     if let Err(error) = transaction
         .execute(
-            "SELECT pg_advisory_xact_lock($1)",
+            session::advisory_xact_lock(session::LockMode::Exclusive, false),
             &[&lock_key(&config.state_schema)],
         )
         .await
@@ -500,10 +500,7 @@ async fn prepare(
     }
     // viewkeeper's own drops are not "dropped outside viewkeeper": the guard skips them.
     transaction
-        .batch_execute(&format!(
-            "SET LOCAL {} = 'on'",
-            crate::guard::APPLYING_SETTING
-        ))
+        .batch_execute(&session::set_local_on(crate::guard::APPLYING_SETTING))
         .await
         .map_err(failed("cannot mark the transaction"))
 }

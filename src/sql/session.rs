@@ -40,6 +40,11 @@ pub(crate) fn set_search_path(schemas: &[String]) -> String {
     format!("SET search_path TO {}", path.join(", "))
 }
 
+/// `SET LOCAL setting = 'on'` for one of viewkeeper's own custom settings (a constant).
+pub(crate) fn set_local_on(setting: &'static str) -> String {
+    format!("SET LOCAL {setting} = 'on'")
+}
+
 /// Who else may hold an advisory lock at the same time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LockMode {
