@@ -37,8 +37,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
-use viewkeeper::apply::{self, dependency_names};
+use viewkeeper::apply;
 use viewkeeper::catalog;
+use viewkeeper::catalog::read::dependency_names;
 use viewkeeper::plan::{self, Phase};
 use viewkeeper::project::Project;
 use viewkeeper::sandbox::Sandbox;

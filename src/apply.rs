@@ -9,17 +9,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use miette::{Diagnostic, NamedSource, SourceSpan};
-use sha2::{Digest, Sha256};
 use tokio_postgres::error::{ErrorPosition, SqlState};
 use tokio_postgres::{Client, Transaction};
 
+use crate::catalog::read::read_catalog;
 use crate::catalog::{self, Catalog};
 use crate::db::describe;
 use crate::graph::DependencyGraph;
 use crate::name::QualifiedName;
 use crate::plan::{self, EmbeddedQuery, Phase, Plan, PlanError, Statement};
 use crate::project::Project;
+use crate::sql::session;
 use crate::state;
+use crate::waits::lock_key;
 
 /// Reconcile failed; the transaction was rolled back.
 #[derive(Debug, thiserror::Error, Diagnostic)]
@@ -79,14 +81,6 @@ impl ApplyError {
     }
 }
 
-/// The advisory lock key that keeps reconciles of one state schema from interleaving.
-pub fn lock_key(state_schema: &str) -> i64 {
-    let digest = Sha256::digest(format!("viewkeeper:{state_schema}").as_bytes());
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&digest[..8]);
-    i64::from_be_bytes(bytes)
-}
-
 /// An object that keep-going left out, and why.
 pub type Failure = (QualifiedName, StatementError);
 
@@ -119,12 +113,18 @@ pub async fn reconcile(
     intent: &Intent<'_>,
     on_statement: impl FnMut(&Statement, Duration),
 ) -> Result<Reconciled, ApplyError> {
-    let planner = |project: &Project, catalog: &Catalog| {
+    let planner = |project: &Project, catalog: &Catalog, pass: Pass| {
         let plan = plan::plan(project, catalog)?;
-        if let Some(saved) = intent.saved {
-            let schema = catalog.schema_digest.clone().unwrap_or_default();
-            let now = crate::saved_plan::fingerprint(project, catalog, schema);
-            crate::saved_plan::check(saved, &now, &plan)?;
+        match (intent.saved, pass) {
+            (Some(saved), Pass::First) => {
+                let schema = catalog.schema_digest.clone().unwrap_or_default();
+                let now = crate::saved_plan::fingerprint(project, catalog, schema);
+                crate::saved_plan::check(saved, &now, &plan)?;
+            }
+            // The database now holds the copies this very reconcile built (under its lock
+            // until then): the rest of the saved plan must still be what runs.
+            (Some(saved), Pass::AfterBuild) => crate::saved_plan::check_steps(saved, &plan, true)?,
+            (None, _) => {}
         }
         plan::refuse_dropping_everything(project, &plan, intent.allow_drop)?;
         plan::refuse_data_loss(&plan, intent.allow_drop, intent.confirm)?;
@@ -182,7 +182,7 @@ pub async fn drop_managed(
     apply_with(
         client,
         project,
-        plan::drop_managed,
+        |project: &Project, catalog: &Catalog, _: Pass| plan::drop_managed(project, catalog),
         false,
         false,
         RestoreOwed::Owe,
@@ -202,7 +202,7 @@ pub async fn restore_missing(
     apply_with(
         client,
         project,
-        plan::restore_missing,
+        |project: &Project, catalog: &Catalog, _: Pass| plan::restore_missing(project, catalog),
         false,
         true,
         // What healing restores is what a killed `run --drop-first` owes.
@@ -226,7 +226,7 @@ enum RestoreOwed {
 async fn apply_with(
     client: &mut Client,
     project: &Project,
-    planner: impl Fn(&Project, &Catalog) -> Result<Plan, PlanError>,
+    planner: impl Fn(&Project, &Catalog, Pass) -> Result<Plan, PlanError>,
     read_schema_digest: bool,
     keep_going: bool,
     restore_owed: RestoreOwed,
@@ -238,44 +238,13 @@ async fn apply_with(
         .transaction()
         .await
         .map_err(database("cannot start a transaction"))?;
-    // Give up instead of queueing behind a long-running query that holds a view: waiting
-    // would also block every reader queued behind our own ACCESS EXCLUSIVE request. Set
-    // first, so it bounds the wait for the advisory lock too.
-    crate::waits::bound(&transaction, config.lock_timeout)
-        .await
-        .map_err(database("cannot set lock_timeout"))?;
-    // Waits for a concurrent reconcile (or reader) to finish; released by commit or
-    // rollback, so it cannot leak (unlike a session lock on an early return).
-    if let Err(error) = transaction
-        .execute(
-            "SELECT pg_advisory_xact_lock($1)",
-            &[&lock_key(&config.state_schema)],
-        )
-        .await
-    {
-        let context = "cannot take viewkeeper's advisory lock";
-        if !crate::waits::timed_out(&error) {
-            return Err(database(context)(error));
-        }
+    if let Err(error) = prepare(&transaction, config).await {
         transaction
             .rollback()
             .await
             .map_err(database("cannot end the transaction"))?;
-        let holders = crate::waits::holders(&*client).await.unwrap_or_default();
-        return Err(ApplyError::Database {
-            context,
-            message: crate::waits::gave_up("it", config.lock_timeout, &holders),
-        });
+        return Err(prepare_failed(client, config, error).await);
     }
-    // viewkeeper's own drops are not "dropped outside viewkeeper": the guard skips them.
-    transaction
-        .batch_execute(&format!(
-            "SET LOCAL {} = 'on'",
-            crate::guard::APPLYING_SETTING
-        ))
-        .await
-        .map_err(database("cannot mark the transaction"))?;
-
     let mut catalog = read_catalog(&mut transaction, project)
         .await
         .map_err(database("cannot read the catalog"))?;
@@ -297,14 +266,15 @@ async fn apply_with(
     let graph = catalog.graph_of(project);
     let mut left_out = LeftOut::default();
     let mut schema_ready = false;
+    let mut pass = Pass::First;
     // One attempt, or with keep-going one more per object that fails: each attempt plans
     // without what failed before, and runs in a savepoint that a failure rolls back.
     let plan = loop {
         let plan = if left_out.is_empty() {
-            planner(project, &catalog)
+            planner(project, &catalog, pass)
         } else {
             let (project, catalog) = left_out.apply(project, &catalog);
-            planner(&project, &catalog)
+            planner(&project, &catalog, pass)
         };
         let plan = match plan {
             Ok(plan) => plan,
@@ -338,10 +308,50 @@ async fn apply_with(
         }
         if !schema_ready {
             transaction
-                .batch_execute(&state::ensure_schema_sql(&config.state_schema))
+                .batch_execute(&crate::sql::state::create_schema(&config.state_schema))
                 .await
                 .map_err(database("cannot create viewkeeper's state schema"))?;
             schema_ready = true;
+        }
+        if pass == Pass::First && plan.builds_side_by_side() {
+            // The builds commit on their own, before the swap: readers keep using the old
+            // versions meanwhile. Then everything is read and planned again, and the plan
+            // now swaps the copies in (built copies are part of the catalog). A declared
+            // query PostgreSQL rejects is found first, by the compile step, so a failing
+            // reconcile leaves no copies behind.
+            if !keep_going {
+                prove_before_building(&transaction, project, &plan).await?;
+            }
+            build_side_by_side(
+                &transaction,
+                &plan,
+                config,
+                keep_going,
+                &graph,
+                &mut left_out,
+                &mut on_statement,
+            )
+            .await
+            .map_err(|failure| failure.into_error())?;
+            if let Err(error) = transaction.commit().await {
+                return Err(commit_error(client, error));
+            }
+            transaction = client
+                .transaction()
+                .await
+                .map_err(database("cannot start a transaction"))?;
+            if let Err(error) = prepare(&transaction, config).await {
+                transaction
+                    .rollback()
+                    .await
+                    .map_err(database("cannot end the transaction"))?;
+                return Err(prepare_failed(client, config, error).await);
+            }
+            catalog = read_catalog(&mut transaction, project)
+                .await
+                .map_err(database("cannot read the catalog"))?;
+            pass = Pass::AfterBuild;
+            continue;
         }
         let statements = plan.statements();
         if !keep_going {
@@ -371,7 +381,7 @@ async fn apply_with(
             break plan;
         }
         transaction
-            .batch_execute("SAVEPOINT viewkeeper_attempt")
+            .batch_execute(&session::savepoint("viewkeeper_attempt"))
             .await
             .map_err(database("cannot start a savepoint"))?;
         // Progress is told once the attempt stands, so nothing rolled back is reported.
@@ -395,7 +405,7 @@ async fn apply_with(
                 let statement = &statements[index];
                 let failure = statement_error(&statements, index, &error);
                 transaction
-                    .batch_execute("ROLLBACK TO SAVEPOINT viewkeeper_attempt")
+                    .batch_execute(&session::rollback_to("viewkeeper_attempt"))
                     .await
                     .map_err(database("cannot roll back to a savepoint"))?;
                 left_out.fail(&statement.object, failure, &graph);
@@ -407,6 +417,14 @@ async fn apply_with(
         &config.state_schema,
         &plan.records(),
         &plan.forgotten(),
+    )
+    .await
+    .map_err(database("cannot record what was applied"))?;
+    state::write_builds(
+        &transaction,
+        &config.state_schema,
+        &plan.recorded_builds(),
+        &plan.forgotten_builds(),
     )
     .await
     .map_err(database("cannot record what was applied"))?;
@@ -433,6 +451,160 @@ async fn apply_with(
         failed,
         skipped,
     })
+}
+
+/// Which planning of one apply: the first, or the one after side-by-side builds committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    First,
+    AfterBuild,
+}
+
+/// Why a transaction could not be given reconcile's settings and lock.
+enum PrepareError {
+    /// Another session holds reconcile's advisory lock past `lock-timeout`.
+    LockTimedOut,
+    Database {
+        context: &'static str,
+        error: tokio_postgres::Error,
+    },
+}
+
+/// Makes `transaction` wait at most `lock-timeout` for any lock, takes reconcile's advisory
+/// lock, and marks the transaction as viewkeeper's own for the guard. On failure the caller
+/// rolls back, then asks [`prepare_failed`] for the error.
+async fn prepare(
+    transaction: &Transaction<'_>,
+    config: &crate::project::Config,
+) -> Result<(), PrepareError> {
+    let failed = |context| move |error| PrepareError::Database { context, error };
+    // Give up instead of queueing behind a long-running query that holds a view: waiting
+    // would also block every reader queued behind our own ACCESS EXCLUSIVE request. Set
+    // first, so it bounds the wait for the advisory lock too.
+    crate::waits::bound(transaction, config.lock_timeout)
+        .await
+        .map_err(failed("cannot set lock_timeout"))?;
+    // Waits for a concurrent reconcile (or reader) to finish; released by commit or
+    // rollback, so it cannot leak (unlike a session lock on an early return).
+    if let Err(error) = transaction
+        .execute(
+            session::advisory_xact_lock(session::LockMode::Exclusive, false),
+            &[&lock_key(&config.state_schema)],
+        )
+        .await
+    {
+        if crate::waits::timed_out(&error) {
+            return Err(PrepareError::LockTimedOut);
+        }
+        return Err(failed("cannot take viewkeeper's advisory lock")(error));
+    }
+    // viewkeeper's own drops are not "dropped outside viewkeeper": the guard skips them.
+    transaction
+        .batch_execute(&session::set_local_on(crate::guard::APPLYING_SETTING))
+        .await
+        .map_err(failed("cannot mark the transaction"))
+}
+
+/// The error for a transaction [`prepare`] failed on (rolled back by now): names who
+/// holds the lock it gave up on.
+async fn prepare_failed(
+    client: &Client,
+    config: &crate::project::Config,
+    error: PrepareError,
+) -> ApplyError {
+    match error {
+        PrepareError::Database { context, error } => database(context)(error),
+        PrepareError::LockTimedOut => {
+            let holders = crate::waits::holders(client).await.unwrap_or_default();
+            ApplyError::Database {
+                context: "cannot take viewkeeper's advisory lock",
+                message: crate::waits::gave_up("it", config.lock_timeout, &holders),
+            }
+        }
+    }
+}
+
+/// A failed build phase.
+struct BuildFailure(ApplyError);
+
+impl BuildFailure {
+    fn into_error(self) -> ApplyError {
+        self.0
+    }
+}
+
+/// The compile step of `plan`, run in a savepoint rolled back afterwards: the plan's
+/// queries, compiled as temporary views, all apply.
+async fn prove_before_building(
+    transaction: &Transaction<'_>,
+    project: &Project,
+    plan: &Plan,
+) -> Result<(), ApplyError> {
+    let run = |sql: String| async move {
+        transaction
+            .batch_execute(&sql)
+            .await
+            .map_err(database("cannot use a savepoint"))
+    };
+    run(session::savepoint("viewkeeper_prove")).await?;
+    crate::catalog::prove::prove(transaction, project, plan).await?;
+    run(session::rollback_to("viewkeeper_prove")).await
+}
+
+/// Runs the plan's side-by-side builds and records them, in `transaction` (which the caller
+/// commits). With keep-going, each object's build runs in a savepoint: one that fails is
+/// rolled back and left out, and the others are kept.
+async fn build_side_by_side(
+    transaction: &Transaction<'_>,
+    plan: &Plan,
+    config: &crate::project::Config,
+    keep_going: bool,
+    graph: &DependencyGraph,
+    left_out: &mut LeftOut,
+    on_statement: &mut impl FnMut(&Statement, Duration),
+) -> Result<(), BuildFailure> {
+    let steps: Vec<&crate::plan::Step> = plan
+        .steps
+        .iter()
+        .filter(|step| step.phase() == Phase::Build)
+        .collect();
+    let mut objects: Vec<&QualifiedName> = steps.iter().map(|step| &step.object).collect();
+    objects.dedup();
+    let mut recorded = Vec::new();
+    for object in objects {
+        let of_object = || steps.iter().filter(|step| step.object == *object);
+        let statements: Vec<Statement> = of_object().filter_map(|step| step.statement()).collect();
+        if keep_going {
+            transaction
+                .batch_execute(&session::savepoint("viewkeeper_build"))
+                .await
+                .map_err(|error| BuildFailure(database("cannot start a savepoint")(error)))?;
+        }
+        match run_statements(transaction, &statements, config, on_statement).await {
+            Ok(()) => recorded.extend(of_object().filter_map(|step| match &step.op {
+                crate::plan::Op::RecordBuild(build) => Some(build),
+                _ => None,
+            })),
+            Err((index, error)) if keep_going && error.as_db_error().is_some() => {
+                let failure = statement_error(&statements, index, &error);
+                transaction
+                    .batch_execute(&session::rollback_to("viewkeeper_build"))
+                    .await
+                    .map_err(|error| {
+                        BuildFailure(database("cannot roll back to a savepoint")(error))
+                    })?;
+                left_out.fail(object, failure, graph);
+            }
+            Err((index, error)) => {
+                return Err(BuildFailure(ApplyError::Statement(Box::new(
+                    statement_error(&statements, index, &error),
+                ))));
+            }
+        }
+    }
+    state::write_builds(transaction, &config.state_schema, &recorded, &[])
+        .await
+        .map_err(|error| BuildFailure(database("cannot record the builds")(error)))
 }
 
 /// Runs the plan's statements in order; on failure, the index of the failing one.
@@ -542,122 +714,6 @@ impl LeftOut {
     }
 }
 
-/// Reads the catalog for planning: introspection, then PostgreSQL's own reading of the
-/// declared queries that might be adopted as they are, inside a savepoint that is rolled
-/// back so nothing is left behind. Constant queries; two more when there are candidates.
-pub async fn read_catalog(
-    transaction: &mut Transaction<'_>,
-    project: &Project,
-) -> Result<Catalog, tokio_postgres::Error> {
-    let mut catalog = catalog::introspect(
-        &*transaction,
-        &dependency_names(project),
-        &project.config.state_schema,
-    )
-    .await?;
-    let candidates = plan::normalisation_candidates(project, &catalog);
-    if !candidates.is_empty() {
-        let savepoint = transaction.savepoint("viewkeeper_normalise").await?;
-        // Normalising needs temporary objects; without that right (or on a read-only
-        // replica) objects are simply not adopted, and the plan says what it would do.
-        match normalise_both_sides(&savepoint, &catalog, &candidates).await {
-            Ok((normalised, columns)) => {
-                catalog.normalised = normalised;
-                catalog.compiled_columns = columns;
-            }
-            Err(error) => tracing::info!(
-                "cannot compare declared queries with live ones, so nothing is adopted: {}",
-                describe(&error)
-            ),
-        }
-        savepoint.rollback().await?;
-    }
-    Ok(catalog)
-}
-
-/// How PostgreSQL prints each candidate's declared query. `pg_get_viewdef` is not always a
-/// fixed point (a `NATURAL JOIN` with no common column prints as `ON TRUE`, which prints
-/// back as `ON (true)`), so where the declared query prints differently from the live
-/// definition, the live definition is put through the same round trip; when both sides
-/// then print the same, the declared query counts as the live one. Also gives the columns of
-/// each compiled declared query.
-async fn normalise_both_sides(
-    client: &Transaction<'_>,
-    catalog: &Catalog,
-    candidates: &[(QualifiedName, String)],
-) -> Result<
-    (
-        BTreeMap<QualifiedName, String>,
-        BTreeMap<QualifiedName, Vec<String>>,
-    ),
-    tokio_postgres::Error,
-> {
-    let compiled = catalog::read_back(client, candidates).await?;
-    let mut columns = BTreeMap::new();
-    let mut normalised = BTreeMap::new();
-    for (name, compiled) in compiled {
-        columns.insert(name.clone(), compiled.columns);
-        normalised.insert(name, compiled.definition);
-    }
-    let differing: Vec<_> = normalised
-        .iter()
-        .filter_map(|(name, declared)| {
-            let live = catalog.relations.get(name)?;
-            (*declared != live.definition).then(|| (name.clone(), live.definition.clone()))
-        })
-        .collect();
-    for (name, live) in catalog::normalise(client, &differing).await? {
-        if normalised.get(&name) == Some(&live)
-            && let Some(relation) = catalog.relations.get(&name)
-        {
-            normalised.insert(name, relation.definition.clone());
-        }
-    }
-    Ok((normalised, columns))
-}
-
-/// Proves that `plan` applies: compiles every query it creates as a temporary view, in
-/// plan order, inside `transaction` (which the caller rolls back). The statements are
-/// pipelined; the first one PostgreSQL rejects is reported as reconcile would report it.
-pub async fn prove(
-    transaction: &Transaction<'_>,
-    project: &Project,
-    plan: &Plan,
-) -> Result<(), ApplyError> {
-    let statements = crate::compile::compile_statements(plan, project);
-    if statements.is_empty() {
-        return Ok(());
-    }
-    let outcomes = futures_util::future::join_all(
-        statements
-            .iter()
-            .map(|statement| transaction.query_typed(&statement.sql, &[])),
-    )
-    .await;
-    for (index, outcome) in outcomes.into_iter().enumerate() {
-        if let Err(error) = outcome {
-            return Err(ApplyError::Statement(Box::new(statement_error(
-                &statements,
-                index,
-                &error,
-            ))));
-        }
-    }
-    Ok(())
-}
-
-/// Every relation named in a `depends-on` or inferred from a query, for the catalog to look up.
-pub fn dependency_names(project: &Project) -> Vec<crate::name::QualifiedName> {
-    let mut names: Vec<_> = project
-        .declarations
-        .values()
-        .flat_map(|declaration| declaration.reads().cloned())
-        .collect();
-    names.sort();
-    names.dedup();
-    names
-}
-
 /// A failed COMMIT: a plain error (a deferred constraint, a serialization failure) means the
 /// server rolled back; a lost connection or a fatal error means nobody can say.
 fn commit_error(client: &Client, error: tokio_postgres::Error) -> ApplyError {
@@ -681,7 +737,7 @@ fn database(context: &'static str) -> impl Fn(tokio_postgres::Error) -> ApplyErr
 }
 
 /// The error of `statements[index]`, located in its declaration file where it can be.
-fn statement_error(
+pub(crate) fn statement_error(
     statements: &[Statement],
     index: usize,
     error: &tokio_postgres::Error,

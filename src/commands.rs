@@ -298,7 +298,7 @@ async fn proven_plan(
             waits::bound(&transaction, timeout).await?;
             // Never read views while a reconcile drops and recreates them.
             waits::share_reconcile_lock(&transaction, &project.config.state_schema).await?;
-            apply::read_catalog(&mut transaction, project).await
+            catalog::read::read_catalog(&mut transaction, project).await
         }
         .await;
         match read {
@@ -326,7 +326,7 @@ async fn proven_plan(
         None
     };
     print_plan(&plan, format)?;
-    apply::prove(&transaction, project, &plan)
+    catalog::prove::prove(&transaction, project, &plan)
         .await
         .map_err(Error::Unprovable)?;
     transaction.rollback().await.map_err(catalog_error)?;
@@ -569,7 +569,7 @@ async fn status(
         Default::default()
     };
     let now: chrono::DateTime<chrono::Utc> = client
-        .query_one("SELECT clock_timestamp()", &[])
+        .query_one(crate::sql::session::CLOCK, &[])
         .await
         .map_err(catalog_error)?
         .get(0);
@@ -690,6 +690,9 @@ async fn run_migration(
     let Some((program, arguments)) = command.split_first() else {
         return Ok(Status::Done);
     };
+    // Listening from the start: a SIGINT that comes while the views are dropped, before the
+    // migration starts, is passed on to the migration as soon as it starts.
+    let signals = Forwarded::listen();
     let mut client = connect(url, &project).await?;
     let mut out = stdout();
     if drop_first {
@@ -715,7 +718,7 @@ async fn run_migration(
     // enough for the server to close idle sessions): reconcile opens a fresh one.
     drop(client);
     // With --drop-first there is nothing to suggest, so the migration keeps its own stderr.
-    let (code, type_change_blocked) = run_command(program, arguments, !drop_first).await;
+    let (code, type_change_blocked) = run_command(program, arguments, !drop_first, signals).await;
     if code != 0 {
         eprintln!("viewkeeper: {program} exited with status {code}; reconciling anyway");
     }
@@ -795,7 +798,12 @@ async fn drop_managed(root: &Path, url: Option<&str>) -> Result<Status, Error> {
 /// unchanged. Ctrl-C and SIGTERM go to the migration, not to viewkeeper, which must survive
 /// to reconcile afterwards. Returns its exit status (127 when it cannot start), and, when
 /// `watch_stderr`, whether its stderr showed a column type change blocked by a view.
-async fn run_command(program: &str, arguments: &[String], watch_stderr: bool) -> (u8, bool) {
+async fn run_command(
+    program: &str,
+    arguments: &[String],
+    watch_stderr: bool,
+    signals: Option<Forwarded>,
+) -> (u8, bool) {
     // The migration's sessions may drop managed views (a protecting guard lets them):
     // viewkeeper restores them right after.
     let options = match std::env::var("PGOPTIONS") {
@@ -820,7 +828,10 @@ async fn run_command(program: &str, arguments: &[String], watch_stderr: bool) ->
         .stderr
         .take()
         .map(|from| tokio::spawn(pass_stderr_through(from)));
-    let code = wait_forwarding_signals(&mut child).await;
+    let code = match signals {
+        Some(signals) => signals.wait_forwarding(&mut child).await,
+        None => exit_code(child.wait().await),
+    };
     let seen = match watcher {
         // A background process the migration started may hold its stderr open: wait for the
         // rest of the output a moment, not forever.
@@ -832,26 +843,37 @@ async fn run_command(program: &str, arguments: &[String], watch_stderr: bool) ->
     (code, seen)
 }
 
-async fn wait_forwarding_signals(child: &mut tokio::process::Child) -> u8 {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return exit_code(child.wait().await);
-    };
-    let forward = |child: &tokio::process::Child, sig: nix::sys::signal::Signal| {
-        if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
-        }
-    };
-    loop {
-        tokio::select! {
-            status = child.wait() => return exit_code(status),
-            // A terminal's Ctrl-C already reached the migration (same process group); a
-            // SIGINT sent to viewkeeper alone is passed on.
-            _ = interrupt.recv() => forward(child, nix::sys::signal::Signal::SIGINT),
-            _ = terminate.recv() => forward(child, nix::sys::signal::Signal::SIGTERM),
+/// SIGINT and SIGTERM, caught so viewkeeper survives them, to be passed on to the migration.
+struct Forwarded {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Forwarded {
+    /// `None` when the signals cannot be caught (then they act as usual).
+    fn listen() -> Option<Forwarded> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Some(Forwarded {
+            interrupt: signal(SignalKind::interrupt()).ok()?,
+            terminate: signal(SignalKind::terminate()).ok()?,
+        })
+    }
+
+    /// Waits for `child`, passing on each signal caught (also those caught before it started).
+    async fn wait_forwarding(mut self, child: &mut tokio::process::Child) -> u8 {
+        let forward = |child: &tokio::process::Child, sig: nix::sys::signal::Signal| {
+            if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+            }
+        };
+        loop {
+            tokio::select! {
+                status = child.wait() => return exit_code(status),
+                // A terminal's Ctrl-C already reached the migration (same process group); a
+                // SIGINT sent to viewkeeper alone is passed on.
+                _ = self.interrupt.recv() => forward(child, nix::sys::signal::Signal::SIGINT),
+                _ = self.terminate.recv() => forward(child, nix::sys::signal::Signal::SIGTERM),
+            }
         }
     }
 }
@@ -1074,7 +1096,7 @@ async fn read_catalog(
             waits::bound(&transaction, timeout).await?;
             // Never read views while a reconcile drops and recreates them.
             waits::share_reconcile_lock(&transaction, &project.config.state_schema).await?;
-            apply::read_catalog(&mut transaction, project).await
+            catalog::read::read_catalog(&mut transaction, project).await
         }
         .await;
         transaction.rollback().await.map_err(catalog_error)?;

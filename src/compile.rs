@@ -23,8 +23,9 @@ pub fn compile_statements(plan: &Plan, project: &Project) -> Vec<Statement> {
     let mut compiled: BTreeMap<QualifiedName, String> = BTreeMap::new();
     let mut statements = Vec::new();
     for step in &plan.steps {
-        let (Op::Create { query, options, .. } | Op::ReplaceInPlace { query, options, .. }) =
-            &step.op
+        let (Op::Create { query, options, .. }
+        | Op::ReplaceInPlace { query, options, .. }
+        | Op::Build { query, options, .. }) = &step.op
         else {
             continue;
         };

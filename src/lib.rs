@@ -17,6 +17,7 @@ pub mod graph;
 pub mod guard;
 pub mod import;
 pub mod name;
+pub mod objects;
 pub mod plan;
 pub mod project;
 pub mod refresh;

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::sql::quote_ident;
 
@@ -31,6 +31,8 @@ pub enum NameError {
     TooManyParts,
     #[error("`{0}` is longer than PostgreSQL's 63-byte identifier limit")]
     TooLong(String),
+    #[error("`{0}` has no schema: write `schema.name`")]
+    Unqualified(String),
 }
 
 impl QualifiedName {
@@ -63,6 +65,28 @@ impl QualifiedName {
 impl Serialize for QualifiedName {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
+    }
+}
+
+/// Read back from its display form, schema required (`public.sales`, `public."Big"`):
+/// catalog snapshots key relations by name.
+impl<'de> Deserialize<'de> for QualifiedName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::str::FromStr for QualifiedName {
+    type Err = NameError;
+
+    /// The inverse of `Display`: both parts required, since no default schema applies.
+    fn from_str(text: &str) -> Result<Self, NameError> {
+        match split_identifiers(text)?.as_slice() {
+            [schema, name] => Ok(Self::new(schema.clone(), name.clone())),
+            [_] => Err(NameError::Unqualified(text.to_owned())),
+            _ => Err(NameError::TooManyParts),
+        }
     }
 }
 
@@ -204,6 +228,25 @@ mod tests {
         assert_eq!(
             QualifiedName::new("public", "a").to_sql(),
             "\"public\".\"a\""
+        );
+    }
+
+    #[test]
+    fn reads_back_its_display_form() {
+        for name in [
+            QualifiedName::new("public", "sales"),
+            QualifiedName::new("Reporting", "Q1 \"x\""),
+        ] {
+            assert_eq!(name.to_string().parse::<QualifiedName>(), Ok(name.clone()));
+            let json = serde_json::to_string(&name).expect("a name serialises");
+            assert_eq!(
+                serde_json::from_str::<QualifiedName>(&json).expect("and reads back"),
+                name
+            );
+        }
+        assert_eq!(
+            "sales".parse::<QualifiedName>(),
+            Err(NameError::Unqualified("sales".to_owned()))
         );
     }
 }

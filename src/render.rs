@@ -14,7 +14,7 @@ use serde::Serialize;
 use chrono::{DateTime, Utc};
 
 use crate::name::QualifiedName;
-use crate::plan::{Action, Change, Lock, Phase, Plan, Statement, Step, Warning};
+use crate::plan::{Action, Change, Hold, Lock, Phase, Plan, Statement, Step, Warning};
 use crate::project::{Kind, Project};
 use crate::refresh::{Outcome, RefreshTarget, Skip};
 use crate::status::ObjectStatus;
@@ -108,6 +108,10 @@ fn action_text(action: &Action, out: &mut impl Write) -> io::Result<()> {
             "         {RED}destroys data:{RED:#} its rows are lost for good (reconcile needs --allow-drop)"
         )?;
     }
+    writeln!(out, "         {DIM}lock: {}{DIM:#}", lock_words(action))?;
+    if let Some(cost) = side_by_side_words(action) {
+        writeln!(out, "         {DIM}{cost}{DIM:#}")?;
+    }
     for detail in &action.details {
         // `·`, not `-`: a dash reads as "removed" next to diffs.
         writeln!(out, "         · {detail}")?;
@@ -129,6 +133,74 @@ fn action_text(action: &Action, out: &mut impl Write) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The lock an action takes and how long readers wait for it: `ACCESS EXCLUSIVE, brief`.
+pub fn lock_words(action: &Action) -> String {
+    let Some(lock) = action.lock else {
+        return "none".to_owned();
+    };
+    let lock = match lock {
+        Lock::Exclusive => "EXCLUSIVE (writers wait, readers do not)",
+        lock => lock.words(),
+    };
+    match action.hold {
+        Hold::None | Hold::Brief => format!("{lock}, brief"),
+        Hold::WhileBuilding { known, unrecorded } if known.is_zero() => format!(
+            "{lock} while {} filled in its transaction (no build recorded yet)",
+            if unrecorded == 1 {
+                "a materialized view is"
+            } else {
+                "materialized views are"
+            }
+        ),
+        Hold::WhileBuilding { known, unrecorded } => {
+            let unrecorded = match unrecorded {
+                0 => String::new(),
+                1 => " plus a build never recorded".to_owned(),
+                n => format!(" plus {n} builds never recorded"),
+            };
+            format!(
+                "{lock} for about {}{unrecorded} (the last builds of what its transaction fills)",
+                format_duration(known)
+            )
+        }
+    }
+}
+
+/// What a side-by-side build costs, in words, for an action that has one.
+pub fn side_by_side_words(action: &Action) -> Option<String> {
+    let cost = action.side_by_side?;
+    let took = cost
+        .took_last
+        .map_or("no build recorded yet".to_owned(), |took| {
+            format!("its last build took {}", format_duration(took))
+        });
+    // A size of 0 is one the catalog did not give: nothing worth saying.
+    Some(if cost.size_bytes > 0 {
+        format!(
+            "build: {took}; the copy needs about {} more disk until the swap",
+            format_bytes(cost.size_bytes)
+        )
+    } else {
+        format!("build: {took}")
+    })
+}
+
+/// `0 B`, `8.0 kB`, `1.2 GB`: in steps of 1024, as PostgreSQL's `pg_size_pretty` counts.
+pub fn format_bytes(bytes: i64) -> String {
+    let mut size = bytes.max(0) as f64;
+    for unit in ["B", "kB", "MB", "GB"] {
+        if size < 1024.0 {
+            return if unit == "B" {
+                format!("{size} {unit}")
+            } else {
+                format!("{size:.1} {unit}")
+            };
+        }
+        size /= 1024.0;
+    }
+    format!("{size:.1} TB")
 }
 
 /// Objects that already match their declarations, named once (they need no change).
@@ -259,13 +331,17 @@ pub fn plan_markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
                 reason.push_str("<br>");
                 reason.push_str(&table_cell(detail));
             }
+            if let Some(cost) = side_by_side_words(action) {
+                reason.push_str("<br>");
+                reason.push_str(&table_cell(&cost));
+            }
             writeln!(
                 out,
                 "| `{}` ({}) | {} | {reason} | {} |",
                 action.object,
                 action.kind.words(),
                 action.change.verb(),
-                action.lock.map_or("", Lock::words)
+                table_cell(&lock_words(action))
             )?;
         }
         for action in &actions {
@@ -289,8 +365,13 @@ pub fn plan_markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
                     )
                 })
                 .collect();
+            let transactions = if statements.iter().any(|s| s.phase == Phase::Build) {
+                "the side-by-side builds in a transaction of their own, then the rest in one"
+            } else {
+                "in one transaction"
+            };
             let summary = format!(
-                "SQL ({} statement{}, in order, in one transaction)",
+                "SQL ({} statement{}, in order, {transactions})",
                 statements.len(),
                 if statements.len() == 1 { "" } else { "s" }
             );
@@ -358,7 +439,7 @@ pub fn statement_done(
 ) -> io::Result<()> {
     let style = match statement.phase {
         Phase::Drop | Phase::DropIndex => RED,
-        Phase::Create => GREEN,
+        Phase::Create | Phase::Build => GREEN,
         Phase::Refresh => CYAN,
         Phase::Index | Phase::Options | Phase::Grant | Phase::Comment | Phase::Owner => YELLOW,
         Phase::State => Style::new(),
@@ -862,6 +943,7 @@ mod tests {
                         options: Default::default(),
                         fill: crate::plan::Fill::None,
                         diff: Some("-SELECT 1\n+SELECT '```' AS fence\n".to_owned()),
+                        in_place: None,
                     },
                 ),
             ],
@@ -877,7 +959,7 @@ mod tests {
         let markdown = String::from_utf8(out).expect("utf-8");
         assert!(
             markdown.contains(
-                "| `public.old_summary` (materialized view) | drop | no longer declared<br>**destroys its data** | ACCESS EXCLUSIVE |"
+                "| `public.old_summary` (materialized view) | drop | no longer declared<br>**destroys its data** | ACCESS EXCLUSIVE, brief |"
             ),
             "{markdown}"
         );

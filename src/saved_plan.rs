@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::catalog::Catalog;
-use crate::plan::Plan;
+use crate::plan::{Phase, Plan, Statement, Step};
 use crate::project::Project;
 
 /// What a plan was computed from.
@@ -116,6 +116,7 @@ pub struct SavedPlan {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct SavedStep {
+    pub phase: Phase,
     pub object: String,
     pub summary: String,
     #[serde(default)]
@@ -124,6 +125,7 @@ pub struct SavedStep {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct SavedStatement {
+    pub phase: Phase,
     pub object: String,
     pub sql: String,
 }
@@ -148,15 +150,35 @@ pub fn check(saved: &SavedPlan, now: &Fingerprint, plan: &Plan) -> Result<(), Sa
     if !changes.is_empty() {
         return Err(SavedPlanError::Stale(changes));
     }
-    let statements = plan.statements();
-    if saved.statements.len() != statements.len() {
+    check_steps(saved, plan, false)
+}
+
+/// Checks that `plan` is the saved plan, step by step; `builds_done` leaves out the
+/// side-by-side builds, which this reconcile ran and committed before the rest.
+pub fn check_steps(
+    saved: &SavedPlan,
+    plan: &Plan,
+    builds_done: bool,
+) -> Result<(), SavedPlanError> {
+    let keep = |phase: Phase| !(builds_done && phase == Phase::Build);
+    let statements: Vec<Statement> = plan
+        .statements()
+        .into_iter()
+        .filter(|statement| keep(statement.phase))
+        .collect();
+    let saved_statements: Vec<&SavedStatement> = saved
+        .statements
+        .iter()
+        .filter(|statement| keep(statement.phase))
+        .collect();
+    if saved_statements.len() != statements.len() {
         return Err(SavedPlanError::Edited(format!(
             "{} statements saved, {} planned",
-            saved.statements.len(),
+            saved_statements.len(),
             statements.len()
         )));
     }
-    for (index, (saved, planned)) in saved.statements.iter().zip(&statements).enumerate() {
+    for (index, (saved, planned)) in saved_statements.iter().zip(&statements).enumerate() {
         if saved.sql != planned.sql || saved.object != planned.object.to_string() {
             return Err(SavedPlanError::Edited(format!(
                 "statement {} differs",
@@ -164,14 +186,20 @@ pub fn check(saved: &SavedPlan, now: &Fingerprint, plan: &Plan) -> Result<(), Sa
             )));
         }
     }
-    if saved.steps.len() != plan.steps.len() {
+    let steps: Vec<&Step> = plan
+        .steps
+        .iter()
+        .filter(|step| keep(step.phase()))
+        .collect();
+    let saved_steps: Vec<&SavedStep> = saved.steps.iter().filter(|step| keep(step.phase)).collect();
+    if saved_steps.len() != steps.len() {
         return Err(SavedPlanError::Edited(format!(
             "{} steps saved, {} planned",
-            saved.steps.len(),
-            plan.steps.len()
+            saved_steps.len(),
+            steps.len()
         )));
     }
-    for (index, (saved, planned)) in saved.steps.iter().zip(&plan.steps).enumerate() {
+    for (index, (saved, planned)) in saved_steps.iter().zip(&steps).enumerate() {
         let sql = planned.statement().map(|statement| statement.sql);
         if saved.object != planned.object.to_string()
             || saved.summary != planned.summary()

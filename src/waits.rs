@@ -7,8 +7,19 @@
 
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
 use tokio_postgres::GenericClient;
 use tokio_postgres::error::SqlState;
+
+use crate::sql::{self, session, session::LockMode};
+
+/// The advisory lock key that keeps reconciles of one state schema from interleaving.
+pub fn lock_key(state_schema: &str) -> i64 {
+    let digest = Sha256::digest(format!("viewkeeper:{state_schema}").as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(bytes)
+}
 
 /// `SET LOCAL lock_timeout`: bounds every later wait in the transaction, advisory locks
 /// taken with `pg_advisory_xact_lock` included.
@@ -16,10 +27,8 @@ pub async fn bound(
     client: &impl GenericClient,
     timeout: Duration,
 ) -> Result<(), tokio_postgres::Error> {
-    // Zero would mean "wait forever" to PostgreSQL.
-    let millis = timeout.as_millis().max(1);
     client
-        .batch_execute(&format!("SET LOCAL lock_timeout = {millis}"))
+        .batch_execute(&session::set_local_lock_timeout(timeout))
         .await
 }
 
@@ -31,8 +40,8 @@ pub async fn share_reconcile_lock(
 ) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
-            "SELECT pg_advisory_xact_lock_shared($1)",
-            &[&crate::apply::lock_key(state_schema)],
+            session::advisory_xact_lock(LockMode::Shared, false),
+            &[&lock_key(state_schema)],
         )
         .await
         .map(drop)
@@ -57,7 +66,7 @@ pub fn lost_relation(error: &tokio_postgres::Error) -> bool {
 /// or a lock on a view or materialized view, with role, application, state, since when and
 /// the first line of their query. Read on `client` once its own wait is over.
 pub async fn holders(client: &impl GenericClient) -> Result<Vec<String>, tokio_postgres::Error> {
-    sessions(client, HOLDERS, &[]).await
+    sessions(client, sql::waits::HOLDERS, &[]).await
 }
 
 /// Who holds any lock on `relation`: what a DROP or an ALTER, which need it alone, waits for.
@@ -67,43 +76,11 @@ pub async fn holders_of(
 ) -> Result<Vec<String>, tokio_postgres::Error> {
     sessions(
         client,
-        RELATION_HOLDERS,
+        sql::waits::RELATION_HOLDERS,
         &[&relation.schema, &relation.name],
     )
     .await
 }
-
-// language=SQL
-const HOLDERS: &str = "SELECT DISTINCT a.pid, coalesce(a.usename::text, ''), coalesce(a.application_name, ''),
-                    coalesce(a.state, ''),
-                    coalesce(extract(epoch FROM now() - coalesce(a.xact_start, a.query_start)), 0)::float8,
-                    split_part(coalesce(a.query, ''), E'\\n', 1),
-                    CASE WHEN l.locktype = 'advisory' THEN 'an advisory lock'
-                         ELSE format('%s on %s', l.mode, l.relation::regclass) END
-             FROM pg_locks l
-             JOIN pg_stat_activity a ON a.pid = l.pid
-             LEFT JOIN pg_class c ON c.oid = l.relation
-             WHERE l.granted AND l.pid <> pg_backend_pid()
-               AND a.datname = current_database()
-               AND ((l.locktype = 'advisory' AND l.mode = 'ExclusiveLock')
-                    OR (l.locktype = 'relation' AND c.relkind IN ('v', 'm')
-                        AND l.mode IN ('AccessExclusiveLock', 'ExclusiveLock')))
-             ORDER BY a.pid";
-
-// language=SQL
-const RELATION_HOLDERS: &str = "SELECT DISTINCT a.pid, coalesce(a.usename::text, ''), coalesce(a.application_name, ''),
-                    coalesce(a.state, ''),
-                    coalesce(extract(epoch FROM now() - coalesce(a.xact_start, a.query_start)), 0)::float8,
-                    split_part(coalesce(a.query, ''), E'\\n', 1),
-                    format('%s on %s', l.mode, l.relation::regclass)
-             FROM pg_locks l
-             JOIN pg_stat_activity a ON a.pid = l.pid
-             JOIN pg_class c ON c.oid = l.relation
-             JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE l.granted AND l.pid <> pg_backend_pid()
-               AND a.datname = current_database()
-               AND n.nspname = $1 AND c.relname = $2
-             ORDER BY a.pid";
 
 async fn sessions(
     client: &impl GenericClient,
@@ -153,14 +130,14 @@ pub async fn introspect(
 ) -> Result<crate::catalog::Catalog, tokio_postgres::Error> {
     let mut attempt = 1;
     loop {
-        client.batch_execute("BEGIN").await?;
+        client.batch_execute(session::BEGIN).await?;
         let read = async {
             bound(client, timeout).await?;
             share_reconcile_lock(client, state_schema).await?;
             crate::catalog::introspect(client, dependencies, state_schema).await
         }
         .await;
-        client.batch_execute("ROLLBACK").await?;
+        client.batch_execute(session::ROLLBACK).await?;
         match read {
             Err(error) if lost_relation(&error) && attempt < 3 => attempt += 1,
             read => return read,

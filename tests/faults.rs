@@ -72,7 +72,7 @@ fn every_command_gives_up_after_lock_timeout_and_names_the_holder() {
     db.batch("ROLLBACK");
 
     // Reconcile's advisory lock held by another session: reconcile, plan and status give up.
-    let key = viewkeeper::apply::lock_key("viewkeeper");
+    let key = viewkeeper::waits::lock_key("viewkeeper");
     db.batch("BEGIN");
     db.batch(&format!("SELECT pg_advisory_xact_lock({key})"));
     for args in [&["reconcile"][..], &["plan"], &["status"]] {

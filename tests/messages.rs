@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use support::{TestDb, ensure_role, project, reconcile, run, test_db};
 use viewkeeper::name::QualifiedName;
+use viewkeeper::objects::Record;
 use viewkeeper::plan::{Change, Op, Phase, Plan, Statement, Step};
 use viewkeeper::project::{Grantee, Kind};
 use viewkeeper::render;
-use viewkeeper::state::Record;
 
 /// The viewkeeper binary without a database, colours off, in `dir`.
 fn offline(dir: &Path) -> assert_cmd::Command {

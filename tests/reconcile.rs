@@ -456,7 +456,7 @@ fn catalog_queries_for(count: usize) -> (usize, usize) {
             .expect("connect");
         let catalog = viewkeeper::catalog::introspect(
             &client,
-            &viewkeeper::apply::dependency_names(&project),
+            &viewkeeper::catalog::read::dependency_names(&project),
             &project.config.state_schema,
         )
         .await

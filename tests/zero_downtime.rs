@@ -71,6 +71,12 @@ fn appending_a_column_to_a_middle_view_replaces_it_in_place_and_keeps_every_oid(
     db.batch("COMMENT ON COLUMN middle.amt IS 'made by hand, kept by an in-place change'");
     let before = oids(&db);
 
+    // As if totals held real data: its last refresh took 4.2 s.
+    db.batch(
+        "INSERT INTO viewkeeper.refresh_log
+             (schema_name, object_name, started_at, duration_ms, concurrent, outcome)
+         VALUES ('public', 'totals', now(), 4200, false, 'ok')",
+    );
     write(
         dir.path(),
         &chain("SELECT id, amt, cat, amt * 2 AS doubled FROM base"),
@@ -83,8 +89,15 @@ fn appending_a_column_to_a_middle_view_replaces_it_in_place_and_keeps_every_oid(
         .collect();
     assert_eq!(
         actions,
-        ["replace in place public.middle (view)"],
-        "one in-place replace and no rebuild above it:\n{stdout}"
+        [
+            "replace in place public.middle (view)",
+            "refresh  public.totals (materialized view)"
+        ],
+        "one in-place replace, no rebuild above it, and the rows read from it refreshed:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("lock: ACCESS EXCLUSIVE for about 4.2 s"),
+        "the cost is told, from the last build of totals:\n{stdout}"
     );
     assert!(
         stdout.contains("· adds columns cat integer, doubled integer"),
@@ -100,7 +113,10 @@ fn appending_a_column_to_a_middle_view_replaces_it_in_place_and_keeps_every_oid(
         .iter()
         .filter_map(|action| action["change"].as_str())
         .collect();
-    assert_eq!(changes, ["replace-in-place"], "{json}");
+    assert_eq!(changes, ["replace-in-place", "refresh"], "{json}");
+    assert_eq!(json["actions"][0]["lock"], "ACCESS EXCLUSIVE", "{json}");
+    assert_eq!(json["actions"][0]["hold"], "while-building", "{json}");
+    assert_eq!(json["actions"][0]["hold_seconds"], 4.2, "{json}");
 
     let stdout = reconcile(&db, dir.path());
     assert_eq!(oids(&db), before, "no OID of the chain changed:\n{stdout}");
@@ -181,4 +197,68 @@ fn a_compatible_view_above_a_rebuilt_one_is_rebuilt_too() {
     assert_eq!(db.scalar_i64("SELECT sum(one) FROM middle"), 9);
     let (code, stdout) = plan(&db, dir.path(), &[]);
     assert_eq!(code, 0, "{stdout}");
+}
+
+/// A view replaced in place changes the rows of a materialized view above it: reconcile
+/// refreshes it, concurrently as it has a unique index, so a session reading it (and
+/// holding its lock) does not make reconcile wait, and reconcile does not make it wait.
+#[test]
+fn a_materialized_view_above_a_view_replaced_in_place_is_refreshed_concurrently() {
+    let db = items_db();
+    let declarations = |middle: &str| {
+        format!(
+            r#"{}
+materialized-view "public.by_cat" {{
+    query "SELECT cat, sum(amt) AS total FROM middle GROUP BY cat"
+    index "cat" unique=#true
+}}
+"#,
+            chain(middle)
+        )
+    };
+    let dir = project(&[(
+        "views/chain.kdl",
+        &declarations("SELECT id, amt, cat FROM base"),
+    )]);
+    reconcile(&db, dir.path());
+    let by_cat = oid(&db, "by_cat");
+    assert_eq!(db.scalar_i64("SELECT sum(total) FROM by_cat"), 450);
+
+    write(
+        dir.path(),
+        &declarations("SELECT id, amt, cat, id * 2 AS twice FROM base WHERE amt > 40"),
+    );
+    let (code, stdout) = plan(&db, dir.path(), &[]);
+    assert_eq!(code, 2, "{stdout}");
+    assert!(
+        stdout.contains("refresh  public.by_cat (materialized view)")
+            && stdout.contains("lock: EXCLUSIVE (writers wait, readers do not)"),
+        "{stdout}"
+    );
+
+    // A reader in the middle of a transaction on by_cat: a plain refresh would wait for it
+    // (ACCESS EXCLUSIVE) and give up after lock-timeout; a concurrent one does not.
+    let reader = db.second_session();
+    db.block_on(reader.batch_execute("BEGIN; SELECT count(*) FROM by_cat;"))
+        .expect("the reader holds by_cat");
+    let (code, stdout, stderr) = run(&db, dir.path(), &["reconcile"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let seen = db.block_on(reader.query_one("SELECT sum(total)::int8 FROM by_cat", &[]));
+    assert_eq!(
+        seen.expect("the reader reads on, in the same transaction")
+            .get::<_, i64>(0),
+        350,
+        "the refreshed rows"
+    );
+    db.block_on(reader.batch_execute("COMMIT"))
+        .expect("reader ends");
+
+    assert_eq!(oid(&db, "by_cat"), by_cat, "refreshed, not rebuilt");
+    assert_eq!(
+        db.scalar_i64("SELECT sum(total) FROM by_cat"),
+        db.scalar_i64("SELECT sum(amt) FROM items WHERE amt > 40"),
+        "the rows follow the new view"
+    );
+    let (code, stdout) = plan(&db, dir.path(), &[]);
+    assert_eq!(code, 0, "in sync afterwards:\n{stdout}");
 }

@@ -18,7 +18,6 @@ use std::hash::BuildHasher;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, Notification};
 
-use crate::sql::quote_ident;
 use mask::hide_secrets;
 pub use mask::mask_password;
 pub use settings::{Environment, Host, RootCert, Settings, SslMode, Target, resolve};
@@ -82,12 +81,8 @@ async fn connect_inner(
     if search_path.is_empty() {
         return Ok(client);
     }
-    let path: Vec<String> = search_path
-        .iter()
-        .map(|schema| quote_ident(schema))
-        .collect();
     client
-        .batch_execute(&format!("SET search_path TO {}", path.join(", ")))
+        .batch_execute(&crate::sql::session::set_search_path(search_path))
         .await
         .map_err(|error| ConnectError::Connect {
             url: settings.to_string(),

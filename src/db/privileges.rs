@@ -3,8 +3,7 @@
 
 use std::sync::OnceLock;
 
-use crate::name::is_plain_identifier;
-use crate::sql::quote_ident;
+use crate::sql::privileges::{On, as_typed, grant};
 
 /// The role this process connected as, for the `GRANT … TO role` in hints. One process
 /// connects as one role; the first connection sets it.
@@ -14,20 +13,11 @@ pub(crate) fn connected_as(role: &str) {
     let _ = CONNECTED_AS.get_or_init(|| role.to_owned());
 }
 
-/// A name as it would be typed in SQL: bare when that reads the same, quoted otherwise.
-fn ident(name: &str) -> String {
-    if is_plain_identifier(name) {
-        name.to_owned()
-    } else {
-        quote_ident(name)
-    }
-}
-
 /// The hint for an `insufficient_privilege` error, from its message.
 pub(crate) fn hint(message: &str) -> Option<String> {
     let role = CONNECTED_AS.get().map_or_else(
         || "the role viewkeeper connects as".to_owned(),
-        |role| ident(role),
+        |role| as_typed(role),
     );
     hint_for(message, &role)
 }
@@ -41,12 +31,15 @@ fn unquoted(name: &str) -> &str {
 
 fn hint_for(message: &str, role: &str) -> Option<String> {
     if let Some(schema) = message.strip_prefix("permission denied for schema ") {
-        let schema = ident(unquoted(schema));
+        let schema = unquoted(schema);
         return Some(format!(
-            "{role} may not use schema {schema}. To read what is in it (viewkeeper's state \
-             schema, or a schema a view reads), as its owner or a superuser: `GRANT USAGE ON \
-             SCHEMA {schema} TO {role}; GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role};`. \
-             To create views in it: `GRANT CREATE ON SCHEMA {schema} TO {role};`"
+            "{role} may not use schema {}. To read what is in it (viewkeeper's state \
+             schema, or a schema a view reads), as its owner or a superuser: `{} {}`. \
+             To create views in it: `{}`",
+            as_typed(schema),
+            grant("USAGE", On::Schema(schema), role),
+            grant("SELECT", On::AllTablesIn(schema), role),
+            grant("CREATE", On::Schema(schema), role),
         ));
     }
     if let Some(database) =
@@ -54,33 +47,34 @@ fn hint_for(message: &str, role: &str) -> Option<String> {
     {
         return Some(format!(
             "plan compiles every new query as a temporary view, which needs TEMPORARY on the \
-             database: `GRANT TEMPORARY ON DATABASE {} TO {role};`",
-            ident(unquoted(database))
+             database: `{}`",
+            grant("TEMPORARY", On::Database(unquoted(database)), role)
         ));
     }
     if let Some(database) = message.strip_prefix("permission denied for database ") {
         return Some(format!(
             "{role} may not create schemas in this database (the first reconcile creates the \
-             state schema): `GRANT CREATE ON DATABASE {} TO {role};`, or create the schema for \
+             state schema): `{}`, or create the schema for \
              it and `GRANT USAGE, CREATE ON SCHEMA … TO {role};`",
-            ident(unquoted(database))
+            grant("CREATE", On::Database(unquoted(database)), role)
         ));
     }
     for kind in ["table", "view", "materialized view", "relation", "sequence"] {
         if let Some(relation) = message.strip_prefix(&format!("permission denied for {kind} ")) {
             return Some(format!(
-                "{role} may not read {kind} {}: `GRANT SELECT ON {} TO {role};` (schema-qualify \
+                "{role} may not read {kind} {}: `{}` (schema-qualify \
                  it), or for a whole schema `GRANT SELECT ON ALL TABLES IN SCHEMA … TO {role};`; \
                  reconcile also writes viewkeeper's state tables, which needs INSERT, UPDATE and \
                  DELETE on them",
-                ident(unquoted(relation)),
-                ident(unquoted(relation))
+                as_typed(unquoted(relation)),
+                grant("SELECT", On::Relation(unquoted(relation)), role)
             ));
         }
     }
     if let Some(function) = message.strip_prefix("permission denied for function ") {
         return Some(format!(
-            "a declared query calls {function}: `GRANT EXECUTE ON FUNCTION {function} TO {role};`"
+            "a declared query calls {function}: `{}`",
+            grant("EXECUTE", On::Function(function), role)
         ));
     }
     if let Some(object) = message.strip_prefix("must be owner of ") {

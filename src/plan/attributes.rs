@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::catalog::{Catalog, LiveIndex, Relation};
 use crate::name::parse_identifier;
+use crate::objects::ManagedObject;
 use crate::project::{Declaration, Grantee, Index};
 use crate::sql::ddl;
-use crate::state::ManagedObject;
 
 use super::{IndexSource, Op};
 

@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::catalog::Catalog;
 use crate::graph::DependencyGraph;
 use crate::name::QualifiedName;
-use crate::project::{Declaration, Kind, Project};
+use crate::objects::{BuiltIndex, ManagedObject, Record, SideBuild, State, query_hash};
+use crate::project::{Declaration, Kind, Project, Rebuild};
 use crate::sql::ddl;
-use crate::state::{ManagedObject, Record, State, query_hash};
 
 use super::verdict::{self, Status};
 use super::{
@@ -65,6 +65,7 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
         builder.push(&forget, Op::Forget);
     }
     builder.creates(&graphs, &statuses, state);
+    builder.drop_unused_builds(state);
     Ok(builder.finish())
 }
 
@@ -148,9 +149,17 @@ struct Builder<'a> {
     /// Materialized views (and views reading them) whose data comes only with the refresh
     /// steps: a materialized view reading one is created empty and refreshed after it.
     filled_later: BTreeSet<QualifiedName>,
-    refreshes: Vec<Head>,
+    /// Objects kept in place whose rows change: views replaced in place, and what reads
+    /// them; a populated materialized view above one is refreshed.
+    rows_change: BTreeSet<QualifiedName>,
+    /// Refreshes, and whether each may run concurrently.
+    refreshes: Vec<(Head, bool)>,
     /// Where the drop of each rebuilt object's old version is, to join it to its rebuild.
     old_version_drops: BTreeMap<QualifiedName, usize>,
+    /// Side-by-side copies this plan swaps in.
+    used_builds: BTreeSet<QualifiedName>,
+    /// Materialized views rebuilt in reconcile's transaction, and why not side by side.
+    in_place: BTreeMap<QualifiedName, String>,
 }
 
 impl<'a> Builder<'a> {
@@ -161,8 +170,11 @@ impl<'a> Builder<'a> {
             steps: Vec::new(),
             warnings: Vec::new(),
             filled_later: BTreeSet::new(),
+            rows_change: BTreeSet::new(),
             refreshes: Vec::new(),
             old_version_drops: BTreeMap::new(),
+            used_builds: BTreeSet::new(),
+            in_place: BTreeMap::new(),
         }
     }
 
@@ -179,16 +191,25 @@ impl<'a> Builder<'a> {
     /// Refreshes after everything else, then the state's records; within a phase, the
     /// order they were planned in.
     fn finish(mut self) -> Plan {
-        for head in std::mem::take(&mut self.refreshes) {
-            self.push(
-                &head,
-                Op::Refresh {
-                    concurrently: false,
-                },
-            );
+        for (head, concurrently) in std::mem::take(&mut self.refreshes) {
+            self.push(&head, Op::Refresh { concurrently });
         }
         self.steps.sort_by_key(Step::phase);
+        // How long the builds the plan makes took last time, for what it costs readers.
+        let last_builds = self
+            .catalog
+            .state
+            .iter()
+            .flat_map(|state| &state.last_builds)
+            .filter(|(name, _)| {
+                self.steps
+                    .iter()
+                    .any(|step| &step.object == *name && step.builds_data())
+            })
+            .map(|(name, took)| (name.clone(), *took))
+            .collect();
         Plan {
+            last_builds,
             steps: self.steps,
             warnings: self.warnings,
             declared: self.project.declarations.len(),
@@ -257,6 +278,7 @@ impl<'a> Builder<'a> {
                 ) => {
                     let head = Head::new(name, declaration.kind, Change::ReplaceInPlace, reason);
                     self.replace_in_place(&head, declaration, live, added, diff.clone());
+                    self.rows_change.insert(name.clone());
                     self.warn_about_dependencies(declaration);
                 }
                 (Status::Keep | Status::Adopt, Some(live)) => {
@@ -271,7 +293,7 @@ impl<'a> Builder<'a> {
                 (Status::Replace { reason, diff }, _) => {
                     let head = Head::new(name, declaration.kind, Change::Replace, reason);
                     self.adopt_drop(&head);
-                    self.create(&head, declaration, diff.clone(), graphs);
+                    self.rebuild(&head, declaration, diff.clone(), statuses, graphs, state);
                 }
                 (Status::Rebuild { because }, _) => {
                     let reason = format!("depends on {because}, which is rebuilt");
@@ -279,10 +301,201 @@ impl<'a> Builder<'a> {
                     self.adopt_drop(&head);
                     // Its query is unchanged, so what the catalog says it reads still holds.
                     self.warn_about_dependencies(declaration);
-                    self.create(&head, declaration, None, graphs);
+                    self.rebuild(&head, declaration, None, statuses, graphs, state);
                 }
                 (Status::ReplaceInPlace { .. } | Status::Keep | Status::Adopt, None) => {}
             }
+        }
+    }
+
+    /// A new version of an existing object: built side by side and swapped in where it
+    /// can be, else created in reconcile's transaction.
+    fn rebuild(
+        &mut self,
+        head: &Head,
+        declaration: &Declaration,
+        diff: Option<String>,
+        statuses: &BTreeMap<QualifiedName, Status>,
+        graphs: &Graphs,
+        state: &State,
+    ) {
+        match self.side_by_side(declaration, statuses, graphs) {
+            Ok(()) => self.swap(head, declaration, diff, state),
+            Err(why) => {
+                if declaration.kind == Kind::MaterializedView {
+                    self.in_place.insert(declaration.name.clone(), why);
+                }
+                self.create(head, declaration, diff, graphs);
+            }
+        }
+    }
+
+    /// Whether a rebuilt materialized view can be built beside the old one: its data, and
+    /// everything it reads, must be there before reconcile's transaction starts. If not,
+    /// why (in the plan's words).
+    fn side_by_side(
+        &self,
+        declaration: &Declaration,
+        statuses: &BTreeMap<QualifiedName, Status>,
+        graphs: &Graphs,
+    ) -> Result<(), String> {
+        let name = &declaration.name;
+        let live = self.catalog.relations.get(name);
+        if declaration.kind != Kind::MaterializedView
+            || !declaration.populate
+            || !live.is_some_and(|live| live.kind == Kind::MaterializedView && live.populated)
+        {
+            return Err("it holds no data".to_owned());
+        }
+        if declaration.rebuild.unwrap_or(self.project.config.rebuild) == Rebuild::InPlace {
+            return Err("rebuild \"in-place\" is set".to_owned());
+        }
+        // What it reads must stay as it is, or be there only after the swap.
+        for dependency in graphs.create_graph.dependencies(name) {
+            let stays = match statuses.get(&dependency) {
+                None => true,
+                Some(Status::Keep | Status::Adopt) => !self.filled_later.contains(&dependency),
+                Some(_) => false,
+            };
+            if !stays {
+                return Err(format!(
+                    "it reads {dependency}, which changes in the same swap"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A materialized view built side by side (unless a copy of exactly this version is
+    /// built already), then swapped in: the old version is dropped and the copy renamed,
+    /// with its indexes, in reconcile's short transaction.
+    fn swap(
+        &mut self,
+        head: &Head,
+        declaration: &Declaration,
+        diff: Option<String>,
+        state: &State,
+    ) {
+        let name = &declaration.name;
+        let query_sha256 = query_hash(declaration.kind, &declaration.query.text);
+        let temp = temporary_name(declaration, &query_sha256);
+        let indexes: Vec<BuiltIndex> = declaration
+            .indexes
+            .iter()
+            .enumerate()
+            .map(|(position, index)| BuiltIndex {
+                name: index.name.clone(),
+                temp: format!("{}_{position}", temp.name),
+                sql: ddl::create_index(name, index),
+            })
+            .collect();
+        let build = SideBuild {
+            temp: temp.clone(),
+            target: name.clone(),
+            query_sha256,
+            indexes,
+        };
+        let ready = state.builds.get(&temp) == Some(&build)
+            && self
+                .catalog
+                .built
+                .get(&temp)
+                .is_some_and(|copy| copy.kind == Kind::MaterializedView && copy.populated);
+        self.used_builds.insert(temp.clone());
+        let query = DeclaredQuery {
+            text: declaration.query.text.clone(),
+            origin: Some(declaration.query.origin.clone()),
+        };
+        if !ready {
+            self.push(
+                head,
+                Op::Build {
+                    build: build.clone(),
+                    query,
+                    options: declaration.options.clone(),
+                    size_bytes: self
+                        .catalog
+                        .relations
+                        .get(name)
+                        .map_or(0, |live| live.size_bytes),
+                },
+            );
+            for (index, built) in declaration.indexes.iter().zip(&build.indexes) {
+                let mut temporary = index.clone();
+                temporary.name.clone_from(&built.temp);
+                self.push(
+                    head,
+                    Op::BuildIndex {
+                        temp: temp.clone(),
+                        index: temporary,
+                    },
+                );
+            }
+            self.push(head, Op::RecordBuild(build.clone()));
+        }
+        self.push(
+            head,
+            Op::Swap {
+                temp: temp.clone(),
+                built: ready,
+                diff,
+            },
+        );
+        for built in &build.indexes {
+            self.push(
+                head,
+                Op::RenameIndex {
+                    temp: built.temp.clone(),
+                    name: built.name.clone(),
+                },
+            );
+        }
+        let live_owner = self.catalog.relations.get(name).map(|r| r.owner.as_str());
+        let owner = declaration
+            .owner
+            .as_deref()
+            .or(live_owner)
+            .unwrap_or(&self.catalog.current_user);
+        let mut without_indexes = declaration.clone();
+        without_indexes.indexes.clear();
+        for op in attributes::for_create(&without_indexes, self.catalog, owner) {
+            self.push(head, op);
+        }
+        self.push(head, Op::Record(record(declaration)));
+        self.push(head, Op::ForgetBuild { temp });
+    }
+
+    /// Side-by-side copies recorded in the state that this plan does not swap in: dropped
+    /// (if they exist) and forgotten.
+    fn drop_unused_builds(&mut self, state: &State) {
+        for build in state.builds.values() {
+            if self.used_builds.contains(&build.temp) {
+                continue;
+            }
+            let head = Head::new(
+                &build.temp,
+                Kind::MaterializedView,
+                Change::Drop,
+                &format!(
+                    "a side-by-side build of {} that is not swapped in (left by an interrupted \
+                     reconcile, or its declaration changed since)",
+                    build.target
+                ),
+            );
+            if self.catalog.built.contains_key(&build.temp) {
+                self.push(
+                    &head,
+                    Op::DropBuild {
+                        temp: build.temp.clone(),
+                    },
+                );
+            }
+            self.push(
+                &head,
+                Op::ForgetBuild {
+                    temp: build.temp.clone(),
+                },
+            );
         }
     }
 
@@ -315,11 +528,14 @@ impl<'a> Builder<'a> {
         let fill = if declaration.kind != Kind::MaterializedView || !declaration.populate {
             Fill::None
         } else if upstream_empty {
-            self.refreshes.push(Head::new(
-                name,
-                declaration.kind,
-                Change::Refresh,
-                "created without data: filling it",
+            self.refreshes.push((
+                Head::new(
+                    name,
+                    declaration.kind,
+                    Change::Refresh,
+                    "created without data: filling it",
+                ),
+                false,
             ));
             Fill::Later
         } else {
@@ -328,6 +544,7 @@ impl<'a> Builder<'a> {
         if upstream_empty || fill == Fill::Later {
             self.filled_later.insert(name.clone());
         }
+        let in_place = self.in_place.remove(name);
         self.push(
             head,
             Op::Create {
@@ -338,6 +555,7 @@ impl<'a> Builder<'a> {
                 options: declaration.options.clone(),
                 fill,
                 diff,
+                in_place,
             },
         );
         let live_owner = self.catalog.relations.get(name).map(|r| r.owner.as_str());
@@ -413,18 +631,41 @@ impl<'a> Builder<'a> {
         } else if altered {
             self.push(&head, Op::Record(record(declaration)));
         }
+        let stale_read = graphs
+            .create_graph
+            .dependencies(name)
+            .into_iter()
+            .find(|dependency| self.rows_change.contains(dependency));
         if declaration.kind == Kind::MaterializedView && declaration.populate && !live.populated {
-            self.refreshes.push(Head::new(
-                name,
-                declaration.kind,
-                Change::Refresh,
-                "not populated: it holds no data",
+            self.refreshes.push((
+                Head::new(
+                    name,
+                    declaration.kind,
+                    Change::Refresh,
+                    "not populated: it holds no data",
+                ),
+                false,
             ));
             self.filled_later.insert(name.clone());
         } else if declaration.kind == Kind::View
             && self.reads_filled_later(&graphs.create_graph, name)
         {
             self.filled_later.insert(name.clone());
+        } else if let Some(dependency) = stale_read {
+            self.rows_change.insert(name.clone());
+            if declaration.kind == Kind::MaterializedView && declaration.populate {
+                // Its rows came from the old version. Readers keep reading them while a
+                // concurrent refresh runs; that needs a unique index on plain columns.
+                let concurrently = declaration
+                    .indexes
+                    .iter()
+                    .any(crate::project::Index::allows_concurrent_refresh);
+                let reason = format!("reads {dependency}, whose rows change: refreshing its data");
+                self.refreshes.push((
+                    Head::new(name, declaration.kind, Change::Refresh, &reason),
+                    concurrently,
+                ));
+            }
         }
     }
 
@@ -472,6 +713,37 @@ impl<'a> Builder<'a> {
             }
         }
     }
+}
+
+/// The name a side-by-side copy is built under, in the target's schema: the same for the
+/// same declared version (query, indexes, options), so a copy left by an interrupted
+/// reconcile is found again, and never a name anyone declares by hand.
+fn temporary_name(declaration: &Declaration, query_sha256: &str) -> QualifiedName {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for part in [
+        &declaration.name.schema,
+        &declaration.name.name,
+        query_sha256,
+    ] {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    for index in &declaration.indexes {
+        hasher.update(ddl::create_index(&declaration.name, index).as_bytes());
+        hasher.update([0]);
+    }
+    hasher.update(ddl::options_list(&declaration.options).as_bytes());
+    let digest: String = hasher
+        .finalize()
+        .iter()
+        .take(10)
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    QualifiedName::new(
+        declaration.name.schema.clone(),
+        format!("viewkeeper_build_{digest}"),
+    )
 }
 
 /// `path:line` of a span in a declaration's file.
@@ -640,6 +912,7 @@ impl Builder<'_> {
                 options: declared.options.clone(),
                 fill: Fill::Later,
                 diff: None,
+                in_place: None,
             },
         );
         for index in &managed.applied_indexes {
@@ -680,11 +953,14 @@ impl Builder<'_> {
             }),
         );
         if managed.kind == Kind::MaterializedView && declared.populate {
-            self.refreshes.push(Head::new(
-                name,
-                Kind::MaterializedView,
-                Change::Refresh,
-                "created without data: filling it",
+            self.refreshes.push((
+                Head::new(
+                    name,
+                    Kind::MaterializedView,
+                    Change::Refresh,
+                    "created without data: filling it",
+                ),
+                false,
             ));
         }
     }

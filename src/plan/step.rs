@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::name::QualifiedName;
+use crate::objects::Record;
+use crate::objects::SideBuild;
 use crate::project::{Grantee, Index, Kind, QueryOrigin};
 use crate::sql::{ddl, quote_literal};
-use crate::state::Record;
 
 /// One step of a plan. The steps of one object share its `change` and `reason`.
 #[derive(Debug, Clone)]
@@ -36,6 +37,8 @@ pub enum Op {
         fill: Fill,
         /// The query diff (applied → declared) or drift diff (live → restored).
         diff: Option<String>,
+        /// For a materialized view rebuilt in reconcile's transaction: why not side by side.
+        in_place: Option<String>,
     },
     /// `CREATE OR REPLACE VIEW`: keeps the OID, grants, comment and dependents.
     ReplaceInPlace {
@@ -83,6 +86,44 @@ pub enum Op {
     },
     Refresh {
         concurrently: bool,
+    },
+    /// Builds the new version of a materialized view under a temporary name, beside the
+    /// old one, which keeps serving: `CREATE MATERIALIZED VIEW temp … WITH DATA`.
+    Build {
+        build: SideBuild,
+        query: DeclaredQuery,
+        options: BTreeMap<String, String>,
+        /// The room the old version takes, which the copy needs too.
+        size_bytes: i64,
+    },
+    /// An index of a side-by-side copy, under its temporary name.
+    BuildIndex {
+        temp: QualifiedName,
+        index: Index,
+    },
+    /// Records a side-by-side copy in the state, in the transaction that builds it.
+    RecordBuild(SideBuild),
+    /// The swap: renames the copy built side by side to the declared name (the old version
+    /// was dropped just before, in the same short transaction).
+    Swap {
+        temp: QualifiedName,
+        /// Built by an earlier reconcile that did not get to swap it in.
+        built: bool,
+        diff: Option<String>,
+    },
+    /// Renames an index of a swapped-in copy to its declared name.
+    RenameIndex {
+        temp: String,
+        name: String,
+    },
+    /// Drops a side-by-side copy that will not be swapped in (left by an interrupted
+    /// reconcile, or for a query that changed since).
+    DropBuild {
+        temp: QualifiedName,
+    },
+    /// Removes a side-by-side copy's record: swapped in, dropped, or gone.
+    ForgetBuild {
+        temp: QualifiedName,
     },
     /// Writes the object's record to the state (what was applied).
     Record(Record),
@@ -160,9 +201,12 @@ impl Change {
 
 /// Step phases, in execution order: a plan's steps are sorted by phase, and keep the
 /// order they were planned in within one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
+    /// Side-by-side builds, in a transaction of their own that commits before the rest:
+    /// nobody waits for them.
+    Build,
     /// Indexes of kept materialized views, dropped first so a name can move between views.
     DropIndex,
     Drop,
@@ -183,6 +227,8 @@ pub enum Phase {
 pub enum Lock {
     ShareUpdateExclusive,
     Share,
+    /// Blocks writes, not reads (`REFRESH … CONCURRENTLY`).
+    Exclusive,
     AccessExclusive,
 }
 
@@ -191,6 +237,7 @@ impl Lock {
         match self {
             Lock::ShareUpdateExclusive => "SHARE UPDATE EXCLUSIVE",
             Lock::Share => "SHARE",
+            Lock::Exclusive => "EXCLUSIVE",
             Lock::AccessExclusive => "ACCESS EXCLUSIVE",
         }
     }
@@ -227,16 +274,17 @@ pub struct EmbeddedQuery {
 impl Step {
     pub fn phase(&self) -> Phase {
         match self.op {
+            Op::Build { .. } | Op::BuildIndex { .. } | Op::RecordBuild(_) => Phase::Build,
             Op::DropIndex { .. } => Phase::DropIndex,
-            Op::Drop { .. } => Phase::Drop,
-            Op::Create { .. } | Op::ReplaceInPlace { .. } => Phase::Create,
-            Op::CreateIndex { .. } => Phase::Index,
+            Op::Drop { .. } | Op::DropBuild { .. } => Phase::Drop,
+            Op::Create { .. } | Op::ReplaceInPlace { .. } | Op::Swap { .. } => Phase::Create,
+            Op::CreateIndex { .. } | Op::RenameIndex { .. } => Phase::Index,
             Op::SetOptions { .. } | Op::ResetOptions { .. } => Phase::Options,
             Op::Grant { .. } | Op::Revoke { .. } => Phase::Grant,
             Op::Comment { .. } => Phase::Comment,
             Op::Owner { .. } => Phase::Owner,
             Op::Refresh { .. } => Phase::Refresh,
-            Op::Record(_) | Op::Forget => Phase::State,
+            Op::Record(_) | Op::Forget | Op::ForgetBuild { .. } => Phase::State,
         }
     }
 
@@ -252,13 +300,20 @@ impl Step {
             | Op::Drop { .. }
             | Op::ReplaceInPlace { .. }
             | Op::Owner { .. }
+            | Op::Swap { .. }
             | Op::Refresh {
                 concurrently: false,
             } => Some(Lock::AccessExclusive),
-            Op::Refresh { concurrently: true } => Some(Lock::ShareUpdateExclusive),
+            Op::Refresh { concurrently: true } => Some(Lock::Exclusive),
             Op::CreateIndex { .. } => Some(Lock::Share),
             Op::Comment { .. } => Some(Lock::ShareUpdateExclusive),
             Op::Create { .. }
+            | Op::Build { .. }
+            | Op::BuildIndex { .. }
+            | Op::RecordBuild(_)
+            | Op::RenameIndex { .. }
+            | Op::DropBuild { .. }
+            | Op::ForgetBuild { .. }
             | Op::SetOptions { .. }
             | Op::ResetOptions { .. }
             | Op::Grant { .. }
@@ -312,6 +367,13 @@ impl Step {
                     "refresh".to_owned()
                 }
             }
+            Op::Build { build, .. } => format!("build side by side as {}", build.temp),
+            Op::BuildIndex { index, .. } => format!("build index {}", index.name),
+            Op::RecordBuild(build) => format!("record build {}", build.temp),
+            Op::Swap { temp, .. } => format!("swap in {}", temp.name),
+            Op::RenameIndex { name, .. } => format!("rename index to {name}"),
+            Op::DropBuild { temp } => format!("drop unused build {temp}"),
+            Op::ForgetBuild { temp } => format!("forget build {temp}"),
             Op::Record(_) => "record".to_owned(),
             Op::Forget => "forget".to_owned(),
         }
@@ -320,6 +382,25 @@ impl Step {
     /// What the step changes about an object altered in place, in the plan's words; `None`
     /// for steps that are part of a create, a drop or a recreate.
     pub fn detail(&self) -> Option<String> {
+        if let Op::Swap { temp, built, .. } = &self.op {
+            return Some(if *built {
+                format!("already built side by side as {temp}: swapped in under a brief lock")
+            } else {
+                format!(
+                    "built side by side as {temp} while readers keep the old rows; swapped in \
+                     under a brief lock"
+                )
+            });
+        }
+        if let Op::Create {
+            in_place: Some(why),
+            ..
+        } = &self.op
+        {
+            return Some(format!(
+                "rebuilt in reconcile's transaction, so readers wait for its build: {why}"
+            ));
+        }
         if !self.alters() {
             return None;
         }
@@ -341,7 +422,16 @@ impl Step {
                 let verb = if *recreates { "recreate" } else { "create" };
                 format!("{verb} index {} ({why})", index.name())
             }),
-            Op::Record(_) | Op::Forget | Op::Drop { .. } | Op::Create { .. } => None,
+            Op::Record(_)
+            | Op::Forget
+            | Op::Drop { .. }
+            | Op::Create { .. }
+            | Op::Build { .. }
+            | Op::BuildIndex { .. }
+            | Op::RecordBuild(_)
+            | Op::RenameIndex { .. }
+            | Op::DropBuild { .. }
+            | Op::ForgetBuild { .. } => None,
             _ => Some(self.summary()),
         }
     }
@@ -349,9 +439,24 @@ impl Step {
     /// The diff this step shows, if any.
     pub fn diff(&self) -> Option<&str> {
         match &self.op {
-            Op::Create { diff, .. } | Op::ReplaceInPlace { diff, .. } => diff.as_deref(),
+            Op::Create { diff, .. } | Op::ReplaceInPlace { diff, .. } | Op::Swap { diff, .. } => {
+                diff.as_deref()
+            }
             _ => None,
         }
+    }
+
+    /// True for a step that fills a materialized view with rows: its time is the build's.
+    pub fn builds_data(&self) -> bool {
+        matches!(
+            self.op,
+            Op::Build { .. }
+                | Op::Refresh { .. }
+                | Op::Create {
+                    fill: Fill::AtCreate,
+                    ..
+                }
+        )
     }
 
     pub fn destroys_data(&self) -> bool {
@@ -405,7 +510,28 @@ impl Step {
             Op::Comment { comment } => (ddl::comment(self.kind, name, comment.as_deref()), None),
             Op::Owner { to, .. } => (ddl::owner(self.kind, name, to), None),
             Op::Refresh { concurrently } => (ddl::refresh(name, *concurrently), None),
-            Op::Record(_) | Op::Forget => return None,
+            Op::Build {
+                build,
+                query,
+                options,
+                ..
+            } => {
+                let built = ddl::create(
+                    Kind::MaterializedView,
+                    &build.temp,
+                    options,
+                    &query.text,
+                    ddl::Data::With,
+                );
+                (built.sql, embedded(query, built.query_offset))
+            }
+            Op::BuildIndex { temp, index } => (ddl::create_index(temp, index), None),
+            Op::Swap { temp, .. } => (ddl::rename(Kind::MaterializedView, temp, &name.name), None),
+            Op::RenameIndex { temp, name: to } => (ddl::rename_index(&name.schema, temp, to), None),
+            Op::DropBuild { temp } => (ddl::drop(Kind::MaterializedView, temp), None),
+            Op::Record(_) | Op::Forget | Op::RecordBuild(_) | Op::ForgetBuild { .. } => {
+                return None;
+            }
         };
         Some(Statement {
             phase: self.phase(),
@@ -413,14 +539,7 @@ impl Step {
             summary: self.summary(),
             sql,
             query,
-            fills: matches!(
-                self.op,
-                Op::Refresh { .. }
-                    | Op::Create {
-                        fill: Fill::AtCreate,
-                        ..
-                    }
-            ),
+            fills: self.builds_data(),
         })
     }
 }

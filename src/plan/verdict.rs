@@ -8,8 +8,8 @@ use similar::TextDiff;
 use crate::catalog::{Catalog, Relation};
 use crate::graph::DependencyGraph;
 use crate::name::QualifiedName;
+use crate::objects::{ManagedObject, State, query_hash};
 use crate::project::{Declaration, Kind, Problem, Problems, Project};
-use crate::state::{ManagedObject, State, query_hash};
 
 use super::{Blocker, Change, PlanError};
 

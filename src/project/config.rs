@@ -20,6 +20,8 @@ pub struct Config {
     pub search_path: Vec<String>,
     /// `statement_timeout` for refreshes (a view's own `refresh statement-timeout=` wins).
     pub statement_timeout: Option<Duration>,
+    /// How materialized views are rebuilt (a declaration's own `rebuild` wins).
+    pub rebuild: super::Rebuild,
 }
 
 impl Default for Config {
@@ -30,6 +32,7 @@ impl Default for Config {
             lock_timeout: Duration::from_secs(5),
             search_path: vec!["public".to_owned()],
             statement_timeout: None,
+            rebuild: super::Rebuild::SideBySide,
         }
     }
 }
@@ -40,6 +43,7 @@ const KEYS: &[&str] = &[
     "lock-timeout",
     "search-path",
     "statement-timeout",
+    "rebuild",
 ];
 
 impl Config {
@@ -118,6 +122,15 @@ impl Config {
                         format!("invalid duration `{value}`: {error}"),
                         "here",
                         "write durations such as 500ms, 5s or 1m",
+                    ),
+                },
+                "rebuild" => match super::Rebuild::parse(&value) {
+                    Some(rebuild) => config.rebuild = rebuild,
+                    None => reader.error_with_help(
+                        span,
+                        format!("unknown rebuild `{value}`"),
+                        "here",
+                        "write rebuild \"side-by-side\" (the default) or rebuild \"in-place\"",
                     ),
                 },
                 "search-path" => {

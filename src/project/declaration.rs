@@ -64,6 +64,7 @@ const MATERIALIZED_CHILDREN: &[&str] = &[
     "owner",
     "populate",
     "refresh",
+    "rebuild",
     "with",
 ];
 
@@ -150,6 +151,7 @@ struct Builder {
     comment: Option<String>,
     owner: Option<String>,
     populate: bool,
+    rebuild: Option<super::Rebuild>,
     refresh: Option<RefreshPolicy>,
     options: std::collections::BTreeMap<String, String>,
     seen: Vec<String>,
@@ -176,6 +178,7 @@ impl Builder {
             comment: None,
             owner: None,
             populate: true,
+            rebuild: None,
             refresh: None,
             options: std::collections::BTreeMap::new(),
             seen: Vec::new(),
@@ -222,7 +225,7 @@ impl Builder {
         reader.no_children();
         let singleton = matches!(
             child,
-            "query" | "query-file" | "comment" | "owner" | "populate" | "refresh"
+            "query" | "query-file" | "comment" | "owner" | "populate" | "refresh" | "rebuild"
         );
         if singleton {
             let conflicting = if matches!(child, "query" | "query-file") {
@@ -314,6 +317,22 @@ impl Builder {
                 }
             }
             "refresh" => self.refresh(reader),
+            "rebuild" => {
+                reader.allow_properties(&[]);
+                if let Some((value, span)) =
+                    reader.single_string("\"side-by-side\" or \"in-place\"")
+                {
+                    match super::Rebuild::parse(&value) {
+                        Some(rebuild) => self.rebuild = Some(rebuild),
+                        None => reader.error_with_help(
+                            span,
+                            format!("unknown rebuild `{value}`"),
+                            "here",
+                            "write rebuild \"side-by-side\" or rebuild \"in-place\"",
+                        ),
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -616,6 +635,7 @@ impl Builder {
             comment: self.comment,
             owner: self.owner,
             populate: self.populate,
+            rebuild: self.rebuild,
             refresh: self.refresh,
             options: self.options,
             file: Arc::clone(file),

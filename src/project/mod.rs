@@ -18,8 +18,6 @@ use std::time::Duration;
 
 use indexmap::IndexMap;
 use miette::SourceSpan;
-use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 pub use config::Config;
 pub(crate) use declaration::{all_privileges, parse_cron};
@@ -27,6 +25,7 @@ pub use diagnostic::{MAX_SHOWN, Problem, Problems, SourceFile};
 
 use crate::graph::DependencyGraph;
 use crate::name::QualifiedName;
+pub use crate::objects::{Grantee, Kind, query_hash};
 
 /// Name of the optional project settings file at the project root.
 pub const CONFIG_FILE: &str = "viewkeeper.kdl";
@@ -41,37 +40,31 @@ pub struct Project {
     pub views_dir: PathBuf,
 }
 
-/// What kind of relation a declaration makes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+/// How a materialized view whose query changed (or whose upstream did) is rebuilt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Kind {
-    View,
-    MaterializedView,
+pub enum Rebuild {
+    /// Built under a temporary name while the old one keeps serving, then swapped in by a
+    /// short transaction: readers wait only for the swap. Needs room for a second copy.
+    #[default]
+    SideBySide,
+    /// Dropped and built again in reconcile's transaction: readers wait for the whole build.
+    InPlace,
 }
 
-impl Kind {
-    /// The words SQL uses for it (`DROP MATERIALIZED VIEW …`).
-    pub fn sql(self) -> &'static str {
-        match self {
-            Kind::View => "VIEW",
-            Kind::MaterializedView => "MATERIALIZED VIEW",
-        }
-    }
-
-    /// The KDL node name, also used in plans and JSON.
+impl Rebuild {
+    /// The words of `rebuild "…"` in files.
     pub fn keyword(self) -> &'static str {
         match self {
-            Kind::View => "view",
-            Kind::MaterializedView => "materialized-view",
+            Rebuild::SideBySide => "side-by-side",
+            Rebuild::InPlace => "in-place",
         }
     }
 
-    /// Human words for messages.
-    pub fn words(self) -> &'static str {
-        match self {
-            Kind::View => "view",
-            Kind::MaterializedView => "materialized view",
-        }
+    pub(crate) fn parse(text: &str) -> Option<Rebuild> {
+        [Rebuild::SideBySide, Rebuild::InPlace]
+            .into_iter()
+            .find(|rebuild| rebuild.keyword() == text)
     }
 }
 
@@ -91,6 +84,8 @@ pub struct Declaration {
     pub owner: Option<String>,
     /// False for `populate #false`: created `WITH NO DATA` and never refreshed by reconcile.
     pub populate: bool,
+    /// `rebuild "in-place"` or `"side-by-side"`; `None` follows `viewkeeper.kdl`.
+    pub rebuild: Option<Rebuild>,
     pub refresh: Option<RefreshPolicy>,
     /// `with` options (PostgreSQL's `reloptions`), such as `security_invoker` → `true`.
     pub options: std::collections::BTreeMap<String, String>,
@@ -242,23 +237,6 @@ pub struct Grant {
     pub role: Grantee,
 }
 
-/// Who a grant is for.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(untagged)]
-pub enum Grantee {
-    Public,
-    Role(String),
-}
-
-impl std::fmt::Display for Grantee {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Grantee::Public => f.write_str("PUBLIC"),
-            Grantee::Role(role) => f.write_str(role),
-        }
-    }
-}
-
 /// When `schedule` refreshes a materialized view.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefreshPolicy {
@@ -388,15 +366,6 @@ impl Project {
     pub fn graph(&self) -> DependencyGraph {
         declared_graph(&self.declarations)
     }
-}
-
-/// SHA-256 of a declared query, stored to detect changes without comparing long texts.
-pub fn query_hash(kind: Kind, query: &str) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(kind.keyword().as_bytes());
-    hasher.update(b"\n");
-    hasher.update(query.as_bytes());
-    format!("{:x}", hasher.finalize())
 }
 
 /// Fills each declaration's `inferred` from its query text.

@@ -16,13 +16,15 @@ use chrono::{DateTime, Utc};
 use miette::Diagnostic;
 use tokio_postgres::{Client, GenericClient};
 
-use crate::apply::{dependency_names, lock_key};
 use crate::catalog::Catalog;
+use crate::catalog::read::dependency_names;
 use crate::db::describe;
 use crate::graph::Cycle;
 use crate::name::QualifiedName;
 use crate::project::{Kind, Project};
+use crate::sql::{self, session, session::LockMode};
 use crate::state::{self, RefreshHistory};
+use crate::waits::lock_key;
 
 /// One materialized view to refresh.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,6 +243,9 @@ pub fn view_lock_key(name: &QualifiedName) -> i64 {
     lock_key(&format!("refresh:{}.{}", name.schema, name.name))
 }
 
+/// The savepoint that keeps a failed refresh's transaction (and lock) alive.
+const SAVEPOINT: &str = "viewkeeper_refresh";
+
 /// Decides, under the view's lock and with fresh history, whether a refresh is still due.
 pub type StillDue<'a> = &'a (dyn Fn(&RefreshHistory, DateTime<Utc>) -> bool + Sync);
 
@@ -265,13 +270,8 @@ pub async fn refresh_one(
     if !advisory_lock(&transaction, view_lock_key(&target.name), false, wait).await? {
         return Ok(Outcome::Skipped(Skip::Busy));
     }
-    // language=SQL
     let row = transaction
-        .query_opt(
-            "SELECT clock_timestamp(), c.relispopulated FROM pg_class c
-             WHERE c.oid = to_regclass($1) AND c.relkind = 'm'",
-            &[&target.name.to_sql()],
-        )
+        .query_opt(sql::refresh::CLOCK_AND_POPULATED, &[&target.name.to_sql()])
         .await?;
     let Some(row) = row else {
         return Ok(Outcome::Skipped(Skip::Missing));
@@ -289,26 +289,19 @@ pub async fn refresh_one(
     }
     if let Some(timeout) = target.statement_timeout {
         transaction
-            .batch_execute(&format!(
-                "SET LOCAL statement_timeout = {}",
-                timeout.as_millis()
-            ))
+            .batch_execute(&session::set_local_statement_timeout(timeout))
             .await?;
         // A refresh waits for the view's readers: it may wait as long as it may run.
         crate::waits::bound(&transaction, timeout).await?;
     }
     // PostgreSQL refuses CONCURRENTLY on a view that holds no data yet.
     let concurrently = target.concurrently && populated;
-    let sql = format!(
-        "REFRESH MATERIALIZED VIEW {}{}",
-        if concurrently { "CONCURRENTLY " } else { "" },
-        target.name.to_sql()
-    );
+    let sql = sql::ddl::refresh(&target.name, concurrently);
     let started = Instant::now();
     // A savepoint keeps the transaction, and with it the view's lock, alive after a failure,
     // so the failure is on record before another scheduler may try: backoff holds for all.
     transaction
-        .batch_execute("SAVEPOINT viewkeeper_refresh")
+        .batch_execute(&session::savepoint(SAVEPOINT))
         .await?;
     let result = transaction.batch_execute(&sql).await;
     let outcome = match result {
@@ -319,7 +312,7 @@ pub async fn refresh_one(
         },
         Err(error) if error.as_db_error().is_some() => {
             transaction
-                .batch_execute("ROLLBACK TO SAVEPOINT viewkeeper_refresh")
+                .batch_execute(&session::rollback_to(SAVEPOINT))
                 .await?;
             Outcome::Failed(describe(&error))
         }
@@ -352,14 +345,16 @@ async fn advisory_lock(
     shared: bool,
     wait: Wait,
 ) -> Result<bool, tokio_postgres::Error> {
-    let function = match (wait, shared) {
-        (Wait::Block, true) => "pg_advisory_xact_lock_shared",
-        (Wait::Block, false) => "pg_advisory_xact_lock",
-        (Wait::Skip, true) => "pg_try_advisory_xact_lock_shared",
-        (Wait::Skip, false) => "pg_try_advisory_xact_lock",
+    let mode = if shared {
+        LockMode::Shared
+    } else {
+        LockMode::Exclusive
     };
     let row = client
-        .query_one(&format!("SELECT {function}($1)::text"), &[&key])
+        .query_one(
+            session::advisory_xact_lock(mode, wait == Wait::Skip),
+            &[&key],
+        )
         .await?;
     // The blocking functions return void (text ""), the others a boolean.
     Ok(row.get::<_, String>(0) != "false")

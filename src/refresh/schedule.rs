@@ -15,12 +15,13 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 
 use super::{Outcome, RefreshTarget, Wait, refresh_one};
-use crate::apply::dependency_names;
 use crate::catalog::Catalog;
+use crate::catalog::read::dependency_names;
 use crate::db;
 use crate::graph::DependencyGraph;
 use crate::name::QualifiedName;
 use crate::project::{Kind, Project, RefreshTrigger, parse_cron};
+use crate::sql::session;
 use crate::state::{self, RefreshHistory};
 
 /// Longest wait between two retries of a failing refresh.
@@ -297,8 +298,7 @@ impl Healer {
             self.listener = None;
             match db::connect_listening(url, &project.config.search_path).await {
                 Ok((listener, notifications)) => {
-                    let listen =
-                        format!("LISTEN {}", crate::sql::quote_ident(crate::guard::CHANNEL));
+                    let listen = session::listen(crate::guard::CHANNEL);
                     match listener.batch_execute(&listen).await {
                         Ok(()) => self.listener = Some((listener, notifications)),
                         Err(error) => on_event(Event::Problem(format!(
@@ -449,14 +449,14 @@ async fn connect(url: &str, project: &Project) -> Result<Client, crate::error::E
     let client = db::connect(url, &project.config.search_path).await?;
     crate::commands::warn_restore_owed(&client, &project.config.state_schema).await;
     // The process id in application_name tells operators which scheduler holds a refresh.
-    let name = crate::sql::quote_literal(&format!("viewkeeper schedule {}", std::process::id()));
+    let name = format!("viewkeeper schedule {}", std::process::id());
     let _ = client
-        .batch_execute(&format!("SET application_name = {name}"))
+        .batch_execute(&session::set_application_name(&name))
         .await;
     // A scheduler killed mid-refresh should not leave its backend refreshing for nothing:
     // PostgreSQL 14+ notices the closed connection and aborts (older versions ignore it).
     let _ = client
-        .batch_execute("SET client_connection_check_interval = 1000")
+        .batch_execute(session::CHECK_CONNECTION_EVERY_SECOND)
         .await;
     Ok(client)
 }
@@ -482,10 +482,7 @@ async fn run_pass(
     }
     let views = scheduled_views(project, &catalog);
     let mut history = state::read_history(&*client, schema, None).await?;
-    let mut now: DateTime<Utc> = client
-        .query_one("SELECT clock_timestamp()", &[])
-        .await?
-        .get(0);
+    let mut now: DateTime<Utc> = client.query_one(session::CLOCK, &[]).await?.get(0);
     let mut earliest: Option<DateTime<Utc>> = None;
     for view in &views {
         if *stopping.borrow() {
@@ -507,10 +504,7 @@ async fn run_pass(
         on_event(Event::Started(&view.target));
         let outcome =
             refresh_with_grace(client, schema, &view.target, &still_due, options, stopping).await?;
-        now = client
-            .query_one("SELECT clock_timestamp()", &[])
-            .await?
-            .get(0);
+        now = client.query_one(session::CLOCK, &[]).await?.get(0);
         let retry_at = match &outcome {
             Outcome::Refreshed { started_at, .. } => {
                 let entry = history.entry(view.target.name.clone()).or_default();

@@ -135,6 +135,26 @@ pub(crate) fn create_index(relation: &QualifiedName, index: &Index) -> String {
     sql
 }
 
+/// `ALTER [MATERIALIZED] VIEW name RENAME TO new_name` (same schema).
+pub(crate) fn rename(kind: Kind, name: &QualifiedName, new_name: &str) -> String {
+    format!(
+        "ALTER {} {} RENAME TO {}",
+        kind.sql(),
+        name.to_sql(),
+        quote_ident(new_name)
+    )
+}
+
+/// `ALTER INDEX schema.index RENAME TO new_name`.
+pub(crate) fn rename_index(schema: &str, index: &str, new_name: &str) -> String {
+    format!(
+        "ALTER INDEX {}.{} RENAME TO {}",
+        quote_ident(schema),
+        quote_ident(index),
+        quote_ident(new_name)
+    )
+}
+
 /// `DROP INDEX schema.index` (an index lives in its relation's schema).
 pub(crate) fn drop_index(relation: &QualifiedName, index: &str) -> String {
     format!(

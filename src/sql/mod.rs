@@ -1,11 +1,19 @@
-//! SQL text: the DDL of a plan's steps ([`ddl`]), and the one place identifiers and
-//! literals get quoted.
+//! The SQL viewkeeper writes, in one place: small pure builders grouped by job (the DDL of a
+//! plan's steps is [`ddl`]), and the one quoting helper they all use. Catalog SELECTs live
+//! with the catalog.
 //!
 //! Every statement viewkeeper builds from user-controlled names goes through the two
-//! quoting helpers, which wrap libpq's own escaping rules (`postgres-protocol`), so no code
+//! helpers below, which wrap libpq's own escaping rules (`postgres-protocol`), so no code
 //! path hand-writes quotes.
 
 pub(crate) mod ddl;
+pub(crate) mod guard;
+pub(crate) mod pg_cron;
+pub(crate) mod privileges;
+pub(crate) mod refresh;
+pub(crate) mod session;
+pub(crate) mod state;
+pub(crate) mod waits;
 
 use postgres_protocol::escape;
 

@@ -3,17 +3,24 @@
 //!
 //! All catalog SQL lives here, with bound parameters for values.
 
+pub mod prove;
+pub mod read;
+
 use std::collections::{BTreeMap, BTreeSet};
 
+use serde::Deserialize;
 use tokio_postgres::GenericClient;
 
 use crate::graph::DependencyGraph;
 use crate::name::QualifiedName;
-use crate::project::{Grantee, Kind, Project};
-use crate::state::{self, State};
+use crate::objects::{Grantee, Kind, State};
+use crate::project::Project;
+use crate::state;
 
-/// What the database holds right now.
-#[derive(Debug, Clone, Default)]
+/// What the database holds right now. Deserialisable, so planner tests can state a catalog
+/// as JSON (`tests/planner/`); every field may be left out.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Catalog {
     /// `server_version_num`, for version-dependent privilege lists.
     pub server_version: i32,
@@ -42,47 +49,83 @@ pub struct Catalog {
     pub drops: BTreeMap<QualifiedName, crate::guard::DropRecord>,
     /// viewkeeper's records; `None` when the state schema does not exist yet.
     pub state: Option<State>,
+    /// Side-by-side copies recorded in the state that exist, by temporary name. They are
+    /// not in [`Self::relations`]: nobody declared them, and nothing may treat them as
+    /// objects of their own.
+    pub built: BTreeMap<QualifiedName, Relation>,
     /// How many queries introspection issued (constant, checked by tests and the benchmark).
     pub queries_issued: usize,
 }
 
-/// A live view or materialized view.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A live view or materialized view. Only `kind`, `owner` and `definition` are required
+/// when deserialised; a relation is populated unless it says otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Relation {
+    #[serde(default)]
     pub oid: u32,
     pub kind: Kind,
     pub owner: String,
     /// `pg_get_viewdef` under the session's `search_path`.
     pub definition: String,
+    #[serde(default = "populated_by_default")]
     pub populated: bool,
+    #[serde(default)]
     pub comment: Option<String>,
     /// `reloptions`: storage and security options such as `security_invoker`.
+    #[serde(default)]
     pub options: BTreeMap<String, String>,
     /// Triggers, rules, column privileges and column comments: kept by an in-place change,
     /// lost by a rebuild, and not expressible in a declaration.
+    #[serde(default)]
     pub undeclarable: Vec<String>,
     /// Each column as `name type collation-oid`, in order ([`column_sql`]).
+    #[serde(default)]
     pub columns: Vec<String>,
+    #[serde(default)]
     pub indexes: BTreeMap<String, LiveIndex>,
     /// Privileges granted to roles other than the owner.
+    #[serde(default)]
     pub grants: BTreeSet<(Grantee, String)>,
+    /// `pg_total_relation_size` of a materialized view (heap, indexes, TOAST); 0 for a view.
+    #[serde(default)]
+    pub size_bytes: i64,
 }
 
 /// An index on a materialized view.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LiveIndex {
     /// `pg_get_indexdef`.
     pub definition: String,
+    #[serde(default)]
     pub unique: bool,
     /// Access method (`btree`, …).
+    #[serde(default = "btree")]
     pub method: String,
     /// Each key column or expression, as PostgreSQL prints it.
+    #[serde(default)]
     pub elements: Vec<String>,
     /// The `WHERE` of a partial index.
+    #[serde(default)]
     pub predicate: Option<String>,
     /// False when it has settings a declaration cannot express (INCLUDE, DESC, operator
     /// classes, NULLS NOT DISTINCT): such an index is never taken for a declared one.
+    #[serde(default = "declarable_by_default")]
     pub declarable: bool,
+}
+
+// Defaults for deserialised catalogs: what PostgreSQL reports for the common case.
+fn populated_by_default() -> bool {
+    true
+}
+
+fn btree() -> String {
+    "btree".to_owned()
+}
+
+fn declarable_by_default() -> bool {
+    true
 }
 
 impl Catalog {
@@ -225,6 +268,15 @@ JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('v', 'm')
   AND n.nspname <> ALL($1::text[]) AND n.nspname NOT LIKE 'pg\\_%'";
 
+// The room a materialized view takes, which a side-by-side rebuild needs a second time.
+// language=SQL
+const SIZES: &str = "
+SELECT c.oid, pg_total_relation_size(c.oid)
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'm'
+  AND n.nspname <> ALL($1::text[]) AND n.nspname NOT LIKE 'pg\\_%'";
+
 // language=SQL
 const NAMED_RELATIONS: &str = "
 SELECT n.nspname::text, c.relname::text, c.relkind::text
@@ -247,7 +299,7 @@ pub async fn introspect(
         .chain(std::iter::once(state_schema))
         .collect();
 
-    let state_table = state::table(state_schema, state::OBJECTS_TABLE);
+    let state_table = crate::sql::state::table(state_schema, crate::sql::state::OBJECTS_TABLE);
     let drop_table = crate::guard::log_table(state_schema);
     let session = client
         .query_one(SESSION, &[&state_table, &drop_table])
@@ -299,8 +351,15 @@ pub async fn introspect(
                 columns: row.get(10),
                 indexes: BTreeMap::new(),
                 grants: BTreeSet::new(),
+                size_bytes: 0,
             },
         );
+    }
+
+    for row in client.query(SIZES, &[&excluded]).await? {
+        if let Some(relation) = relation_by_oid(&mut catalog, &names_by_oid, row.get(0)) {
+            relation.size_bytes = row.get::<_, Option<i64>>(1).unwrap_or(0);
+        }
     }
 
     for row in client.query(INDEXES, &[&excluded]).await? {
@@ -359,7 +418,14 @@ pub async fn introspect(
 
     if state_exists {
         client.count();
-        catalog.state = Some(state::read(client.inner, state_schema).await?);
+        let state = state::read(client.inner, state_schema).await?;
+        for temp in state.builds.keys() {
+            catalog.reads.remove(temp);
+            if let Some(copy) = catalog.relations.remove(temp) {
+                catalog.built.insert(temp.clone(), copy);
+            }
+        }
+        catalog.state = Some(state);
     }
     if guard_log_exists {
         client.count();

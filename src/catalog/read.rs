@@ -1,0 +1,97 @@
+//! Reading the catalog for planning: introspection, then PostgreSQL's own reading of the
+//! declared queries that might be adopted as they are (the normaliser).
+
+use std::collections::BTreeMap;
+
+use tokio_postgres::Transaction;
+
+use super::Catalog;
+use crate::db::describe;
+use crate::name::QualifiedName;
+use crate::project::Project;
+
+/// Reads the catalog for planning: introspection, then PostgreSQL's own reading of the
+/// declared queries that might be adopted as they are, inside a savepoint that is rolled
+/// back so nothing is left behind. Constant queries; two more when there are candidates.
+pub async fn read_catalog(
+    transaction: &mut Transaction<'_>,
+    project: &Project,
+) -> Result<Catalog, tokio_postgres::Error> {
+    let mut catalog = super::introspect(
+        &*transaction,
+        &dependency_names(project),
+        &project.config.state_schema,
+    )
+    .await?;
+    let candidates = crate::plan::normalisation_candidates(project, &catalog);
+    if !candidates.is_empty() {
+        let savepoint = transaction.savepoint("viewkeeper_normalise").await?;
+        // Normalising needs temporary objects; without that right (or on a read-only
+        // replica) objects are simply not adopted, and the plan says what it would do.
+        match normalise_both_sides(&savepoint, &catalog, &candidates).await {
+            Ok((normalised, columns)) => {
+                catalog.normalised = normalised;
+                catalog.compiled_columns = columns;
+            }
+            Err(error) => tracing::info!(
+                "cannot compare declared queries with live ones, so nothing is adopted: {}",
+                describe(&error)
+            ),
+        }
+        savepoint.rollback().await?;
+    }
+    Ok(catalog)
+}
+
+/// How PostgreSQL prints each candidate's declared query. `pg_get_viewdef` is not always a
+/// fixed point (a `NATURAL JOIN` with no common column prints as `ON TRUE`, which prints
+/// back as `ON (true)`), so where the declared query prints differently from the live
+/// definition, the live definition is put through the same round trip; when both sides
+/// then print the same, the declared query counts as the live one. Also gives the columns of
+/// each compiled declared query.
+async fn normalise_both_sides(
+    client: &Transaction<'_>,
+    catalog: &Catalog,
+    candidates: &[(QualifiedName, String)],
+) -> Result<
+    (
+        BTreeMap<QualifiedName, String>,
+        BTreeMap<QualifiedName, Vec<String>>,
+    ),
+    tokio_postgres::Error,
+> {
+    let compiled = super::read_back(client, candidates).await?;
+    let mut columns = BTreeMap::new();
+    let mut normalised = BTreeMap::new();
+    for (name, compiled) in compiled {
+        columns.insert(name.clone(), compiled.columns);
+        normalised.insert(name, compiled.definition);
+    }
+    let differing: Vec<_> = normalised
+        .iter()
+        .filter_map(|(name, declared)| {
+            let live = catalog.relations.get(name)?;
+            (*declared != live.definition).then(|| (name.clone(), live.definition.clone()))
+        })
+        .collect();
+    for (name, live) in super::normalise(client, &differing).await? {
+        if normalised.get(&name) == Some(&live)
+            && let Some(relation) = catalog.relations.get(&name)
+        {
+            normalised.insert(name, relation.definition.clone());
+        }
+    }
+    Ok((normalised, columns))
+}
+
+/// Every relation named in a `depends-on` or inferred from a query, for the catalog to look up.
+pub fn dependency_names(project: &Project) -> Vec<QualifiedName> {
+    let mut names: Vec<_> = project
+        .declarations
+        .values()
+        .flat_map(|declaration| declaration.reads().cloned())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
