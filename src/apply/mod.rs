@@ -299,8 +299,8 @@ async fn apply_with(
     let mut left_out = LeftOut::default();
     let mut schema_ready = false;
     let mut pass = Pass::First;
-    // Objects restored in parallel, by other sessions, records written.
-    let mut restored = std::collections::BTreeSet::new();
+    // Fills made by a parallel restore's sessions, logged with the records below.
+    let mut restored_fills = Vec::new();
     // One attempt, or with keep-going one more per object that fails: each attempt plans
     // without what failed before, and runs in a savepoint that a failure rolls back.
     let plan = loop {
@@ -345,7 +345,7 @@ async fn apply_with(
             && left_out.is_empty()
             && parallel::qualifies(&plan, &graph)
         {
-            restored = parallel::restore(
+            restored_fills = parallel::restore(
                 &plan,
                 &graph,
                 config,
@@ -462,15 +462,16 @@ async fn apply_with(
             }
         }
     };
-    let records: Vec<_> = plan
-        .records()
-        .into_iter()
-        .filter(|record| !restored.contains(&record.name))
-        .collect();
+    if !restored_fills.is_empty() {
+        state::log_refreshes(&transaction, &config.state_schema, &restored_fills)
+            .await
+            .map_err(database("cannot log the refreshes"))?;
+    }
+    // Records of objects that are not there (left out) are not written.
     state::write(
         &transaction,
         &config.state_schema,
-        &records,
+        &plan.records(),
         &plan.forgotten(),
     )
     .await

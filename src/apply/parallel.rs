@@ -9,19 +9,21 @@
 //! transaction keeps reconcile's advisory lock until every worker is done, so no other
 //! reconcile interleaves.
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use futures_util::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
 use tokio_postgres::Client;
 
-use super::{ApplyError, LeftOut, database, run_statements, session_settings, statement_error};
+use super::{ApplyError, LeftOut, database, statement_error};
 use crate::graph::DependencyGraph;
 use crate::name::QualifiedName;
-use crate::objects::Record;
-use crate::plan::{Change, Op, Phase, Plan, Statement};
+use crate::plan::{Change, Phase, Plan, Statement};
 use crate::project::Config;
+use crate::sql::session;
 use crate::state;
 
 /// Where and how many extra sessions a restore may use.
@@ -33,11 +35,10 @@ pub struct Workers {
     pub jobs: usize,
 }
 
-/// One object of a restoring plan: its statements, in order, and its record.
+/// One object of a restoring plan and its statements, in order.
 struct Unit<'p> {
     object: &'p QualifiedName,
     statements: Vec<Statement>,
-    record: Option<&'p Record>,
     /// The other units it reads, directly or through kept objects.
     reads: BTreeSet<&'p QualifiedName>,
 }
@@ -66,16 +67,12 @@ fn units<'p>(plan: &'p Plan, graph: &DependencyGraph) -> Option<Vec<Unit<'p>>> {
             units.push(Unit {
                 object: &step.object,
                 statements: Vec::new(),
-                record: None,
                 reads: BTreeSet::new(),
             });
             units.len() - 1
         });
         if let Some(statement) = step.statement() {
             units[at].statements.push(statement);
-        }
-        if let Op::Record(record) = &step.op {
-            units[at].record = Some(record);
         }
     }
     if units.len() < 2 {
@@ -99,8 +96,9 @@ pub(super) fn qualifies(plan: &Plan, graph: &DependencyGraph) -> bool {
 }
 
 /// Builds the objects of `plan` (which [`qualifies`]) on `workers.jobs` new sessions.
-/// Failures go to `left_out`, with everything that reads the failed object; the objects
-/// restored are returned, their records written.
+/// Failures go to `left_out`, with everything that reads the failed object. Returns the
+/// fills to log; the caller writes them and the records in its own transaction (a restore
+/// killed before that leaves objects the next reconcile adopts, as they match).
 pub(super) async fn restore(
     plan: &Plan,
     graph: &DependencyGraph,
@@ -108,9 +106,9 @@ pub(super) async fn restore(
     workers: &Workers,
     left_out: &mut LeftOut,
     on_statement: &mut impl FnMut(&Statement, Duration),
-) -> Result<BTreeSet<QualifiedName>, ApplyError> {
+) -> Result<Vec<state::LoggedRefresh>, ApplyError> {
     let Some(units) = units(plan, graph) else {
-        return Ok(BTreeSet::new());
+        return Ok(Vec::new());
     };
     let mut idle = Vec::new();
     for _ in 0..workers.jobs.clamp(1, units.len()) {
@@ -122,7 +120,8 @@ pub(super) async fn restore(
             })?;
         idle.push(client);
     }
-    // The state tables must exist, committed, before any worker writes a record.
+    // The state tables must exist, committed, before the caller's transaction writes to
+    // them (creating them there would make the workers' guard checks wait for it).
     if let Some(client) = idle.first() {
         client
             .batch_execute(&crate::sql::state::create_schema(&config.state_schema))
@@ -130,7 +129,7 @@ pub(super) async fn restore(
             .map_err(database("cannot create viewkeeper's state schema"))?;
     }
 
-    let on_statement = RefCell::new(on_statement);
+    let mut refreshes = Vec::new();
     let mut done: BTreeSet<&QualifiedName> = BTreeSet::new();
     let mut started: BTreeSet<&QualifiedName> = BTreeSet::new();
     let mut running = FuturesUnordered::new();
@@ -143,13 +142,12 @@ pub(super) async fn restore(
             }) else {
                 break;
             };
-            let Some(mut client) = idle.pop() else {
+            let Some(client) = idle.pop() else {
                 break;
             };
             started.insert(unit.object);
-            let on_statement = &on_statement;
             running.push(async move {
-                let outcome = build(&mut client, unit, config, on_statement).await;
+                let outcome = build(&client, unit, config).await;
                 (client, unit, outcome)
             });
         }
@@ -157,7 +155,12 @@ pub(super) async fn restore(
             break;
         };
         match outcome {
-            Ok(()) => {
+            Ok((took_each, mut logged)) => {
+                // Told once committed, so nothing rolled back is reported.
+                for (statement, took) in unit.statements.iter().zip(took_each) {
+                    on_statement(statement, took);
+                }
+                refreshes.append(&mut logged);
                 done.insert(unit.object);
                 idle.push(client);
             }
@@ -174,7 +177,7 @@ pub(super) async fn restore(
         }
     }
     // Units never started read a failed one: `left_out.fail` listed them as skipped.
-    Ok(done.into_iter().cloned().collect())
+    Ok(refreshes)
 }
 
 /// Why a unit was not built.
@@ -185,54 +188,92 @@ enum Built {
     Broken(ApplyError),
 }
 
-/// One unit in its own transaction: its statements, its record and the refreshes it made,
-/// then COMMIT.
+/// One unit in its own transaction, sent as one wave without waiting between statements
+/// (tokio-postgres pipelines what is polled together): BEGIN, the settings, the clock, the
+/// unit's statements, COMMIT. After a failure the server fails the rest at once (the
+/// transaction is aborted) and COMMIT rolls back; the first failure is the one reported.
+/// Returns what each statement took and the fills to log.
 async fn build(
-    client: &mut Client,
+    client: &Client,
     unit: &Unit<'_>,
     config: &Config,
-    on_statement: &RefCell<&mut impl FnMut(&Statement, Duration)>,
-) -> Result<(), Built> {
+) -> Result<(Vec<Duration>, Vec<state::LoggedRefresh>), Built> {
     let broken = |context| move |error| Built::Broken(database(context)(error));
-    let transaction = client
-        .transaction()
-        .await
-        .map_err(broken("cannot start a transaction"))?;
-    session_settings(&transaction, config)
-        .await
-        .map_err(broken("cannot set up the session"))?;
-    let mut took_each = Vec::new();
-    let outcome = run_statements(
-        &transaction,
-        &unit.statements,
-        config,
-        &mut |statement, took| {
-            took_each.push((statement.clone(), took));
-        },
-    )
-    .await;
-    if let Err((index, error)) = outcome {
-        if error.as_db_error().is_none() {
+    let begin = client.query_typed(session::BEGIN, &[]);
+    let settings = [
+        session::set_local_lock_timeout(config.lock_timeout),
+        session::set_local_on(crate::guard::APPLYING_SETTING),
+    ];
+    let settings =
+        futures_util::future::try_join_all(settings.iter().map(|sql| client.query_typed(sql, &[])));
+    let clock = client.query_one(session::CLOCK, &[]);
+    let statements = async {
+        let mut answers: FuturesOrdered<_> = unit
+            .statements
+            .iter()
+            .map(|statement| client.query_typed(&statement.sql, &[]))
+            .collect();
+        let mut took_each = Vec::new();
+        let mut last = Instant::now();
+        let mut failure = None;
+        while let Some(answer) = answers.next().await {
+            let now = Instant::now();
+            match answer {
+                Err(error) if failure.is_none() => failure = Some((took_each.len(), error)),
+                _ => {}
+            }
+            took_each.push(now.saturating_duration_since(last));
+            last = now;
+        }
+        match failure {
+            Some(failure) => Err(failure),
+            None => Ok(took_each),
+        }
+    };
+    let commit = client.query_typed(session::COMMIT, &[]);
+    let (begun, settings, clock, statements, committed) =
+        tokio::join!(begin, settings, clock, statements, commit);
+    begun.map_err(broken("cannot start a transaction"))?;
+    let took_each = match statements {
+        Ok(took_each) => took_each,
+        Err((_, error)) if error.as_db_error().is_none() => {
             return Err(broken("lost the connection")(error));
         }
+        Err((index, error)) => {
+            return Err(Built::Failed(Box::new(statement_error(
+                &unit.statements,
+                index,
+                &error,
+            ))));
+        }
+    };
+    settings.map_err(broken("cannot set up the session"))?;
+    let started_at: DateTime<Utc> = clock.map_err(broken("cannot read the clock"))?.get(0);
+    if let Err(error) = committed {
+        if error.as_db_error().is_none() || client.is_closed() {
+            return Err(Built::Broken(super::commit_error(client, error)));
+        }
+        // A deferred check at COMMIT: the unit is rolled back, like a failed statement.
+        let last = unit.statements.len().saturating_sub(1);
         return Err(Built::Failed(Box::new(statement_error(
             &unit.statements,
-            index,
+            last,
             &error,
         ))));
     }
-    let records: Vec<&Record> = unit.record.into_iter().collect();
-    state::write(&transaction, &config.state_schema, &records, &[])
-        .await
-        .map_err(broken("cannot record what was applied"))?;
-    transaction
-        .commit()
-        .await
-        .map_err(|error| Built::Broken(super::commit_error(client, error)))?;
-    // Told once committed, so nothing rolled back is reported.
-    let mut callback = on_statement.borrow_mut();
-    for (statement, took) in &took_each {
-        (*callback)(statement, *took);
+
+    // Fills count in the refresh history, so `schedule` starts its periods from them.
+    let mut offset = Duration::ZERO;
+    let mut refreshes = Vec::new();
+    for (statement, took) in unit.statements.iter().zip(&took_each) {
+        if statement.phase == Phase::Refresh || statement.fills {
+            refreshes.push(state::LoggedRefresh {
+                name: statement.object.clone(),
+                started_at: started_at + chrono::TimeDelta::from_std(offset).unwrap_or_default(),
+                duration: *took,
+            });
+        }
+        offset += *took;
     }
-    Ok(())
+    Ok((took_each, refreshes))
 }
