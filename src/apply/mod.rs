@@ -685,7 +685,7 @@ async fn run_statements(
     let clock = match statements.iter().position(fills) {
         Some(first) => {
             let row = transaction
-                .query_one("SELECT clock_timestamp()", &[])
+                .query_one(session::CLOCK, &[])
                 .await
                 .map_err(|error| (first, error))?;
             Some((
