@@ -13,6 +13,8 @@
 //!   reconcile, median of several runs;
 //! - a reconcile after the query of one leaf changes (median of a few, alternating two
 //!   variants of that leaf's query);
+//! - restoring everything after it was all dropped (as a CASCADE would), in one
+//!   transaction and on several sessions at once (`reconcile --jobs`), against the floor;
 //! - the process's peak RSS (`VmHWM`).
 //!
 //! Under the table, one line per N says where the first reconcile's time went (per statement
@@ -92,6 +94,9 @@ struct Measurement {
     leaf: Duration,
     leaf_queries: usize,
     leaf_statements: usize,
+    /// Everything dropped, then restored: in one transaction, and on several sessions.
+    restore_serial: Duration,
+    restore_parallel: Duration,
     peak_rss_kib: Option<u64>,
 }
 
@@ -175,6 +180,18 @@ fn main() -> Result<(), BoxError> {
             ms(m.noop_plan.saturating_sub(m.noop_introspect)),
             ms(m.noop_plan_cold),
             m.leaf_statements,
+        );
+    }
+    for m in &rows {
+        println!(
+            "N={}: restoring everything after it was dropped: {} ms in one transaction \
+             ({:.2}x the psql -1 -f floor), {} ms on {} sessions at once ({:.2}x).",
+            m.n,
+            ms(m.restore_serial),
+            m.restore_serial.as_secs_f64() / m.psql.as_secs_f64(),
+            ms(m.restore_parallel),
+            restore_jobs(),
+            m.restore_parallel.as_secs_f64() / m.psql.as_secs_f64(),
         );
     }
     if options.check {
@@ -450,6 +467,15 @@ async fn measure(
             .into());
         }
     }
+    // Everything lost, as after a CASCADE: restored in one transaction, then on several
+    // sessions, each object committed on its own.
+    let project = Project::load(project_dir.path()).map_err(report)?;
+    let restore_serial = time_restore(&mut client, &project, None).await?;
+    let workers = apply::Workers {
+        url: sandbox.url(&database),
+        jobs: restore_jobs(),
+    };
+    let restore_parallel = time_restore(&mut client, &project, Some(&workers)).await?;
     drop(client);
 
     for name in [&database, &floor_database] {
@@ -476,8 +502,47 @@ async fn measure(
         leaf: median(leaf_times),
         leaf_queries,
         leaf_statements,
+        restore_serial,
+        restore_parallel,
         peak_rss_kib: peak_rss_kib(),
     })
+}
+
+/// Sessions of the parallel restore: `VIEWKEEPER_RESTORE_JOBS`, or one per CPU, at most 4,
+/// as `viewkeeper run` uses.
+fn restore_jobs() -> usize {
+    std::env::var("VIEWKEEPER_RESTORE_JOBS")
+        .ok()
+        .and_then(|jobs| jobs.parse().ok())
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, std::num::NonZero::get)
+                .min(4)
+        })
+}
+
+/// Drops every managed object (`drop-managed`), then times the reconcile that restores them.
+async fn time_restore(
+    client: &mut Client,
+    project: &Project,
+    workers: Option<&apply::Workers>,
+) -> Result<Duration, BoxError> {
+    apply::drop_managed(client, project, |_, _| {})
+        .await
+        .map_err(report)?;
+    let intent = apply::Intent {
+        workers,
+        ..apply::Intent::UNATTENDED
+    };
+    let started = Instant::now();
+    let reconciled = apply::reconcile(client, project, &intent, |_, _| {})
+        .await
+        .map_err(report)?;
+    let took = started.elapsed();
+    if !reconciled.failed.is_empty() || reconciled.plan.is_empty() {
+        return Err("the restore did not restore everything".into());
+    }
+    Ok(took)
 }
 
 /// Every 10th node (0, 10, 20, …) is a materialized view, or every node.

@@ -96,6 +96,11 @@ pub enum Command {
         /// everything that depends on it, and the rest is applied (exit 1 lists what was not).
         #[arg(long)]
         keep_going: bool,
+        /// When the plan only restores missing objects, build them on N sessions at once,
+        /// each committed as soon as it is built (one that fails is left out, as with
+        /// --keep-going). Any other plan runs in one transaction as usual.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+        jobs: Option<u16>,
         /// Output format: progress lines, or one JSON document of what was applied.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
@@ -147,6 +152,10 @@ pub enum Command {
         /// that change a column's type under a view succeed; reconcile restores them after.
         #[arg(long)]
         drop_first: bool,
+        /// Sessions that restore missing views at once after the migration, each view
+        /// committed as soon as it is built [default: the number of CPUs, at most 4].
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+        jobs: Option<u16>,
         /// The migration command and its arguments, after `--`.
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,

@@ -99,6 +99,7 @@ async fn dispatch(cli: Cli) -> Result<Status, Error> {
             allow_drop,
             plan: saved,
             keep_going,
+            jobs,
             format,
             ..
         } => {
@@ -106,11 +107,16 @@ async fn dispatch(cli: Cli) -> Result<Status, Error> {
                 Some(path) => Some(read_saved_plan(&path)?),
                 None => None,
             };
+            let workers = match jobs {
+                Some(jobs) => Some(workers(url, jobs)?),
+                None => None,
+            };
             let intent = apply::Intent {
                 allow_drop,
                 confirm: &confirm_data_loss,
                 saved: saved.as_ref(),
                 keep_going,
+                workers: workers.as_ref(),
             };
             reconcile(project, url, &intent, format).await
         }
@@ -130,9 +136,13 @@ async fn dispatch(cli: Cli) -> Result<Status, Error> {
         } => status(project, url, format, detailed_exitcode).await,
         Command::Run {
             drop_first,
+            jobs,
             command,
             ..
-        } => run_migration(project, url, drop_first, &command).await,
+        } => {
+            let jobs = jobs.unwrap_or_else(default_jobs);
+            run_migration(project, url, drop_first, jobs, &command).await
+        }
         Command::DropManaged { .. } => drop_managed(project, url).await,
         Command::Guard { action, .. } => guard(project, url, action).await,
         Command::Import {
@@ -678,12 +688,29 @@ impl Progress {
     }
 }
 
+/// Sessions for a parallel restore of the database at `url`.
+fn workers(url: Option<&str>, jobs: u16) -> Result<apply::Workers, Error> {
+    Ok(apply::Workers {
+        url: db::resolve_url(url)?,
+        jobs: usize::from(jobs),
+    })
+}
+
+/// `run`'s restore sessions when `--jobs` is not given: one per CPU, at most 4 (beyond that
+/// the server's own work, not viewkeeper's, is what limits a restore).
+fn default_jobs() -> u16 {
+    std::thread::available_parallelism()
+        .map_or(1, |cpus| u16::try_from(cpus.get()).unwrap_or(4))
+        .min(4)
+}
+
 /// `run`: optionally drop the managed views, run the migration with its output streaming
 /// through, then reconcile whether it worked or not, so the views always come back.
 async fn run_migration(
     root: &Path,
     url: Option<&str>,
     drop_first: bool,
+    jobs: u16,
     command: &[String],
 ) -> Result<Status, Error> {
     let project = Project::load(root)?;
@@ -723,7 +750,12 @@ async fn run_migration(
         eprintln!("viewkeeper: {program} exited with status {code}; reconciling anyway");
     }
     let mut client = connect_quietly(url, &project).await?;
-    let reconciled = run_reconcile(&project, &mut client, &apply::Intent::RESTORE)
+    let workers = workers(url, jobs)?;
+    let intent = apply::Intent {
+        workers: Some(&workers),
+        ..apply::Intent::RESTORE
+    };
+    let reconciled = run_reconcile(&project, &mut client, &intent)
         .await
         .and_then(kept_going);
     if code != 0 && type_change_blocked {

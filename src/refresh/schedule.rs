@@ -375,7 +375,7 @@ impl Healer {
             return;
         }
         self.last_attempt = Some(tokio::time::Instant::now());
-        match crate::apply::restore_missing(client, project, |_, _| {}).await {
+        match crate::apply::restore_missing(client, project, None, |_, _| {}).await {
             Ok(reconciled) => {
                 let summary: Vec<String> = reconciled
                     .plan

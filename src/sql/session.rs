@@ -8,6 +8,9 @@ use super::quote_literal;
 pub(crate) const BEGIN: &str = "BEGIN";
 /// Ends a transaction begun with [`BEGIN`], changing nothing.
 pub(crate) const ROLLBACK: &str = "ROLLBACK";
+/// Ends a transaction begun with [`BEGIN`]; in a transaction a statement failed in, PostgreSQL
+/// rolls back instead.
+pub(crate) const COMMIT: &str = "COMMIT";
 
 /// The server's clock, which moves during a transaction (unlike `now()`).
 pub(crate) const CLOCK: &str = "SELECT clock_timestamp()";

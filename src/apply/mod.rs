@@ -23,6 +23,9 @@ use crate::sql::session;
 use crate::state;
 use crate::waits::lock_key;
 
+mod parallel;
+pub use parallel::Workers;
+
 /// Reconcile failed; the transaction was rolled back.
 #[derive(Debug, thiserror::Error, Diagnostic)]
 #[non_exhaustive]
@@ -134,9 +137,12 @@ pub async fn reconcile(
         client,
         project,
         planner,
-        intent.saved.is_some(),
-        intent.keep_going,
-        RestoreOwed::Settle,
+        &How {
+            read_schema_digest: intent.saved.is_some(),
+            keep_going: intent.keep_going,
+            workers: intent.workers,
+            restore_owed: RestoreOwed::Settle,
+        },
         on_statement,
     )
     .await
@@ -153,6 +159,9 @@ pub struct Intent<'a> {
     /// `--keep-going`: apply every object that can be applied, each in its own savepoint;
     /// leave alone (and report) the ones that fail and what depends on them.
     pub keep_going: bool,
+    /// Extra sessions for a plan that only restores missing objects: they are built in
+    /// parallel, each committed on its own (see [`Workers`]). `None`: one transaction.
+    pub workers: Option<&'a Workers>,
 }
 
 impl Intent<'_> {
@@ -162,6 +171,7 @@ impl Intent<'_> {
         confirm: &|_| false,
         saved: None,
         keep_going: false,
+        workers: None,
     };
 
     /// Bring back whatever can be brought back, nothing destructive: `run` after a
@@ -183,9 +193,12 @@ pub async fn drop_managed(
         client,
         project,
         |project: &Project, catalog: &Catalog, _: Pass| plan::drop_managed(project, catalog),
-        false,
-        false,
-        RestoreOwed::Owe,
+        &How {
+            read_schema_digest: false,
+            keep_going: false,
+            workers: None,
+            restore_owed: RestoreOwed::Owe,
+        },
         on_statement,
     )
     .await
@@ -197,19 +210,34 @@ pub async fn drop_managed(
 pub async fn restore_missing(
     client: &mut Client,
     project: &Project,
+    workers: Option<&Workers>,
     on_statement: impl FnMut(&Statement, Duration),
 ) -> Result<Reconciled, ApplyError> {
     apply_with(
         client,
         project,
         |project: &Project, catalog: &Catalog, _: Pass| plan::restore_missing(project, catalog),
-        false,
-        true,
-        // What healing restores is what a killed `run --drop-first` owes.
-        RestoreOwed::Settle,
+        &How {
+            read_schema_digest: false,
+            keep_going: true,
+            workers,
+            // What healing restores is what a killed `run --drop-first` owes.
+            restore_owed: RestoreOwed::Settle,
+        },
         on_statement,
     )
     .await
+}
+
+/// How an apply goes about its plan.
+struct How<'w> {
+    /// Read the schema's fingerprint, to check a saved plan against.
+    read_schema_digest: bool,
+    /// Leave out objects that fail (and what depends on them), apply the rest.
+    keep_going: bool,
+    /// Sessions for a plan that only restores missing objects.
+    workers: Option<&'w Workers>,
+    restore_owed: RestoreOwed,
 }
 
 /// What an apply does to the record of a restore owed after `run --drop-first`.
@@ -227,11 +255,15 @@ async fn apply_with(
     client: &mut Client,
     project: &Project,
     planner: impl Fn(&Project, &Catalog, Pass) -> Result<Plan, PlanError>,
-    read_schema_digest: bool,
-    keep_going: bool,
-    restore_owed: RestoreOwed,
+    how: &How<'_>,
     mut on_statement: impl FnMut(&Statement, Duration),
 ) -> Result<Reconciled, ApplyError> {
+    let &How {
+        read_schema_digest,
+        keep_going,
+        workers,
+        restore_owed,
+    } = how;
     let started = Instant::now();
     let config = &project.config;
     let mut transaction = client
@@ -267,6 +299,8 @@ async fn apply_with(
     let mut left_out = LeftOut::default();
     let mut schema_ready = false;
     let mut pass = Pass::First;
+    // Fills made by a parallel restore's sessions, logged with the records below.
+    let mut restored_fills = Vec::new();
     // One attempt, or with keep-going one more per object that fails: each attempt plans
     // without what failed before, and runs in a savepoint that a failure rolls back.
     let plan = loop {
@@ -305,6 +339,22 @@ async fn apply_with(
                 failed: Vec::new(),
                 skipped: Vec::new(),
             });
+        }
+        if let Some(workers) = workers
+            && pass == Pass::First
+            && left_out.is_empty()
+            && parallel::qualifies(&plan, &graph)
+        {
+            restored_fills = parallel::restore(
+                &plan,
+                &graph,
+                config,
+                workers,
+                &mut left_out,
+                &mut on_statement,
+            )
+            .await?;
+            break plan;
         }
         if !schema_ready {
             transaction
@@ -412,6 +462,12 @@ async fn apply_with(
             }
         }
     };
+    if !restored_fills.is_empty() {
+        state::log_refreshes(&transaction, &config.state_schema, &restored_fills)
+            .await
+            .map_err(database("cannot log the refreshes"))?;
+    }
+    // Records of objects that are not there (left out) are not written.
     state::write(
         &transaction,
         &config.state_schema,
@@ -478,12 +534,10 @@ async fn prepare(
     config: &crate::project::Config,
 ) -> Result<(), PrepareError> {
     let failed = |context| move |error| PrepareError::Database { context, error };
-    // Give up instead of queueing behind a long-running query that holds a view: waiting
-    // would also block every reader queued behind our own ACCESS EXCLUSIVE request. Set
-    // first, so it bounds the wait for the advisory lock too.
-    crate::waits::bound(transaction, config.lock_timeout)
+    // Set first, so lock_timeout bounds the wait for the advisory lock too.
+    session_settings(transaction, config)
         .await
-        .map_err(failed("cannot set lock_timeout"))?;
+        .map_err(failed("cannot set up the session"))?;
     // Waits for a concurrent reconcile (or reader) to finish; released by commit or
     // rollback, so it cannot leak (unlike a session lock on an early return).
     if let Err(error) = transaction
@@ -498,11 +552,22 @@ async fn prepare(
         }
         return Err(failed("cannot take viewkeeper's advisory lock")(error));
     }
+    Ok(())
+}
+
+/// The settings of every transaction that changes views: `lock_timeout`, and the mark the
+/// guard knows viewkeeper's own statements by.
+async fn session_settings(
+    transaction: &Transaction<'_>,
+    config: &crate::project::Config,
+) -> Result<(), tokio_postgres::Error> {
+    // Give up instead of queueing behind a long-running query that holds a view: waiting
+    // would also block every reader queued behind our own ACCESS EXCLUSIVE request.
+    crate::waits::bound(transaction, config.lock_timeout).await?;
     // viewkeeper's own drops are not "dropped outside viewkeeper": the guard skips them.
     transaction
         .batch_execute(&session::set_local_on(crate::guard::APPLYING_SETTING))
         .await
-        .map_err(failed("cannot mark the transaction"))
 }
 
 /// The error for a transaction [`prepare`] failed on (rolled back by now): names who
@@ -620,7 +685,7 @@ async fn run_statements(
     let clock = match statements.iter().position(fills) {
         Some(first) => {
             let row = transaction
-                .query_one("SELECT clock_timestamp()", &[])
+                .query_one(session::CLOCK, &[])
                 .await
                 .map_err(|error| (first, error))?;
             Some((

@@ -1,0 +1,180 @@
+//! Issue 10, restore in parallel: missing objects built on several sessions, each committed
+//! on its own, end in the same state as a serial restore; one that fails is left out with
+//! what reads it, and the others stay.
+
+mod support;
+
+use std::fmt::Write as _;
+
+use support::{TestDb, ensure_role, exists, project, reconcile, run, test_db};
+
+/// Two branches over one table, each a materialized view with a unique index, a grant and a
+/// comment, read by a view and a materialized view; the second branch's unique index is the
+/// one a later row can break.
+fn declarations() -> String {
+    let mut text = String::new();
+    for branch in ["a", "b"] {
+        let _ = write!(
+            text,
+            r#"
+materialized-view "public.{branch}_totals" {{
+    query "SELECT cat, sum(amt) AS total, count(*) AS n FROM items WHERE cat IS NOT NULL GROUP BY cat"
+    index "cat" unique=#true
+    grant "SELECT" to="vk_reporting"
+    comment "totals of branch {branch}"
+}}
+view "public.{branch}_top" {{
+    query "SELECT cat, total FROM {branch}_totals ORDER BY total DESC LIMIT 2"
+    grant "SELECT" to="vk_reporting"
+}}
+materialized-view "public.{branch}_top_sum" {{
+    query "SELECT sum(total) AS total FROM {branch}_top"
+    index "total" unique=#true
+}}
+"#
+        );
+    }
+    text.push_str(
+        r#"
+materialized-view "public.amounts" {
+    query "SELECT amt FROM items"
+    index "amt" unique=#true
+}
+view "public.big_amounts" {
+    query "SELECT amt FROM amounts WHERE amt > 50"
+}
+"#,
+    );
+    text
+}
+
+fn items_db() -> TestDb {
+    let db = test_db();
+    db.batch(
+        "CREATE TABLE items (id integer PRIMARY KEY, cat integer, amt integer NOT NULL);
+         INSERT INTO items SELECT i, i % 4, i * 10 FROM generate_series(1, 40) AS i;",
+    );
+    ensure_role(&db, "vk_reporting");
+    db
+}
+
+/// Everything a restore must bring back, without OIDs or times: definitions, indexes,
+/// grants, comments, rows, and viewkeeper's records.
+fn end_state(db: &TestDb) -> Vec<Vec<Option<String>>> {
+    let mut rows = db.strings(
+        "SELECT c.relname::text, c.relkind::text, pg_get_viewdef(c.oid),
+                coalesce(c.relacl::text, ''), coalesce(obj_description(c.oid, 'pg_class'), ''),
+                c.relispopulated::text,
+                (SELECT string_agg(pg_get_indexdef(i.indexrelid), '; ' ORDER BY 1)
+                 FROM pg_index i WHERE i.indrelid = c.oid)
+         FROM pg_class c
+         WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('v', 'm')
+         ORDER BY 1",
+    );
+    rows.extend(db.strings(
+        "SELECT object_name, kind || ' ' || query_sha256 || ' ' || applied_definition
+                || ' ' || applied_indexes::text
+         FROM viewkeeper.managed_object ORDER BY 1",
+    ));
+    for view in ["a_totals", "b_top_sum", "amounts", "big_amounts"] {
+        rows.push(vec![
+            Some(view.to_owned()),
+            Some(
+                db.scalar_i64(&format!("SELECT count(*) FROM {view}"))
+                    .to_string(),
+            ),
+        ]);
+    }
+    rows
+}
+
+#[test]
+fn a_parallel_restore_ends_as_a_serial_one() {
+    let db = items_db();
+    let dir = project(&[("views/v.kdl", &declarations())]);
+    reconcile(&db, dir.path());
+    let serial = end_state(&db);
+
+    // Everything gone, as after a CASCADE.
+    let (code, _, stderr) = run(&db, dir.path(), &["drop-managed"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!exists(&db, "a_totals") && !exists(&db, "amounts"));
+
+    let (code, stdout, stderr) = run(&db, dir.path(), &["reconcile", "--jobs", "3"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(
+        end_state(&db),
+        serial,
+        "the same end state as a serial restore"
+    );
+    let (code, stdout, _) = run(&db, dir.path(), &["plan", "--detailed-exitcode"]);
+    assert_eq!(code, 0, "in sync, the restore owed settled:\n{stdout}");
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM viewkeeper.restore_owed"),
+        0
+    );
+}
+
+#[test]
+fn an_object_that_fails_is_left_out_with_its_readers_and_the_rest_is_committed() {
+    let db = items_db();
+    let dir = project(&[("views/v.kdl", &declarations())]);
+    reconcile(&db, dir.path());
+    let (code, _, stderr) = run(&db, dir.path(), &["drop-managed"]);
+    assert_eq!(code, 0, "{stderr}");
+    // A duplicate amount: the unique index of `amounts` cannot be built any more.
+    db.batch("INSERT INTO items VALUES (41, 1, 10)");
+
+    let (code, stdout, stderr) = run(&db, dir.path(), &["reconcile", "--jobs", "2"]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stderr.contains("public.amounts"), "{stderr}");
+    assert!(!exists(&db, "amounts") && !exists(&db, "big_amounts"));
+    for view in [
+        "a_totals",
+        "a_top",
+        "a_top_sum",
+        "b_totals",
+        "b_top",
+        "b_top_sum",
+    ] {
+        assert!(exists(&db, view), "{view} is restored:\n{stdout}{stderr}");
+    }
+    assert_eq!(
+        db.scalar_i64(
+            "SELECT count(*) FROM viewkeeper.managed_object
+             WHERE object_name IN ('amounts', 'big_amounts')"
+        ),
+        2,
+        "the records of what was left out stay, so the next reconcile restores it"
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM viewkeeper.restore_owed"),
+        1,
+        "what failed is still owed"
+    );
+
+    db.batch("DELETE FROM items WHERE id = 41");
+    let (code, stdout, stderr) = run(&db, dir.path(), &["reconcile", "--jobs", "2"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(exists(&db, "big_amounts"));
+}
+
+/// A plan that changes something that exists is not a restore: `--jobs` runs it in one
+/// transaction, all or nothing.
+#[test]
+fn a_plan_that_changes_existing_objects_stays_one_transaction() {
+    let db = items_db();
+    let dir = project(&[("views/v.kdl", &declarations())]);
+    reconcile(&db, dir.path());
+    let edited = declarations()
+        .replace("WHERE amt > 50", "WHERE amt > 60")
+        .replace(
+            "ORDER BY total DESC LIMIT 2",
+            "ORDER BY total DESC LIMIT 2 OFFSET nope",
+        );
+    std::fs::write(dir.path().join("views/v.kdl"), edited).expect("edit");
+    let before = end_state(&db);
+    let (code, stdout, stderr) = run(&db, dir.path(), &["reconcile", "--jobs", "3"]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert_eq!(end_state(&db), before, "nothing changed");
+}
