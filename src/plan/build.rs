@@ -450,12 +450,7 @@ impl<'a> Builder<'a> {
                 },
             );
         }
-        let live_owner = self.catalog.relations.get(name).map(|r| r.owner.as_str());
-        let owner = declaration
-            .owner
-            .as_deref()
-            .or(live_owner)
-            .unwrap_or(&self.catalog.current_user);
+        let owner = self.owner_of(declaration);
         let mut without_indexes = declaration.clone();
         without_indexes.indexes.clear();
         for op in attributes::for_create(&without_indexes, self.catalog, owner) {
@@ -558,16 +553,26 @@ impl<'a> Builder<'a> {
                 in_place,
             },
         );
-        let live_owner = self.catalog.relations.get(name).map(|r| r.owner.as_str());
-        let owner = declaration
-            .owner
-            .as_deref()
-            .or(live_owner)
-            .unwrap_or(&self.catalog.current_user);
+        let owner = self.owner_of(declaration);
         for op in attributes::for_create(declaration, self.catalog, owner) {
             self.push(head, op);
         }
         self.push(head, Op::Record(record(declaration)));
+    }
+
+    /// Who owns a new version: the declared owner, else the old version's, else the role
+    /// that runs reconcile.
+    fn owner_of<'d>(&'d self, declaration: &'d Declaration) -> &'d str {
+        let live_owner = self
+            .catalog
+            .relations
+            .get(&declaration.name)
+            .map(|r| r.owner.as_str());
+        declaration
+            .owner
+            .as_deref()
+            .or(live_owner)
+            .unwrap_or(&self.catalog.current_user)
     }
 
     /// `CREATE OR REPLACE VIEW` with the declared query and options, then the attributes
