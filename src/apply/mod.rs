@@ -462,40 +462,15 @@ async fn apply_with(
             }
         }
     };
-    if !restored_fills.is_empty() {
-        state::log_refreshes(&transaction, &config.state_schema, &restored_fills)
-            .await
-            .map_err(database("cannot log the refreshes"))?;
-    }
-    // Records of objects that are not there (left out) are not written.
-    state::write(
+    write_state(
         &transaction,
-        &config.state_schema,
-        &plan.records(),
-        &plan.forgotten(),
+        config,
+        &plan,
+        &restored_fills,
+        restore_owed,
+        left_out.is_empty(),
     )
-    .await
-    .map_err(database("cannot record what was applied"))?;
-    state::write_builds(
-        &transaction,
-        &config.state_schema,
-        &plan.recorded_builds(),
-        &plan.forgotten_builds(),
-    )
-    .await
-    .map_err(database("cannot record what was applied"))?;
-    match restore_owed {
-        RestoreOwed::Owe if !plan.is_empty() => {
-            state::owe_restore(&transaction, &config.state_schema).await
-        }
-        RestoreOwed::Owe => Ok(()),
-        // With keep-going, what failed is still owed.
-        RestoreOwed::Settle if left_out.is_empty() => {
-            state::settle_restore(&transaction, &config.state_schema).await
-        }
-        RestoreOwed::Settle => Ok(()),
-    }
-    .map_err(database("cannot record the restore owed"))?;
+    .await?;
     if let Err(error) = transaction.commit().await {
         return Err(commit_error(client, error));
     }
@@ -507,6 +482,45 @@ async fn apply_with(
         failed,
         skipped,
     })
+}
+
+/// The state's side of an applied plan, in its transaction: the records (those of objects
+/// that are not there, left out, are not written), the side-by-side copies, the fills a
+/// parallel restore made, and the restore owed after `run --drop-first`.
+async fn write_state(
+    transaction: &Transaction<'_>,
+    config: &crate::project::Config,
+    plan: &Plan,
+    restored_fills: &[state::LoggedRefresh],
+    restore_owed: RestoreOwed,
+    all_applied: bool,
+) -> Result<(), ApplyError> {
+    let schema = &config.state_schema;
+    let recorded = database("cannot record what was applied");
+    if !restored_fills.is_empty() {
+        state::log_refreshes(transaction, schema, restored_fills)
+            .await
+            .map_err(&recorded)?;
+    }
+    state::write(transaction, schema, &plan.records(), &plan.forgotten())
+        .await
+        .map_err(&recorded)?;
+    state::write_builds(
+        transaction,
+        schema,
+        &plan.recorded_builds(),
+        &plan.forgotten_builds(),
+    )
+    .await
+    .map_err(&recorded)?;
+    match restore_owed {
+        RestoreOwed::Owe if !plan.is_empty() => state::owe_restore(transaction, schema).await,
+        RestoreOwed::Owe => Ok(()),
+        // With keep-going, what failed is still owed.
+        RestoreOwed::Settle if all_applied => state::settle_restore(transaction, schema).await,
+        RestoreOwed::Settle => Ok(()),
+    }
+    .map_err(database("cannot record the restore owed"))
 }
 
 /// Which planning of one apply: the first, or the one after side-by-side builds committed.
