@@ -514,11 +514,7 @@ fn restore_jobs() -> usize {
     std::env::var("VIEWKEEPER_RESTORE_JOBS")
         .ok()
         .and_then(|jobs| jobs.parse().ok())
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map_or(1, std::num::NonZero::get)
-                .min(4)
-        })
+        .unwrap_or_else(apply::default_jobs)
 }
 
 /// Drops every managed object (`drop-managed`), then times the reconcile that restores them.

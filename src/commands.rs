@@ -108,7 +108,7 @@ async fn dispatch(cli: Cli) -> Result<Status, Error> {
                 None => None,
             };
             let workers = match jobs {
-                Some(jobs) => Some(workers(url, jobs)?),
+                Some(jobs) => Some(workers(url, usize::from(jobs))?),
                 None => None,
             };
             let intent = apply::Intent {
@@ -140,7 +140,7 @@ async fn dispatch(cli: Cli) -> Result<Status, Error> {
             command,
             ..
         } => {
-            let jobs = jobs.unwrap_or_else(default_jobs);
+            let jobs = jobs.map_or_else(apply::default_jobs, usize::from);
             run_migration(project, url, drop_first, jobs, &command).await
         }
         Command::DropManaged { .. } => drop_managed(project, url).await,
@@ -689,19 +689,11 @@ impl Progress {
 }
 
 /// Sessions for a parallel restore of the database at `url`.
-fn workers(url: Option<&str>, jobs: u16) -> Result<apply::Workers, Error> {
+fn workers(url: Option<&str>, jobs: usize) -> Result<apply::Workers, Error> {
     Ok(apply::Workers {
         url: db::resolve_url(url)?,
-        jobs: usize::from(jobs),
+        jobs,
     })
-}
-
-/// `run`'s restore sessions when `--jobs` is not given: one per CPU, at most 4 (beyond that
-/// the server's own work, not viewkeeper's, is what limits a restore).
-fn default_jobs() -> u16 {
-    std::thread::available_parallelism()
-        .map_or(1, |cpus| u16::try_from(cpus.get()).unwrap_or(4))
-        .min(4)
 }
 
 /// `run`: optionally drop the managed views, run the migration with its output streaming
@@ -710,7 +702,7 @@ async fn run_migration(
     root: &Path,
     url: Option<&str>,
     drop_first: bool,
-    jobs: u16,
+    jobs: usize,
     command: &[String],
 ) -> Result<Status, Error> {
     let project = Project::load(root)?;

@@ -24,7 +24,7 @@ use crate::state;
 use crate::waits::lock_key;
 
 mod parallel;
-pub use parallel::Workers;
+pub use parallel::{Workers, default_jobs};
 
 /// Reconcile failed; the transaction was rolled back.
 #[derive(Debug, thiserror::Error, Diagnostic)]

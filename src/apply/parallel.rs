@@ -35,6 +35,14 @@ pub struct Workers {
     pub jobs: usize,
 }
 
+/// Restore sessions when none are asked for: one per CPU, at most 4 (beyond that the
+/// server's own work, not viewkeeper's, is what limits a restore).
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(4)
+}
+
 /// One object of a restoring plan and its statements, in order.
 struct Unit<'p> {
     object: &'p QualifiedName,

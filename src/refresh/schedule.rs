@@ -217,7 +217,9 @@ pub async fn run(
             healer
                 .listen(url, &project, &connected, &mut on_event)
                 .await;
-            healer.heal(&mut connected, &project, &mut on_event).await;
+            healer
+                .heal(&mut connected, url, &project, &mut on_event)
+                .await;
         }
         let pass = run_pass(
             &mut connected,
@@ -353,6 +355,7 @@ impl Healer {
     async fn heal(
         &mut self,
         client: &mut Client,
+        url: &str,
         project: &Project,
         on_event: &mut impl FnMut(Event<'_>),
     ) {
@@ -375,7 +378,12 @@ impl Healer {
             return;
         }
         self.last_attempt = Some(tokio::time::Instant::now());
-        match crate::apply::restore_missing(client, project, None, |_, _| {}).await {
+        // What a CASCADE took is rebuilt on a few sessions at once, as `run` does.
+        let workers = crate::apply::Workers {
+            url: url.to_owned(),
+            jobs: crate::apply::default_jobs(),
+        };
+        match crate::apply::restore_missing(client, project, Some(&workers), |_, _| {}).await {
             Ok(reconciled) => {
                 let summary: Vec<String> = reconciled
                     .plan
