@@ -292,6 +292,7 @@ async fn apply_with(
             && plan.records().is_empty()
             && left_out.is_empty()
             && owed_record.is_none()
+            && catalog.stale_rule_hashes.is_empty()
         {
             // Nothing to do: no DDL, no lock on any view, nothing written.
             transaction
@@ -308,7 +309,10 @@ async fn apply_with(
         }
         if !schema_ready {
             transaction
-                .batch_execute(&crate::sql::state::create_schema(&config.state_schema))
+                .batch_execute(&crate::sql::state::create_schema(
+                    &config.state_schema,
+                    !catalog.state_records_rule_hashes,
+                ))
                 .await
                 .map_err(database("cannot create viewkeeper's state schema"))?;
             schema_ready = true;
@@ -425,6 +429,13 @@ async fn apply_with(
         &config.state_schema,
         &plan.recorded_builds(),
         &plan.forgotten_builds(),
+    )
+    .await
+    .map_err(database("cannot record what was applied"))?;
+    state::write_rule_hashes(
+        &transaction,
+        &config.state_schema,
+        &catalog.stale_rule_hashes,
     )
     .await
     .map_err(database("cannot record what was applied"))?;

@@ -33,6 +33,9 @@ pub async fn read_catalog(
                 catalog.normalised = normalised;
                 catalog.compiled_columns = columns;
             }
+            // A wait for a lock on what a declared query reads is bounded, and reported
+            // with who holds it, like any other wait.
+            Err(error) if crate::waits::timed_out(&error) => return Err(error),
             Err(error) => tracing::info!(
                 "cannot compare declared queries with live ones, so nothing is adopted: {}",
                 describe(&error)
