@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesOrdered;
 use miette::{Diagnostic, NamedSource, SourceSpan};
 use tokio_postgres::error::{ErrorPosition, SqlState};
 use tokio_postgres::{Client, Transaction};
@@ -644,16 +646,35 @@ async fn run_statements(
         }
         None => None,
     };
+    // The extended protocol runs exactly one statement: a declared query cannot smuggle
+    // in a second one (`SELECT …; DROP TABLE …`) or end the transaction early. Unnamed and
+    // untyped (one round trip each, where a prepared statement takes two), and pipelined:
+    // all are sent in order without waiting, the server runs them one at a time, and the
+    // answers come back in order. After a failure the rest fail at once (the transaction is
+    // aborted); the first failure is the one reported, once every answer is in. Each
+    // statement's time runs from the previous answer to its own: the server's time on it.
+    let mut answers: FuturesOrdered<_> = statements
+        .iter()
+        .map(|statement| transaction.query_typed(&statement.sql, &[]))
+        .collect();
     let mut refreshes = Vec::new();
+    let mut failure = None;
+    let mut previous_answer = Instant::now();
     for (index, statement) in statements.iter().enumerate() {
-        let statement_started = Instant::now();
-        // The extended protocol runs exactly one statement: a declared query cannot smuggle
-        // in a second one (`SELECT …; DROP TABLE …`) or end the transaction early.
-        transaction
-            .execute(&statement.sql, &[])
-            .await
-            .map_err(|error| (index, error))?;
-        let took = statement_started.elapsed();
+        let Some(answer) = answers.next().await else {
+            break;
+        };
+        let answered = Instant::now();
+        let statement_started = previous_answer;
+        let took = answered.saturating_duration_since(statement_started);
+        previous_answer = answered;
+        if failure.is_some() {
+            continue;
+        }
+        if let Err(error) = answer {
+            failure = Some((index, error));
+            continue;
+        }
         if let Some((server_time, read_at)) = clock
             && fills(statement)
         {
@@ -666,6 +687,9 @@ async fn run_statements(
             });
         }
         on_statement(statement, took);
+    }
+    if let Some(failure) = failure {
+        return Err(failure);
     }
     if let Some(last) = statements.len().checked_sub(1)
         && !refreshes.is_empty()
