@@ -232,9 +232,10 @@ FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN unnest($2::text[], $3::text[], $4::text[]) AS applied(schema_name, object_name, rule_hash)
        ON applied.schema_name = n.nspname AND applied.object_name = c.relname
-CROSS JOIN LATERAL (SELECT coalesce(",
-    crate::sql::rule_hash::rule_hash_sql!(),
-    " = applied.rule_hash, false) AS unchanged) rule
+LEFT JOIN ",
+    crate::sql::rule_hash::rule_hashes_sql!(),
+    " live_rule ON live_rule.ev_class = c.oid
+CROSS JOIN LATERAL (SELECT coalesce(live_rule.hash = applied.rule_hash, false) AS unchanged) rule
 WHERE c.relkind IN ('v', 'm')
   AND n.nspname <> ALL($1::text[]) AND n.nspname NOT LIKE 'pg\\_%'"
 );

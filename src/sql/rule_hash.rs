@@ -6,12 +6,11 @@
 //! - the `_RETURN` rule's oid and row version (`xmin`, `ctid`): `CREATE OR REPLACE` writes
 //!   a new row version;
 //! - each object the rule depends on (`pg_depend`), by its current name: relations with
-//!   their schema and whether `search_path` reaches them (which decides whether the name is
-//!   printed qualified), everything else as `pg_describe_object` prints it (functions,
-//!   operators, types, collations: qualified exactly when not visible);
-//! - every live column (number and name) of every relation it reads: a renamed column
-//!   changes what is printed, and one the query does not name can too (join aliases);
-//!   `pg_depend` names a relation by its columns alone when the query names any;
+//!   their schema, whether `search_path` reaches them (which decides whether the name is
+//!   printed qualified) and all their live columns (a renamed column changes what is
+//!   printed, and one the query does not name can too, through join aliases); everything
+//!   else as `pg_describe_object` prints it (functions, operators, types, collations:
+//!   qualified exactly when not visible);
 //! - the view's own column names (a renamed view column prints as a new alias);
 //! - the settings that change how names and constants print, and the server version.
 //!
@@ -19,39 +18,49 @@
 //! a new function or operator overload that makes an unqualified call resolve elsewhere
 //! (deparsing would then qualify the name) while the called one stays visible.
 
-/// A scalar expression: the rule hash of the view or materialized view `c` (a `pg_class`
-/// row in scope), NULL for any other relation.
-macro_rules! rule_hash_sql {
+/// A derived table `(ev_class, hash)`: the rule hash of every view and materialized view,
+/// to join on `ev_class = pg_class.oid`. Set-based (a few hash joins over the catalogs, the
+/// settings read once), which costs a fraction of deparsing every view.
+macro_rules! rule_hashes_sql {
     () => {
-        "(SELECT md5(concat_ws(' ', r.oid, r.xmin, r.ctid,
-        (SELECT coalesce(sum(hashtextextended(
-                    CASE WHEN d.refclassid = 'pg_class'::regclass
-                         THEN concat_ws('.', rn.nspname, rc.relname, pg_table_is_visible(rc.oid),
-                                        d.refobjsubid)
-                         ELSE pg_describe_object(d.refclassid, d.refobjid, d.refobjsubid) END,
-                    0)), 0)
-         FROM pg_depend d
-         LEFT JOIN pg_class rc ON d.refclassid = 'pg_class'::regclass AND rc.oid = d.refobjid
-         LEFT JOIN pg_namespace rn ON rn.oid = rc.relnamespace
-         WHERE d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid),
-        (SELECT coalesce(sum(hashtextextended(concat_ws('.', ra.attrelid, ra.attnum, ra.attname), 1)), 0)
-         FROM pg_attribute ra
-         WHERE ra.attrelid IN (SELECT d.refobjid FROM pg_depend d
-                               WHERE d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
-                                 AND d.refclassid = 'pg_class'::regclass
-                                 AND d.refobjid <> r.ev_class)
-           AND ra.attnum > 0 AND NOT ra.attisdropped),
-        (SELECT coalesce(sum(hashtextextended(va.attname, va.attnum)), 0)
-         FROM pg_attribute va
-         WHERE va.attrelid = r.ev_class AND va.attnum > 0 AND NOT va.attisdropped),
-        current_setting('server_version'), current_setting('search_path'),
-        current_setting('DateStyle'), current_setting('IntervalStyle'),
-        current_setting('TimeZone'), current_setting('extra_float_digits'),
-        current_setting('bytea_output'), current_setting('lc_monetary'),
-        current_setting('quote_all_identifiers'),
-        current_setting('standard_conforming_strings')))
+        "(WITH columns AS (
+     SELECT a.attrelid, sum(hashtextextended(a.attname, a.attnum)) AS hash
+     FROM pg_attribute a
+     WHERE a.attnum > 0 AND NOT a.attisdropped
+     GROUP BY a.attrelid)
+ SELECT r.ev_class,
+        md5(concat_ws(' ', r.oid, r.xmin, r.ctid, coalesce(other.names, 0),
+                      coalesce(reads.names, 0), own.hash,
+                      (SELECT concat_ws(' ', current_setting('server_version'),
+                                        current_setting('search_path'),
+                                        current_setting('DateStyle'),
+                                        current_setting('IntervalStyle'),
+                                        current_setting('TimeZone'),
+                                        current_setting('extra_float_digits'),
+                                        current_setting('bytea_output'),
+                                        current_setting('lc_monetary'),
+                                        current_setting('quote_all_identifiers'),
+                                        current_setting('standard_conforming_strings'))))) AS hash
  FROM pg_rewrite r
- WHERE r.ev_class = c.oid AND r.rulename = '_RETURN')"
+ LEFT JOIN columns own ON own.attrelid = r.ev_class
+ LEFT JOIN (SELECT d.objid,
+                   sum(hashtextextended(pg_describe_object(d.refclassid, d.refobjid, d.refobjsubid),
+                                        0)) AS names
+            FROM pg_depend d
+            WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid <> 'pg_class'::regclass
+            GROUP BY d.objid) other ON other.objid = r.oid
+ LEFT JOIN (SELECT pairs.objid,
+                   sum(hashtextextended(concat_ws('.', rn.nspname, rc.relname,
+                                                  pg_table_is_visible(rc.oid), read.hash), 0)) AS names
+            FROM (SELECT DISTINCT d.objid, d.refobjid
+                  FROM pg_depend d
+                  WHERE d.classid = 'pg_rewrite'::regclass
+                    AND d.refclassid = 'pg_class'::regclass) pairs
+            JOIN pg_class rc ON rc.oid = pairs.refobjid
+            JOIN pg_namespace rn ON rn.oid = rc.relnamespace
+            LEFT JOIN columns read ON read.attrelid = rc.oid
+            GROUP BY pairs.objid) reads ON reads.objid = r.oid
+ WHERE r.rulename = '_RETURN')"
     };
 }
-pub(crate) use rule_hash_sql;
+pub(crate) use rule_hashes_sql;

@@ -126,18 +126,19 @@ pub(crate) fn upsert_objects(schema: &str) -> String {
                           JOIN pg_class ic ON ic.relnamespace = c.relnamespace
                                           AND ic.relname = i->>'name'
                                           AND ic.relkind = 'i'), '[]'::jsonb),
-                now(), {}
+                now(), rule.hash
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
               AS r(s, n, kind, query, sha, indexes)
          JOIN pg_namespace ns ON ns.nspname = r.s
          JOIN pg_class c ON c.relnamespace = ns.oid AND c.relname = r.n
+         LEFT JOIN {} rule ON rule.ev_class = c.oid
          ON CONFLICT (schema_name, object_name) DO UPDATE SET
              kind = excluded.kind, query = excluded.query, query_sha256 = excluded.query_sha256,
              applied_definition = excluded.applied_definition,
              applied_indexes = excluded.applied_indexes, applied_at = excluded.applied_at,
              applied_rule_hash = excluded.applied_rule_hash",
         table(schema, OBJECTS_TABLE),
-        super::rule_hash::rule_hash_sql!()
+        super::rule_hash::rule_hashes_sql!()
     )
 }
 
@@ -146,15 +147,16 @@ pub(crate) fn upsert_objects(schema: &str) -> String {
 pub(crate) fn update_rule_hashes(schema: &str) -> String {
     // language=SQL
     format!(
-        "UPDATE {} o SET applied_rule_hash = {}
+        "UPDATE {} o SET applied_rule_hash = rule.hash
          FROM unnest($1::text[], $2::text[]) AS r(s, n)
          JOIN pg_namespace ns ON ns.nspname = r.s
          JOIN pg_class c ON c.relnamespace = ns.oid AND c.relname = r.n
+         JOIN {} rule ON rule.ev_class = c.oid
          WHERE o.schema_name = r.s AND o.object_name = r.n
            -- Read again here: a view changed since the plan read it keeps no hash.
            AND pg_get_viewdef(c.oid) = o.applied_definition",
         table(schema, OBJECTS_TABLE),
-        super::rule_hash::rule_hash_sql!()
+        super::rule_hash::rule_hashes_sql!()
     )
 }
 
