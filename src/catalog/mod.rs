@@ -208,21 +208,9 @@ SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text, pg_get_userbyid
        -- applied (or none was): deparsing dominates introspection, and it waits for any
        -- lock on what the view reads. NULL otherwise: the recorded definition stands.
        CASE WHEN NOT rule.unchanged THEN pg_get_viewdef(c.oid) END,
-       c.relispopulated, obj_description(c.oid, 'pg_class'),
+       c.relispopulated, comment.description,
        coalesce(c.reloptions, '{}')::text[],
-       -- What a rebuild would lose and a declaration cannot express.
-       ARRAY(SELECT 'trigger ' || t.tgname FROM pg_trigger t
-             WHERE t.tgrelid = c.oid AND NOT t.tgisinternal
-             UNION ALL
-             SELECT 'rule ' || r.rulename FROM pg_rewrite r
-             WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN'
-             UNION ALL
-             SELECT 'column privileges on ' || a.attname FROM pg_attribute a
-             WHERE a.attrelid = c.oid AND a.attacl IS NOT NULL
-             UNION ALL
-             SELECT 'comment on column ' || a.attname FROM pg_description d
-             JOIN pg_attribute a ON a.attrelid = d.objoid AND a.attnum = d.objsubid
-             WHERE d.classoid = 'pg_class'::regclass AND d.objoid = c.oid AND d.objsubid > 0),
+       coalesce(undeclarable.items, '{}'),
        ARRAY(SELECT ",
     column_sql!(),
     " FROM pg_attribute a
@@ -230,6 +218,27 @@ SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text, pg_get_userbyid
        rule.unchanged
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_description comment ON comment.classoid = 'pg_class'::regclass
+                              AND comment.objoid = c.oid AND comment.objsubid = 0
+-- What a rebuild would lose and a declaration cannot express: triggers and rules by name,
+-- then column privileges and column comments by column. Joined once, not looked up per view.
+LEFT JOIN (SELECT x.relid, array_agg(x.item ORDER BY x.kind, x.attnum, x.name COLLATE \"C\") AS items
+           FROM (SELECT t.tgrelid AS relid, 1 AS kind, 0 AS attnum, t.tgname::text AS name,
+                        'trigger ' || t.tgname AS item
+                 FROM pg_trigger t WHERE NOT t.tgisinternal
+                 UNION ALL
+                 SELECT r.ev_class, 2, 0, r.rulename::text, 'rule ' || r.rulename
+                 FROM pg_rewrite r WHERE r.rulename <> '_RETURN'
+                 UNION ALL
+                 SELECT a.attrelid, 3, a.attnum, a.attname::text,
+                        'column privileges on ' || a.attname
+                 FROM pg_attribute a WHERE a.attacl IS NOT NULL
+                 UNION ALL
+                 SELECT d.objoid, 4, a.attnum, a.attname::text, 'comment on column ' || a.attname
+                 FROM pg_description d
+                 JOIN pg_attribute a ON a.attrelid = d.objoid AND a.attnum = d.objsubid
+                 WHERE d.classoid = 'pg_class'::regclass AND d.objsubid > 0) x
+           GROUP BY x.relid) undeclarable ON undeclarable.relid = c.oid
 LEFT JOIN unnest($2::text[], $3::text[], $4::text[]) AS applied(schema_name, object_name, rule_hash)
        ON applied.schema_name = n.nspname AND applied.object_name = c.relname
 LEFT JOIN ",
