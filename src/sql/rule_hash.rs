@@ -14,7 +14,8 @@
 //! - the view's own column names (a renamed view column prints as a new alias);
 //! - the settings that change how names and constants print, and the server version.
 //!
-//! Names and columns are summed as 64-bit hashes, so no sort is needed. What it cannot see:
+//! Names and columns are summed as 64-bit hashes (each bound to its relation's oid), so no
+//! sort is needed. What it cannot see:
 //! a new function or operator overload that makes an unqualified call resolve elsewhere
 //! (deparsing would then qualify the name) while the called one stays visible.
 
@@ -24,7 +25,8 @@
 macro_rules! rule_hashes_sql {
     () => {
         "(WITH columns AS (
-     SELECT a.attrelid, sum(hashtextextended(a.attname, a.attnum)) AS hash
+     SELECT a.attrelid,
+            sum(hashtextextended(a.attname, (a.attrelid::int8 << 16) + a.attnum)) AS hash
      FROM pg_attribute a
      WHERE a.attnum > 0 AND NOT a.attisdropped
      GROUP BY a.attrelid)
@@ -50,10 +52,12 @@ macro_rules! rule_hashes_sql {
             WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid <> 'pg_class'::regclass
             GROUP BY d.objid) other ON other.objid = r.oid
  LEFT JOIN (SELECT pairs.objid,
-                   sum(hashtextextended(concat_ws('.', rn.nspname, rc.relname,
-                                                  pg_table_is_visible(rc.oid), read.hash), 0)) AS names
+                   sum(hashtextextended(concat_ws('.', rc.oid, rn.nspname, rc.relname,
+                                                  pg_table_is_visible(rc.oid)), 0)
+                       + coalesce(read.hash, 0)) AS names
             FROM (SELECT DISTINCT d.objid, d.refobjid
                   FROM pg_depend d
+                  JOIN pg_rewrite pr ON pr.oid = d.objid AND pr.ev_class <> d.refobjid
                   WHERE d.classid = 'pg_rewrite'::regclass
                     AND d.refclassid = 'pg_class'::regclass) pairs
             JOIN pg_class rc ON rc.oid = pairs.refobjid
