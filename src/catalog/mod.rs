@@ -297,14 +297,15 @@ JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('v', 'm')
   AND n.nspname <> ALL($1::text[]) AND n.nspname NOT LIKE 'pg\\_%'";
 
-// The room a materialized view takes, which a side-by-side rebuild needs a second time.
+// The room the materialized views named by `$1` (schemas) and `$2` (names) take, which a
+// side-by-side rebuild needs a second time. Each size opens the relation (and waits for
+// any lock on it), so only the ones a plan may rebuild are asked for.
 // language=SQL
 const SIZES: &str = "
-SELECT c.oid, pg_total_relation_size(c.oid)
-FROM pg_class c
-JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind = 'm'
-  AND n.nspname <> ALL($1::text[]) AND n.nspname NOT LIKE 'pg\\_%'";
+SELECT n.nspname::text, c.relname::text, pg_total_relation_size(c.oid)
+FROM unnest($1::text[], $2::text[]) AS w(schema_name, relation_name)
+JOIN pg_namespace n ON n.nspname = w.schema_name
+JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = w.relation_name AND c.relkind = 'm'";
 
 // language=SQL
 const NAMED_RELATIONS: &str = "
@@ -438,12 +439,6 @@ pub async fn introspect(
         );
     }
 
-    for row in client.query(SIZES, &[&excluded]).await? {
-        if let Some(relation) = relation_by_oid(&mut catalog, &names_by_oid, row.get(0)) {
-            relation.size_bytes = row.get::<_, Option<i64>>(1).unwrap_or(0);
-        }
-    }
-
     for row in client.query(INDEXES, &[&excluded]).await? {
         let Some(relation) = relation_by_oid(&mut catalog, &names_by_oid, row.get(0)) else {
             continue;
@@ -516,6 +511,28 @@ pub async fn introspect(
     }
     catalog.queries_issued = client.issued.get();
     Ok(catalog)
+}
+
+/// Fills [`Relation::size_bytes`] of the materialized views `names`, in one query (none
+/// when `names` is empty); introspection leaves every size at 0.
+pub async fn read_sizes(
+    client: &impl GenericClient,
+    catalog: &mut Catalog,
+    names: &[&QualifiedName],
+) -> Result<(), tokio_postgres::Error> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let schemas: Vec<&str> = names.iter().map(|n| n.schema.as_str()).collect();
+    let relations: Vec<&str> = names.iter().map(|n| n.name.as_str()).collect();
+    catalog.queries_issued += 1;
+    for row in client.query(SIZES, &[&schemas, &relations]).await? {
+        let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
+        if let Some(relation) = catalog.relations.get_mut(&name) {
+            relation.size_bytes = row.get::<_, Option<i64>>(2).unwrap_or(0);
+        }
+    }
+    Ok(())
 }
 
 /// Counts the queries sent, so tests and the benchmark can check the count stays constant.
