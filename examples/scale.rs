@@ -1,6 +1,6 @@
 //! How viewkeeper scales with the number of declared objects.
 //!
-//! For each N (default 100 and 1000), on one throwaway cluster ([`Sandbox`]) with one database
+//! For each N (default 100, 1,000 and 5,000), on one throwaway cluster ([`Sandbox`]) with one database
 //! per N holding a 10,000-row `invoices_invoice` table, this writes a project declaring N
 //! objects in a binary dependency tree (node i > 0 reads node (i-1)/2, node 0 reads the
 //! table; every 10th node is a materialized view with a unique index, the rest are views) and
@@ -19,7 +19,10 @@
 //!
 //! Under the table, one line per N says where the first reconcile's time went (per statement
 //! phase, and the rest), splits the no-op plan into introspection and planning, and times a
-//! no-op plan on a new connection, as `viewkeeper plan` runs it (cold backend caches).
+//! no-op plan on a new connection, as `viewkeeper plan` runs it (cold backend caches). When
+//! the `viewkeeper` binary of the same build exists (`cargo build --release`), it also times
+//! `viewkeeper plan` as a process, start to exit, with the declarations in one file and in
+//! one file each.
 //!
 //! Last, it times `check`'s work (reading the project and ordering it) on 8,000 declarations
 //! in one file and in 8,000 files: it should be linear in the size of a file.
@@ -89,6 +92,9 @@ struct Measurement {
     /// A no-op plan on a new connection each time, as `viewkeeper plan` runs: reading the
     /// project, connecting and the new backend's cold catalog caches included.
     noop_plan_cold: Duration,
+    /// `viewkeeper plan` as a process (start to exit) on the in-sync database, with the
+    /// declarations in one file and in one file each; `None` without the binary.
+    noop_plan_process: Option<(Duration, Duration)>,
     noop_reconcile: Duration,
     noop_reconcile_queries: usize,
     leaf: Duration,
@@ -183,6 +189,23 @@ fn main() -> Result<(), BoxError> {
         );
     }
     for m in &rows {
+        match m.noop_plan_process {
+            Some((one_file, many_files)) => println!(
+                "N={}: no-op `viewkeeper plan` process, start to exit: {} ms with one file, \
+                 {} ms with {} files.",
+                m.n,
+                ms(one_file),
+                ms(many_files),
+                m.n
+            ),
+            None => println!(
+                "N={}: no-op `viewkeeper plan` process not timed: build the binary first \
+                 (`cargo build --release`).",
+                m.n
+            ),
+        }
+    }
+    for m in &rows {
         println!(
             "N={}: restoring everything after it was dropped: {} ms in one transaction \
              ({:.2}x the psql -1 -f floor), {} ms on {} sessions at once ({:.2}x).",
@@ -215,21 +238,7 @@ fn time_check() -> Result<(Duration, Duration), BoxError> {
     let text = declarations(CHECK_SIZE, 0, false);
     std::fs::write(one.path().join("views").join("tree.kdl"), &text)?;
     let many = tempfile::tempdir()?;
-    std::fs::create_dir_all(many.path().join("views"))?;
-    let mut file = 0;
-    let mut current = String::new();
-    for line in text.lines() {
-        current.push_str(line);
-        current.push('\n');
-        if line == "}" {
-            std::fs::write(
-                many.path().join("views").join(format!("{file:05}.kdl")),
-                &current,
-            )?;
-            current.clear();
-            file += 1;
-        }
-    }
+    split_into_files(&text, many.path())?;
     let time = |root: &Path| -> Result<Duration, BoxError> {
         let mut times = Vec::new();
         for _ in 0..3 {
@@ -244,6 +253,58 @@ fn time_check() -> Result<(Duration, Duration), BoxError> {
         Ok(median(times))
     };
     Ok((time(one.path())?, time(many.path())?))
+}
+
+/// Writes each declaration of `text` into a file of its own under `root/views`.
+fn split_into_files(text: &str, root: &Path) -> Result<(), BoxError> {
+    std::fs::create_dir_all(root.join("views"))?;
+    let mut file = 0;
+    let mut current = String::new();
+    for line in text.lines() {
+        current.push_str(line);
+        current.push('\n');
+        if line == "}" {
+            std::fs::write(root.join("views").join(format!("{file:05}.kdl")), &current)?;
+            current.clear();
+            file += 1;
+        }
+    }
+    Ok(())
+}
+
+/// The `viewkeeper` binary of the same build (`target/release/viewkeeper` beside
+/// `target/release/examples/scale`), when it has been built.
+fn viewkeeper_binary() -> Option<PathBuf> {
+    let examples = std::env::current_exe().ok()?.parent()?.to_path_buf();
+    let binary = examples.parent()?.join("viewkeeper");
+    binary.is_file().then_some(binary)
+}
+
+/// `viewkeeper plan --detailed-exitcode` on an in-sync database, start to exit; the median
+/// of [`NOOP_RUNS`]. Fails unless it reports nothing to do (exit 0).
+fn time_plan_process(binary: &Path, root: &Path, url: &str) -> Result<Duration, BoxError> {
+    let mut times = Vec::new();
+    for _ in 0..NOOP_RUNS {
+        let started = Instant::now();
+        let output = Command::new(binary)
+            .args(["--database-url", url, "plan", "--detailed-exitcode"])
+            .current_dir(root)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|error| format!("cannot run {}: {error}", binary.display()))?;
+        times.push(started.elapsed());
+        if !output.status.success() {
+            return Err(format!(
+                "`viewkeeper plan` in {} did not find the database in sync ({}): {}{}",
+                root.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            )
+            .into());
+        }
+    }
+    Ok(median(times))
 }
 
 /// The sizes to measure (the numbers on the command line, or [`DEFAULT_SIZES`]) and flags.
@@ -338,6 +399,8 @@ async fn measure(
     let tree = project_dir.path().join("views").join("tree.kdl");
     std::fs::create_dir_all(project_dir.path().join("views"))?;
     std::fs::write(&tree, declarations(n, 0, all_materialized))?;
+    // Default settings; `viewkeeper plan` looks for this file to find the project.
+    std::fs::write(project_dir.path().join("viewkeeper.kdl"), "")?;
     let project = Project::load(project_dir.path()).map_err(report)?;
     let search_path = &project.config.search_path;
     let state_schema = &project.config.state_schema;
@@ -428,6 +491,21 @@ async fn measure(
         }
     }
 
+    // The same as a process: `viewkeeper plan`, start to exit, in both layouts.
+    let noop_plan_process = match viewkeeper_binary() {
+        Some(binary) => {
+            let many_files = tempfile::tempdir()?;
+            split_into_files(&declarations(n, 0, all_materialized), many_files.path())?;
+            std::fs::write(many_files.path().join("viewkeeper.kdl"), "")?;
+            let url = sandbox.url(&database);
+            Some((
+                time_plan_process(&binary, project_dir.path(), &url)?,
+                time_plan_process(&binary, many_files.path(), &url)?,
+            ))
+        }
+        None => None,
+    };
+
     // No-op reconcile.
     let mut reconcile_times = Vec::new();
     let mut noop_reconcile_queries = 0;
@@ -496,6 +574,7 @@ async fn measure(
         noop_plan: median(plan_times),
         noop_introspect: median(introspect_times),
         noop_plan_cold: median(cold_times),
+        noop_plan_process,
         noop_plan_queries,
         noop_reconcile: median(reconcile_times),
         noop_reconcile_queries,

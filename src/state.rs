@@ -15,13 +15,22 @@ use serde::{Deserialize, Serialize};
 use crate::objects::{BuiltIndex, Kind, ManagedObject, Record, SideBuild, State, query_hash};
 use crate::sql::state as sql;
 
-/// Reads the state table; call only when it exists.
+/// The rule hash ([`crate::sql::rule_hash`]) of each managed view as applied, where one was
+/// recorded.
+pub(crate) type RuleHashes = BTreeMap<QualifiedName, String>;
+
+/// Reads the state table, and the rule hashes when the table has that column
+/// (`with_rule_hashes`); call only when the table exists.
 pub(crate) async fn read(
     client: &impl GenericClient,
     schema: &str,
-) -> Result<State, tokio_postgres::Error> {
-    let rows = client.query(&sql::select_objects(schema), &[]).await?;
+    with_rule_hashes: bool,
+) -> Result<(State, RuleHashes), tokio_postgres::Error> {
+    let rows = client
+        .query(&sql::select_objects(schema, with_rule_hashes), &[])
+        .await?;
     let mut state = State::default();
+    let mut rule_hashes = RuleHashes::new();
     for row in rows {
         let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
         let kind = if row.get::<_, String>(2) == Kind::MaterializedView.keyword() {
@@ -31,6 +40,9 @@ pub(crate) async fn read(
         };
         // A hand-edited or future-format index list only costs a rebuild of those indexes.
         let applied_indexes = serde_json::from_str(&row.get::<_, String>(6)).unwrap_or_default();
+        if let Some(hash) = row.get::<_, Option<String>>(8) {
+            rule_hashes.insert(name.clone(), hash);
+        }
         state.objects.insert(
             name.clone(),
             ManagedObject {
@@ -63,7 +75,7 @@ pub(crate) async fn read(
             }
         }
     }
-    Ok(state)
+    Ok((state, rule_hashes))
 }
 
 /// A [`SideBuild`] as its row stores it.
@@ -173,6 +185,24 @@ pub(crate) async fn write(
         )
         .await?;
     Ok(())
+}
+
+/// Records the current rule hash of `names`, objects already recorded as applied whose
+/// live definition still reads as applied.
+pub(crate) async fn write_rule_hashes(
+    client: &impl GenericClient,
+    schema: &str,
+    names: &[QualifiedName],
+) -> Result<(), tokio_postgres::Error> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let schemas: Vec<&str> = names.iter().map(|n| n.schema.as_str()).collect();
+    let objects: Vec<&str> = names.iter().map(|n| n.name.as_str()).collect();
+    client
+        .execute(&sql::update_rule_hashes(schema), &[&schemas, &objects])
+        .await
+        .map(drop)
 }
 
 /// Records that the managed views were dropped and are owed a restore; an older record

@@ -238,6 +238,159 @@ view "public.v" {
 }
 
 #[test]
+fn c_a_renamed_table_under_a_view_is_drift() {
+    let db = items_db();
+    let dir = project(&[(
+        "views/v.kdl",
+        r#"
+view "public.v" {
+    depends-on "public.items"
+    query "SELECT id, amt FROM items WHERE amt > 7"
+}
+"#,
+    )]);
+    reconcile(&db, dir.path());
+    assert_in_sync(&db, dir.path());
+    // Like a renamed column: the stored query tree is the same, its printed text is not.
+    // A new `items` keeps the declaration valid: only the live view tells the difference.
+    db.batch(
+        "ALTER TABLE items RENAME TO goods;
+         CREATE TABLE items (id integer PRIMARY KEY, cat integer NOT NULL, amt integer NOT NULL);",
+    );
+    let (code, stdout) = plan(&db, dir.path());
+    assert_eq!(code, 2, "{stdout}");
+    assert!(stdout.contains("drifted"), "{stdout}");
+    assert!(
+        stdout.contains("goods"),
+        "the diff shows the new name:\n{stdout}"
+    );
+}
+
+/// Everything that changes how PostgreSQL prints a view without changing its stored rule
+/// reads as drift, and undoing it reads as in sync again.
+#[test]
+fn c_what_changes_a_printed_view_without_touching_it_is_drift() {
+    let db = items_db();
+    db.batch("CREATE FUNCTION twice(integer) RETURNS integer LANGUAGE sql IMMUTABLE RETURN $1 * 2");
+    let dir = project(&[(
+        "views/v.kdl",
+        r#"
+view "public.v" {
+    depends-on "public.items"
+    query "SELECT id, twice(amt) AS doubled FROM items WHERE DATE '2020-01-02' > DATE '2019-12-31'"
+}
+"#,
+    )]);
+    reconcile(&db, dir.path());
+    assert_in_sync(&db, dir.path());
+    let database = db
+        .scalar_string("SELECT quote_ident(current_database())")
+        .expect("the database's name");
+    for (change, undo) in [
+        (
+            "ALTER FUNCTION twice(integer) RENAME TO twofold".to_owned(),
+            "ALTER FUNCTION twofold(integer) RENAME TO twice".to_owned(),
+        ),
+        (
+            "ALTER TABLE items RENAME COLUMN id TO item_id".to_owned(),
+            "ALTER TABLE items RENAME COLUMN item_id TO id".to_owned(),
+        ),
+        (
+            "ALTER VIEW v RENAME COLUMN doubled TO twofold".to_owned(),
+            "ALTER VIEW v RENAME COLUMN twofold TO doubled".to_owned(),
+        ),
+    ] {
+        db.batch(&change);
+        let (code, stdout, stderr) = run(&db, dir.path(), &["plan", "--detailed-exitcode"]);
+        assert_ne!(code, 0, "after {change}:\n{stdout}{stderr}");
+        db.batch(&undo);
+        assert_in_sync(&db, dir.path());
+    }
+    // Constants print in the session's date style: the live view and the declared query
+    // both print in the new one, which is no change.
+    db.batch(&format!(
+        "ALTER DATABASE {database} SET DateStyle = 'SQL, DMY'"
+    ));
+    assert_in_sync(&db, dir.path());
+}
+
+/// A state table made before viewkeeper recorded rule hashes: plan reads it as before
+/// (deparsing every view), and the next reconcile adds the column and fills it.
+#[test]
+fn c_a_state_table_without_rule_hashes_still_works() {
+    let db = items_db();
+    let declared = |bound: i32| {
+        format!(
+            r#"
+view "public.v" {{
+    depends-on "public.items"
+    query "SELECT id, amt FROM items WHERE amt > {bound}"
+}}
+view "public.w" {{
+    depends-on "public.items"
+    query "SELECT id FROM items"
+}}
+"#
+        )
+    };
+    let dir = project(&[("views/v.kdl", &declared(7))]);
+    reconcile(&db, dir.path());
+    db.batch("ALTER TABLE viewkeeper.managed_object DROP COLUMN applied_rule_hash");
+    assert_in_sync(&db, dir.path());
+
+    // Drift is still seen without the hashes.
+    db.batch("CREATE OR REPLACE VIEW v AS SELECT id, amt FROM items WHERE amt > 1000");
+    let (code, stdout) = plan(&db, dir.path());
+    assert_eq!(code, 2, "{stdout}");
+    assert!(stdout.contains("drifted"), "{stdout}");
+
+    reconcile(&db, dir.path());
+    assert_eq!(
+        db.scalar_i64(
+            "SELECT count(*) FROM viewkeeper.managed_object WHERE applied_rule_hash IS NOT NULL"
+        ),
+        2,
+        "the column is back, filled for the view reconcile restored and the one in sync"
+    );
+    assert_in_sync(&db, dir.path());
+    std::fs::write(dir.path().join("views/v.kdl"), declared(8)).expect("write");
+    let (code, stdout) = plan(&db, dir.path());
+    assert_eq!(code, 2, "{stdout}");
+    reconcile(&db, dir.path());
+    assert_in_sync(&db, dir.path());
+}
+
+/// A recorded hash that no longer matches a view still printed as applied (here: blanked
+/// by hand) is recorded again by the next reconcile, which changes nothing else.
+#[test]
+fn c_a_stale_rule_hash_is_recorded_again() {
+    let db = items_db();
+    let dir = project(&[(
+        "views/v.kdl",
+        r#"
+view "public.v" {
+    depends-on "public.items"
+    query "SELECT id, amt FROM items WHERE amt > 7"
+}
+"#,
+    )]);
+    reconcile(&db, dir.path());
+    let hash = "SELECT applied_rule_hash FROM viewkeeper.managed_object";
+    let recorded = db.scalar_string(hash);
+    assert!(
+        recorded.is_some(),
+        "a hash is recorded when a view is applied"
+    );
+    db.batch("UPDATE viewkeeper.managed_object SET applied_rule_hash = 'stale'");
+    assert_in_sync(&db, dir.path());
+    let before = oid(&db, "v");
+    reconcile(&db, dir.path());
+    assert_eq!(oid(&db, "v"), before);
+    assert_eq!(db.scalar_string(hash), recorded);
+    assert_in_sync(&db, dir.path());
+}
+
+#[test]
 fn c_a_hand_edited_view_is_reported_as_drift_and_restored() {
     let db = items_db();
     let dir = project(&[(

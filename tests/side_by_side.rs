@@ -121,6 +121,11 @@ fn a_changed_materialized_view_is_built_beside_the_old_one_and_swapped_in() {
         stdout.contains("built side by side as public.viewkeeper_build_"),
         "{stdout}"
     );
+    // Its size is read (only for what may be rebuilt): the plan says what the copy needs.
+    assert!(
+        stdout.contains("the copy needs about"),
+        "the size of the rebuilt materialized view:\n{stdout}"
+    );
     assert_eq!(copies(&db), 0, "plan builds nothing");
 
     let stdout = reconcile(&db, dir.path());

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesOrdered;
 use miette::{Diagnostic, NamedSource, SourceSpan};
 use tokio_postgres::error::{ErrorPosition, SqlState};
 use tokio_postgres::{Client, Transaction};
@@ -326,6 +328,7 @@ async fn apply_with(
             && plan.records().is_empty()
             && left_out.is_empty()
             && owed_record.is_none()
+            && catalog.stale_rule_hashes.is_empty()
         {
             // Nothing to do: no DDL, no lock on any view, nothing written.
             transaction
@@ -340,6 +343,18 @@ async fn apply_with(
                 skipped: Vec::new(),
             });
         }
+        if !schema_ready {
+            transaction
+                .batch_execute(&crate::sql::state::create_schema(
+                    &config.state_schema,
+                    !catalog.state_records_rule_hashes,
+                ))
+                .await
+                .map_err(database("cannot create viewkeeper's state schema"))?;
+            schema_ready = true;
+        }
+        // The state tables are this transaction's (made above if new): the restore's
+        // sessions never touch them, so nothing they do waits for this one.
         if let Some(workers) = workers
             && pass == Pass::First
             && left_out.is_empty()
@@ -355,13 +370,6 @@ async fn apply_with(
             )
             .await?;
             break plan;
-        }
-        if !schema_ready {
-            transaction
-                .batch_execute(&crate::sql::state::create_schema(&config.state_schema))
-                .await
-                .map_err(database("cannot create viewkeeper's state schema"))?;
-            schema_ready = true;
         }
         if pass == Pass::First && plan.builds_side_by_side() {
             // The builds commit on their own, before the swap: readers keep using the old
@@ -466,6 +474,7 @@ async fn apply_with(
         &transaction,
         config,
         &plan,
+        &catalog.stale_rule_hashes,
         &restored_fills,
         restore_owed,
         left_out.is_empty(),
@@ -485,12 +494,14 @@ async fn apply_with(
 }
 
 /// The state's side of an applied plan, in its transaction: the records (those of objects
-/// that are not there, left out, are not written), the side-by-side copies, the fills a
-/// parallel restore made, and the restore owed after `run --drop-first`.
+/// that are not there, left out, are not written), the side-by-side copies, the rule hashes
+/// of unchanged views recorded by an older viewkeeper, the fills a parallel restore made,
+/// and the restore owed after `run --drop-first`.
 async fn write_state(
     transaction: &Transaction<'_>,
     config: &crate::project::Config,
     plan: &Plan,
+    stale_rule_hashes: &[QualifiedName],
     restored_fills: &[state::LoggedRefresh],
     restore_owed: RestoreOwed,
     all_applied: bool,
@@ -513,6 +524,9 @@ async fn write_state(
     )
     .await
     .map_err(&recorded)?;
+    state::write_rule_hashes(transaction, schema, stale_rule_hashes)
+        .await
+        .map_err(&recorded)?;
     match restore_owed {
         RestoreOwed::Owe if !plan.is_empty() => state::owe_restore(transaction, schema).await,
         RestoreOwed::Owe => Ok(()),
@@ -709,16 +723,35 @@ async fn run_statements(
         }
         None => None,
     };
+    // The extended protocol runs exactly one statement: a declared query cannot smuggle
+    // in a second one (`SELECT …; DROP TABLE …`) or end the transaction early. Unnamed and
+    // untyped (one round trip each, where a prepared statement takes two), and pipelined:
+    // all are sent in order without waiting, the server runs them one at a time, and the
+    // answers come back in order. After a failure the rest fail at once (the transaction is
+    // aborted); the first failure is the one reported, once every answer is in. Each
+    // statement's time runs from the previous answer to its own: the server's time on it.
+    let mut answers: FuturesOrdered<_> = statements
+        .iter()
+        .map(|statement| transaction.query_typed(&statement.sql, &[]))
+        .collect();
     let mut refreshes = Vec::new();
+    let mut failure = None;
+    let mut previous_answer = Instant::now();
     for (index, statement) in statements.iter().enumerate() {
-        let statement_started = Instant::now();
-        // The extended protocol runs exactly one statement: a declared query cannot smuggle
-        // in a second one (`SELECT …; DROP TABLE …`) or end the transaction early.
-        transaction
-            .execute(&statement.sql, &[])
-            .await
-            .map_err(|error| (index, error))?;
-        let took = statement_started.elapsed();
+        let Some(answer) = answers.next().await else {
+            break;
+        };
+        let answered = Instant::now();
+        let statement_started = previous_answer;
+        let took = answered.saturating_duration_since(statement_started);
+        previous_answer = answered;
+        if failure.is_some() {
+            continue;
+        }
+        if let Err(error) = answer {
+            failure = Some((index, error));
+            continue;
+        }
         if let Some((server_time, read_at)) = clock
             && fills(statement)
         {
@@ -731,6 +764,9 @@ async fn run_statements(
             });
         }
         on_statement(statement, took);
+    }
+    if let Some(failure) = failure {
+        return Err(failure);
     }
     if let Some(last) = statements.len().checked_sub(1)
         && !refreshes.is_empty()

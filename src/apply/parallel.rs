@@ -128,15 +128,6 @@ pub(super) async fn restore(
             })?;
         idle.push(client);
     }
-    // The state tables must exist, committed, before the caller's transaction writes to
-    // them (creating them there would make the workers' guard checks wait for it).
-    if let Some(client) = idle.first() {
-        client
-            .batch_execute(&crate::sql::state::create_schema(&config.state_schema))
-            .await
-            .map_err(database("cannot create viewkeeper's state schema"))?;
-    }
-
     let mut refreshes = Vec::new();
     let mut done: BTreeSet<&QualifiedName> = BTreeSet::new();
     let mut started: BTreeSet<&QualifiedName> = BTreeSet::new();

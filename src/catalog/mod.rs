@@ -53,6 +53,13 @@ pub struct Catalog {
     /// not in [`Self::relations`]: nobody declared them, and nothing may treat them as
     /// objects of their own.
     pub built: BTreeMap<QualifiedName, Relation>,
+    /// Whether the state table has the rule-hash column (a table made by an older
+    /// viewkeeper gains it at the next reconcile that writes).
+    pub state_records_rule_hashes: bool,
+    /// Managed objects whose live definition reads as applied but whose recorded rule hash
+    /// is missing or stale (an older viewkeeper, a server upgrade, a changed setting):
+    /// reconcile records the current one, so the next plan need not deparse them.
+    pub stale_rule_hashes: Vec<QualifiedName>,
     /// How many queries introspection issued (constant, checked by tests and the benchmark).
     pub queries_issued: usize,
 }
@@ -169,7 +176,8 @@ impl Catalog {
 const SYSTEM_SCHEMAS: &[&str] = &["pg_catalog", "information_schema"];
 
 // language=SQL
-const SESSION: &str = "SELECT current_setting('server_version_num')::int4, to_regclass($1) IS NOT NULL, current_user::text, to_regclass($2) IS NOT NULL";
+const SESSION: &str = "SELECT current_setting('server_version_num')::int4, to_regclass($1) IS NOT NULL, current_user::text, to_regclass($2) IS NOT NULL,
+       EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = $3 AND NOT attisdropped)";
 
 // Default privileges of the current role on tables (views and materialized views count as
 // tables here), per schema or global (namespace 0).
@@ -191,31 +199,52 @@ macro_rules! column_sql {
     };
 }
 
+// `$2`–`$4`: the managed objects' recorded rule hashes (schema, name, hash).
 // language=SQL
 const RELATIONS: &str = concat!(
     "
 SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text, pg_get_userbyid(c.relowner)::text,
-       pg_get_viewdef(c.oid), c.relispopulated, obj_description(c.oid, 'pg_class'),
+       -- Deparsed only when the rule hash differs from the one recorded when the view was
+       -- applied (or none was): deparsing dominates introspection, and it waits for any
+       -- lock on what the view reads. NULL otherwise: the recorded definition stands.
+       CASE WHEN NOT rule.unchanged THEN pg_get_viewdef(c.oid) END,
+       c.relispopulated, comment.description,
        coalesce(c.reloptions, '{}')::text[],
-       -- What a rebuild would lose and a declaration cannot express.
-       ARRAY(SELECT 'trigger ' || t.tgname FROM pg_trigger t
-             WHERE t.tgrelid = c.oid AND NOT t.tgisinternal
-             UNION ALL
-             SELECT 'rule ' || r.rulename FROM pg_rewrite r
-             WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN'
-             UNION ALL
-             SELECT 'column privileges on ' || a.attname FROM pg_attribute a
-             WHERE a.attrelid = c.oid AND a.attacl IS NOT NULL
-             UNION ALL
-             SELECT 'comment on column ' || a.attname FROM pg_description d
-             JOIN pg_attribute a ON a.attrelid = d.objoid AND a.attnum = d.objsubid
-             WHERE d.classoid = 'pg_class'::regclass AND d.objoid = c.oid AND d.objsubid > 0),
+       coalesce(undeclarable.items, '{}'),
        ARRAY(SELECT ",
     column_sql!(),
     " FROM pg_attribute a
-             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum)
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
+       rule.unchanged
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_description comment ON comment.classoid = 'pg_class'::regclass
+                              AND comment.objoid = c.oid AND comment.objsubid = 0
+-- What a rebuild would lose and a declaration cannot express: triggers and rules by name,
+-- then column privileges and column comments by column. Joined once, not looked up per view.
+LEFT JOIN (SELECT x.relid, array_agg(x.item ORDER BY x.kind, x.attnum, x.name COLLATE \"C\") AS items
+           FROM (SELECT t.tgrelid AS relid, 1 AS kind, 0 AS attnum, t.tgname::text AS name,
+                        'trigger ' || t.tgname AS item
+                 FROM pg_trigger t WHERE NOT t.tgisinternal
+                 UNION ALL
+                 SELECT r.ev_class, 2, 0, r.rulename::text, 'rule ' || r.rulename
+                 FROM pg_rewrite r WHERE r.rulename <> '_RETURN'
+                 UNION ALL
+                 SELECT a.attrelid, 3, a.attnum, a.attname::text,
+                        'column privileges on ' || a.attname
+                 FROM pg_attribute a WHERE a.attacl IS NOT NULL
+                 UNION ALL
+                 SELECT d.objoid, 4, a.attnum, a.attname::text, 'comment on column ' || a.attname
+                 FROM pg_description d
+                 JOIN pg_attribute a ON a.attrelid = d.objoid AND a.attnum = d.objsubid
+                 WHERE d.classoid = 'pg_class'::regclass AND d.objsubid > 0) x
+           GROUP BY x.relid) undeclarable ON undeclarable.relid = c.oid
+LEFT JOIN unnest($2::text[], $3::text[], $4::text[]) AS applied(schema_name, object_name, rule_hash)
+       ON applied.schema_name = n.nspname AND applied.object_name = c.relname
+LEFT JOIN ",
+    crate::sql::rule_hash::rule_hashes_sql!(),
+    " live_rule ON live_rule.ev_class = c.oid
+CROSS JOIN LATERAL (SELECT coalesce(live_rule.hash = applied.rule_hash, false) AS unchanged) rule
 WHERE c.relkind IN ('v', 'm')
   AND n.nspname <> ALL($1::text[]) AND n.nspname NOT LIKE 'pg\\_%'"
 );
@@ -268,14 +297,15 @@ JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('v', 'm')
   AND n.nspname <> ALL($1::text[]) AND n.nspname NOT LIKE 'pg\\_%'";
 
-// The room a materialized view takes, which a side-by-side rebuild needs a second time.
+// The room the materialized views named by `$1` (schemas) and `$2` (names) take, which a
+// side-by-side rebuild needs a second time. Each size opens the relation (and waits for
+// any lock on it), so only the ones a plan may rebuild are asked for.
 // language=SQL
 const SIZES: &str = "
-SELECT c.oid, pg_total_relation_size(c.oid)
-FROM pg_class c
-JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind = 'm'
-  AND n.nspname <> ALL($1::text[]) AND n.nspname NOT LIKE 'pg\\_%'";
+SELECT n.nspname::text, c.relname::text, pg_total_relation_size(c.oid)
+FROM unnest($1::text[], $2::text[]) AS w(schema_name, relation_name)
+JOIN pg_namespace n ON n.nspname = w.schema_name
+JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = w.relation_name AND c.relkind = 'm'";
 
 // language=SQL
 const NAMED_RELATIONS: &str = "
@@ -302,12 +332,43 @@ pub async fn introspect(
     let state_table = crate::sql::state::table(state_schema, crate::sql::state::OBJECTS_TABLE);
     let drop_table = crate::guard::log_table(state_schema);
     let session = client
-        .query_one(SESSION, &[&state_table, &drop_table])
+        .query_one(
+            SESSION,
+            &[
+                &state_table,
+                &drop_table,
+                &crate::sql::state::RULE_HASH_COLUMN,
+            ],
+        )
         .await?;
     catalog.server_version = session.get(0);
     let state_exists: bool = session.get(1);
     catalog.current_user = session.get(2);
     let guard_log_exists: bool = session.get(3);
+    catalog.state_records_rule_hashes = session.get(4);
+
+    // The state first: its rule hashes spare deparsing the views that did not change.
+    let mut applied_rule_hashes = state::RuleHashes::new();
+    if state_exists {
+        client.count();
+        let (state, rule_hashes) = state::read(
+            client.inner,
+            state_schema,
+            catalog.state_records_rule_hashes,
+        )
+        .await?;
+        catalog.state = Some(state);
+        applied_rule_hashes = rule_hashes;
+    }
+    let applied_schemas: Vec<&str> = applied_rule_hashes
+        .keys()
+        .map(|name| name.schema.as_str())
+        .collect();
+    let applied_names: Vec<&str> = applied_rule_hashes
+        .keys()
+        .map(|name| name.name.as_str())
+        .collect();
+    let applied_hashes: Vec<&str> = applied_rule_hashes.values().map(String::as_str).collect();
 
     for row in client.query(DEFAULT_GRANTS, &[]).await? {
         let grantee = row
@@ -321,7 +382,13 @@ pub async fn introspect(
     }
 
     let mut names_by_oid: BTreeMap<u32, QualifiedName> = BTreeMap::new();
-    for row in client.query(RELATIONS, &[&excluded]).await? {
+    for row in client
+        .query(
+            RELATIONS,
+            &[&excluded, &applied_schemas, &applied_names, &applied_hashes],
+        )
+        .await?
+    {
         let oid: u32 = row.get(0);
         let name = QualifiedName::new(row.get::<_, String>(1), row.get::<_, String>(2));
         let kind = if row.get::<_, String>(3) == "m" {
@@ -329,6 +396,24 @@ pub async fn introspect(
         } else {
             Kind::View
         };
+        let unchanged: bool = row.get(11);
+        let applied = catalog
+            .state
+            .as_ref()
+            .and_then(|state| state.objects.get(&name));
+        let definition = match applied {
+            // The rule is the one recorded when it was applied: it prints as it did then.
+            Some(applied) if unchanged => Some(applied.applied_definition.clone()),
+            // NULL when the view was dropped while this query ran (migrations do not
+            // take viewkeeper's lock): an empty definition reads as drift, not a crash.
+            _ => row.get::<_, Option<String>>(5),
+        };
+        if !unchanged
+            && let (Some(applied), Some(definition)) = (applied, &definition)
+            && applied.applied_definition == *definition
+        {
+            catalog.stale_rule_hashes.push(name.clone());
+        }
         names_by_oid.insert(oid, name.clone());
         catalog.relations.insert(
             name,
@@ -336,9 +421,7 @@ pub async fn introspect(
                 oid,
                 kind,
                 owner: row.get(4),
-                // NULL when the view was dropped while this query ran (migrations do not
-                // take viewkeeper's lock): an empty definition reads as drift, not a crash.
-                definition: row.get::<_, Option<String>>(5).unwrap_or_default(),
+                definition: definition.unwrap_or_default(),
                 populated: row.get(6),
                 comment: row.get(7),
                 options: row
@@ -354,12 +437,6 @@ pub async fn introspect(
                 size_bytes: 0,
             },
         );
-    }
-
-    for row in client.query(SIZES, &[&excluded]).await? {
-        if let Some(relation) = relation_by_oid(&mut catalog, &names_by_oid, row.get(0)) {
-            relation.size_bytes = row.get::<_, Option<i64>>(1).unwrap_or(0);
-        }
     }
 
     for row in client.query(INDEXES, &[&excluded]).await? {
@@ -416,16 +493,13 @@ pub async fn introspect(
         catalog.named_relations.insert(name, relkind);
     }
 
-    if state_exists {
-        client.count();
-        let state = state::read(client.inner, state_schema).await?;
+    if let Some(state) = &catalog.state {
         for temp in state.builds.keys() {
             catalog.reads.remove(temp);
             if let Some(copy) = catalog.relations.remove(temp) {
                 catalog.built.insert(temp.clone(), copy);
             }
         }
-        catalog.state = Some(state);
     }
     if guard_log_exists {
         client.count();
@@ -437,6 +511,28 @@ pub async fn introspect(
     }
     catalog.queries_issued = client.issued.get();
     Ok(catalog)
+}
+
+/// Fills [`Relation::size_bytes`] of the materialized views `names`, in one query (none
+/// when `names` is empty); introspection leaves every size at 0.
+pub async fn read_sizes(
+    client: &impl GenericClient,
+    catalog: &mut Catalog,
+    names: &[&QualifiedName],
+) -> Result<(), tokio_postgres::Error> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let schemas: Vec<&str> = names.iter().map(|n| n.schema.as_str()).collect();
+    let relations: Vec<&str> = names.iter().map(|n| n.name.as_str()).collect();
+    catalog.queries_issued += 1;
+    for row in client.query(SIZES, &[&schemas, &relations]).await? {
+        let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
+        if let Some(relation) = catalog.relations.get_mut(&name) {
+            relation.size_bytes = row.get::<_, Option<i64>>(2).unwrap_or(0);
+        }
+    }
+    Ok(())
 }
 
 /// Counts the queries sent, so tests and the benchmark can check the count stays constant.
@@ -544,6 +640,11 @@ pub async fn read_back(
         };
         undone?;
         if let Err(error) = created {
+            // Not a rejected query: a wait for a lock on what it reads, which the caller
+            // bounds and reports.
+            if crate::waits::timed_out(&error) {
+                return Err(error);
+            }
             tracing::debug!("PostgreSQL rejects the declared query of {name}: {error}");
             continue;
         }

@@ -8,6 +8,7 @@ use tokio_postgres::Transaction;
 use super::Catalog;
 use crate::db::describe;
 use crate::name::QualifiedName;
+use crate::objects::{Kind, query_hash};
 use crate::project::Project;
 
 /// Reads the catalog for planning: introspection, then PostgreSQL's own reading of the
@@ -23,6 +24,8 @@ pub async fn read_catalog(
         &project.config.state_schema,
     )
     .await?;
+    let rebuilt = may_rebuild_side_by_side(project, &catalog);
+    super::read_sizes(&*transaction, &mut catalog, &rebuilt).await?;
     let candidates = crate::plan::normalisation_candidates(project, &catalog);
     if !candidates.is_empty() {
         let savepoint = transaction.savepoint("viewkeeper_normalise").await?;
@@ -33,6 +36,9 @@ pub async fn read_catalog(
                 catalog.normalised = normalised;
                 catalog.compiled_columns = columns;
             }
+            // A wait for a lock on what a declared query reads is bounded, and reported
+            // with who holds it, like any other wait.
+            Err(error) if crate::waits::timed_out(&error) => return Err(error),
             Err(error) => tracing::info!(
                 "cannot compare declared queries with live ones, so nothing is adopted: {}",
                 describe(&error)
@@ -41,6 +47,35 @@ pub async fn read_catalog(
         savepoint.rollback().await?;
     }
     Ok(catalog)
+}
+
+/// The declared materialized views a plan may rebuild side by side, whose size it shows:
+/// live materialized views that are not managed, or whose declared query or live definition
+/// differs from what was applied (a superset of those the planner replaces; a rebuild
+/// forced by an upstream change is never side by side).
+fn may_rebuild_side_by_side<'p>(project: &'p Project, catalog: &Catalog) -> Vec<&'p QualifiedName> {
+    let managed = |name| {
+        catalog
+            .state
+            .as_ref()
+            .and_then(|state| state.objects.get(name))
+    };
+    project
+        .declarations
+        .values()
+        .filter(|declaration| declaration.kind == Kind::MaterializedView)
+        .filter(|declaration| {
+            let Some(live) = catalog.relations.get(&declaration.name) else {
+                return false;
+            };
+            live.kind == Kind::MaterializedView
+                && managed(&declaration.name).is_none_or(|managed| {
+                    managed.query_sha256 != query_hash(declaration.kind, &declaration.query.text)
+                        || live.definition != managed.applied_definition
+                })
+        })
+        .map(|declaration| &declaration.name)
+        .collect()
 }
 
 /// How PostgreSQL prints each candidate's declared query. `pg_get_viewdef` is not always a

@@ -7,6 +7,7 @@
 mod config;
 mod declaration;
 mod diagnostic;
+mod fast_kdl;
 pub mod infer;
 mod reader;
 mod scan;

@@ -20,6 +20,11 @@ pub(super) fn parse_document(
         problems.extend(found);
         return None;
     }
+    // The plain subset declarations are written in, read fast; anything else (and every
+    // error) by the full parser.
+    if let Some(document) = super::fast_kdl::parse(&file.text) {
+        return Some(document);
+    }
     match KdlDocument::parse_v2(&file.text) {
         Ok(document) => Some(document),
         Err(error) => {

@@ -11,6 +11,7 @@ pub(crate) mod guard;
 pub(crate) mod pg_cron;
 pub(crate) mod privileges;
 pub(crate) mod refresh;
+pub(crate) mod rule_hash;
 pub(crate) mod session;
 pub(crate) mod state;
 pub(crate) mod waits;

@@ -25,12 +25,23 @@ pub(crate) fn table(schema: &str, table: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(table))
 }
 
-/// DDL creating the state schema and its tables when missing.
-pub(crate) fn create_schema(schema: &str) -> String {
+/// The column of [`OBJECTS_TABLE`] holding each view's rule hash as applied
+/// ([`super::rule_hash`]); a table made by an older viewkeeper lacks it.
+pub(crate) const RULE_HASH_COLUMN: &str = "applied_rule_hash";
+
+/// DDL creating the state schema and its tables when missing; with `add_rule_hash_column`,
+/// also the rule-hash column of a managed-object table made by an older viewkeeper. (Only
+/// when missing: `ALTER TABLE` locks the table, which the guard reads in other sessions.)
+pub(crate) fn create_schema(schema: &str, add_rule_hash_column: bool) -> String {
     let objects = table(schema, OBJECTS_TABLE);
     let refreshes = table(schema, REFRESH_TABLE);
     let restore_owed = table(schema, RESTORE_OWED_TABLE);
     let builds = table(schema, BUILDS_TABLE);
+    let add_column = if add_rule_hash_column {
+        format!("\nALTER TABLE {objects} ADD COLUMN IF NOT EXISTS {RULE_HASH_COLUMN} text;")
+    } else {
+        String::new()
+    };
     format!(
         "CREATE SCHEMA IF NOT EXISTS {schema};
 CREATE TABLE IF NOT EXISTS {objects} (
@@ -42,8 +53,9 @@ CREATE TABLE IF NOT EXISTS {objects} (
     applied_definition text NOT NULL,
     applied_indexes jsonb NOT NULL DEFAULT '[]',
     applied_at timestamptz NOT NULL DEFAULT now(),
+    applied_rule_hash text,
     PRIMARY KEY (schema_name, object_name)
-);
+);{add_column}
 CREATE TABLE IF NOT EXISTS {refreshes} (
     id bigserial PRIMARY KEY,
     schema_name text NOT NULL,
@@ -70,12 +82,18 @@ CREATE TABLE IF NOT EXISTS {builds} (
     )
 }
 
-/// Every managed object's record, by name.
-pub(crate) fn select_objects(schema: &str) -> String {
+/// Every managed object's record, by name, with its rule hash (NULL without one, or
+/// unless `with_rule_hashes`: the table has no such column).
+pub(crate) fn select_objects(schema: &str, with_rule_hashes: bool) -> String {
+    let rule_hash = if with_rule_hashes {
+        RULE_HASH_COLUMN
+    } else {
+        "NULL::text"
+    };
     // language=SQL
     format!(
         "SELECT schema_name, object_name, kind, query, query_sha256, applied_definition,
-                applied_indexes::text, applied_at
+                applied_indexes::text, applied_at, {rule_hash}
          FROM {} ORDER BY schema_name, object_name",
         table(schema, OBJECTS_TABLE)
     )
@@ -92,13 +110,14 @@ pub(crate) fn delete_objects(schema: &str) -> String {
 }
 
 /// Inserts or replaces the records given as parallel arrays `$1`–`$6` (schema, name, kind,
-/// query, query hash, index list as JSON), with the definitions PostgreSQL reports now,
-/// read in the same statement that stores them.
+/// query, query hash, index list as JSON), with the definitions and rule hashes PostgreSQL
+/// reports now, read in the same statement that stores them.
 pub(crate) fn upsert_objects(schema: &str) -> String {
     // language=SQL
     format!(
         "INSERT INTO {} AS o (schema_name, object_name, kind, query, query_sha256,
-                                     applied_definition, applied_indexes, applied_at)
+                             applied_definition, applied_indexes, applied_at,
+                             applied_rule_hash)
          SELECT r.s, r.n, r.kind, r.query, r.sha, pg_get_viewdef(c.oid),
                 coalesce((SELECT jsonb_agg(jsonb_build_object(
                               'name', i->>'name', 'sql', i->>'sql',
@@ -107,16 +126,37 @@ pub(crate) fn upsert_objects(schema: &str) -> String {
                           JOIN pg_class ic ON ic.relnamespace = c.relnamespace
                                           AND ic.relname = i->>'name'
                                           AND ic.relkind = 'i'), '[]'::jsonb),
-                now()
+                now(), rule.hash
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
               AS r(s, n, kind, query, sha, indexes)
          JOIN pg_namespace ns ON ns.nspname = r.s
          JOIN pg_class c ON c.relnamespace = ns.oid AND c.relname = r.n
+         LEFT JOIN {} rule ON rule.ev_class = c.oid
          ON CONFLICT (schema_name, object_name) DO UPDATE SET
              kind = excluded.kind, query = excluded.query, query_sha256 = excluded.query_sha256,
              applied_definition = excluded.applied_definition,
-             applied_indexes = excluded.applied_indexes, applied_at = excluded.applied_at",
-        table(schema, OBJECTS_TABLE)
+             applied_indexes = excluded.applied_indexes, applied_at = excluded.applied_at,
+             applied_rule_hash = excluded.applied_rule_hash",
+        table(schema, OBJECTS_TABLE),
+        super::rule_hash::rule_hashes_sql!()
+    )
+}
+
+/// Records the current rule hash of the objects named by `$1` (schemas) and `$2` (names),
+/// already recorded as applied, where the live definition still is the applied one.
+pub(crate) fn update_rule_hashes(schema: &str) -> String {
+    // language=SQL
+    format!(
+        "UPDATE {} o SET applied_rule_hash = rule.hash
+         FROM unnest($1::text[], $2::text[]) AS r(s, n)
+         JOIN pg_namespace ns ON ns.nspname = r.s
+         JOIN pg_class c ON c.relnamespace = ns.oid AND c.relname = r.n
+         JOIN {} rule ON rule.ev_class = c.oid
+         WHERE o.schema_name = r.s AND o.object_name = r.n
+           -- Read again here: a view changed since the plan read it keeps no hash.
+           AND pg_get_viewdef(c.oid) = o.applied_definition",
+        table(schema, OBJECTS_TABLE),
+        super::rule_hash::rule_hashes_sql!()
     )
 }
 
@@ -247,12 +287,20 @@ mod tests {
     #[test]
     fn state_tables_are_quoted_in_every_statement() {
         assert_eq!(table("My \"vk\"", "t"), "\"My \"\"vk\"\"\".\"t\"");
-        let ddl = create_schema("Odd");
+        let ddl = create_schema("Odd", false);
         assert!(
             ddl.starts_with("CREATE SCHEMA IF NOT EXISTS \"Odd\";"),
             "{ddl}"
         );
         assert!(ddl.contains("\"Odd\".\"managed_object\""), "{ddl}");
+        assert!(!ddl.contains("ALTER TABLE"), "{ddl}");
+        let upgrade = create_schema("Odd", true);
+        assert!(
+            upgrade.contains(
+                "ALTER TABLE \"Odd\".\"managed_object\" ADD COLUMN IF NOT EXISTS applied_rule_hash"
+            ),
+            "{upgrade}"
+        );
         assert_eq!(settle_restore("vk"), "DELETE FROM \"vk\".\"restore_owed\"");
     }
 }
