@@ -118,54 +118,67 @@ pub(super) async fn restore(
     let Some(units) = units(plan, graph) else {
         return Ok(Vec::new());
     };
-    let mut idle = Vec::new();
-    for _ in 0..workers.jobs.clamp(1, units.len()) {
-        let client = crate::db::connect(&workers.url, &config.search_path)
-            .await
-            .map_err(|error| ApplyError::Database {
-                context: "cannot open a session for the restore",
-                message: error.to_string(),
-            })?;
-        idle.push(client);
-    }
+    // Opened at once: each connection is a few round trips of its own.
+    let mut idle = futures_util::future::try_join_all(
+        (0..workers.jobs.clamp(1, units.len()))
+            .map(|_| crate::db::connect(&workers.url, &config.search_path)),
+    )
+    .await
+    .map_err(|error| ApplyError::Database {
+        context: "cannot open a session for the restore",
+        message: error.to_string(),
+    })?;
     let mut refreshes = Vec::new();
     let mut done: BTreeSet<&QualifiedName> = BTreeSet::new();
     let mut started: BTreeSet<&QualifiedName> = BTreeSet::new();
     let mut running = FuturesUnordered::new();
     loop {
-        // Start every unit whose reads are all committed, while a session is free. A unit
+        // Share the units whose reads are all committed among the free sessions. A unit
         // reading a failed one is never started (it is reported as skipped).
-        while !idle.is_empty() {
-            let Some(unit) = units.iter().find(|unit| {
+        let mut ready: Vec<&Unit<'_>> = units
+            .iter()
+            .filter(|unit| {
                 !started.contains(unit.object) && unit.reads.iter().all(|read| done.contains(read))
-            }) else {
-                break;
-            };
+            })
+            .collect();
+        while !ready.is_empty() {
             let Some(client) = idle.pop() else {
                 break;
             };
-            started.insert(unit.object);
+            let share = ready.len().div_ceil(idle.len() + 1).clamp(1, MAX_BATCH);
+            let batch: Vec<&Unit<'_>> = ready.drain(..share).collect();
+            started.extend(batch.iter().map(|unit| unit.object));
             running.push(async move {
-                let outcome = build(&client, unit, config).await;
-                (client, unit, outcome)
+                let outcome = build(&client, &batch, config).await;
+                (client, batch, outcome)
             });
         }
-        let Some((client, unit, outcome)) = running.next().await else {
+        let Some((client, batch, outcome)) = running.next().await else {
             break;
         };
+        idle.push(client);
         match outcome {
-            Ok((took_each, mut logged)) => {
-                // Told once committed, so nothing rolled back is reported.
-                for (statement, took) in unit.statements.iter().zip(took_each) {
-                    on_statement(statement, took);
+            Ok(built) => {
+                for (unit, (took_each, mut logged)) in batch.iter().zip(built) {
+                    // Told once committed, so nothing rolled back is reported.
+                    for (statement, took) in unit.statements.iter().zip(took_each) {
+                        on_statement(statement, took);
+                    }
+                    refreshes.append(&mut logged);
+                    done.insert(unit.object);
                 }
-                refreshes.append(&mut logged);
-                done.insert(unit.object);
-                idle.push(client);
             }
-            Err(Built::Failed(failure)) => {
-                left_out.fail(unit.object, *failure, graph);
-                idle.push(client);
+            Err(Built::Failed(at, failure)) => {
+                // The batch is rolled back: the failed unit is left out, the others go
+                // again, in batches of their own.
+                for (position, unit) in batch.iter().enumerate() {
+                    if position != at {
+                        started.remove(unit.object);
+                    }
+                }
+                if let Some(unit) = batch.get(at) {
+                    left_out.fail(unit.object, *failure, graph);
+                }
             }
             // A session gone, or a commit whose outcome nobody knows: stop starting work,
             // let the others finish, and report it.
@@ -179,25 +192,44 @@ pub(super) async fn restore(
     Ok(refreshes)
 }
 
-/// Why a unit was not built.
+/// At most this many ready objects go in one transaction: fewer commits and round trips
+/// than one each, while objects still appear a few at a time.
+const MAX_BATCH: usize = 32;
+
+/// Why a batch was not built.
 enum Built {
-    /// PostgreSQL refused one of its statements: it is left out, the rest goes on.
-    Failed(Box<super::StatementError>),
+    /// PostgreSQL refused a statement of the unit at this position of the batch: it is
+    /// left out, the rest goes on.
+    Failed(usize, Box<super::StatementError>),
     /// The session cannot go on.
     Broken(ApplyError),
 }
 
-/// One unit in its own transaction, sent as one wave without waiting between statements
-/// (tokio-postgres pipelines what is polled together): BEGIN, the settings, the clock, the
-/// unit's statements, COMMIT. After a failure the server fails the rest at once (the
-/// transaction is aborted) and COMMIT rolls back; the first failure is the one reported.
-/// Returns what each statement took and the fills to log.
+/// What one built unit reports: each statement's time, and the fills to log.
+type BuiltUnit = (Vec<Duration>, Vec<state::LoggedRefresh>);
+
+/// A batch of units in one transaction, sent as one wave without waiting between
+/// statements (tokio-postgres pipelines what is polled together): BEGIN, the settings, the
+/// clock, the units' statements, COMMIT. After a failure the server fails the rest at once
+/// (the transaction is aborted) and COMMIT rolls back; the first failure is the one
+/// reported, with the position of its unit in the batch.
 async fn build(
     client: &Client,
-    unit: &Unit<'_>,
+    batch: &[&Unit<'_>],
     config: &Config,
-) -> Result<(Vec<Duration>, Vec<state::LoggedRefresh>), Built> {
+) -> Result<Vec<BuiltUnit>, Built> {
     let broken = |context| move |error| Built::Broken(database(context)(error));
+    // Each statement with the position of its unit and its own within the unit.
+    let statements: Vec<(usize, usize, &Statement)> = batch
+        .iter()
+        .enumerate()
+        .flat_map(|(at, unit)| {
+            unit.statements
+                .iter()
+                .enumerate()
+                .map(move |(index, statement)| (at, index, statement))
+        })
+        .collect();
     let begin = client.query_typed(session::BEGIN, &[]);
     let settings = [
         session::set_local_lock_timeout(config.lock_timeout),
@@ -206,11 +238,10 @@ async fn build(
     let settings =
         futures_util::future::try_join_all(settings.iter().map(|sql| client.query_typed(sql, &[])));
     let clock = client.query_one(session::CLOCK, &[]);
-    let statements = async {
-        let mut answers: FuturesOrdered<_> = unit
-            .statements
+    let answers = async {
+        let mut answers: FuturesOrdered<_> = statements
             .iter()
-            .map(|statement| client.query_typed(&statement.sql, &[]))
+            .map(|(_, _, statement)| client.query_typed(&statement.sql, &[]))
             .collect();
         let mut took_each = Vec::new();
         let mut last = Instant::now();
@@ -230,20 +261,23 @@ async fn build(
         }
     };
     let commit = client.query_typed(session::COMMIT, &[]);
-    let (begun, settings, clock, statements, committed) =
-        tokio::join!(begin, settings, clock, statements, commit);
+    let (begun, settings, clock, answers, committed) =
+        tokio::join!(begin, settings, clock, answers, commit);
     begun.map_err(broken("cannot start a transaction"))?;
-    let took_each = match statements {
+    let failed = |at: usize, index: usize, error: &tokio_postgres::Error| {
+        let statements = batch.get(at).map_or(&[][..], |unit| &unit.statements[..]);
+        Built::Failed(at, Box::new(statement_error(statements, index, error)))
+    };
+    let took_each = match answers {
         Ok(took_each) => took_each,
         Err((_, error)) if error.as_db_error().is_none() => {
             return Err(broken("lost the connection")(error));
         }
-        Err((index, error)) => {
-            return Err(Built::Failed(Box::new(statement_error(
-                &unit.statements,
-                index,
-                &error,
-            ))));
+        Err((position, error)) => {
+            let (at, index) = statements
+                .get(position)
+                .map_or((0, 0), |(at, index, _)| (*at, *index));
+            return Err(failed(at, index, &error));
         }
     };
     settings.map_err(broken("cannot set up the session"))?;
@@ -252,19 +286,22 @@ async fn build(
         if error.as_db_error().is_none() || client.is_closed() {
             return Err(Built::Broken(super::commit_error(client, error)));
         }
-        // A deferred check at COMMIT: the unit is rolled back, like a failed statement.
-        let last = unit.statements.len().saturating_sub(1);
-        return Err(Built::Failed(Box::new(statement_error(
-            &unit.statements,
-            last,
-            &error,
-        ))));
+        // A deferred check at COMMIT names no statement: it is told as the last one's.
+        let at = batch.len().saturating_sub(1);
+        let index = batch
+            .last()
+            .map_or(0, |unit| unit.statements.len().saturating_sub(1));
+        return Err(failed(at, index, &error));
     }
 
     // Fills count in the refresh history, so `schedule` starts its periods from them.
+    let mut built: Vec<BuiltUnit> = batch.iter().map(|_| (Vec::new(), Vec::new())).collect();
     let mut offset = Duration::ZERO;
-    let mut refreshes = Vec::new();
-    for (statement, took) in unit.statements.iter().zip(&took_each) {
+    for ((at, _, statement), took) in statements.iter().zip(&took_each) {
+        let Some((took_of_unit, refreshes)) = built.get_mut(*at) else {
+            continue;
+        };
+        took_of_unit.push(*took);
         if statement.phase == Phase::Refresh || statement.fills {
             refreshes.push(state::LoggedRefresh {
                 name: statement.object.clone(),
@@ -274,5 +311,5 @@ async fn build(
         }
         offset += *took;
     }
-    Ok((took_each, refreshes))
+    Ok(built)
 }
