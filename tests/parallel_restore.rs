@@ -117,6 +117,17 @@ fn a_parallel_restore_ends_as_a_serial_one() {
 
 #[test]
 fn an_object_that_fails_is_left_out_with_its_readers_and_the_rest_is_committed() {
+    left_out_and_committed("2");
+}
+
+/// One session takes every ready object in one transaction: the failing one rolls back
+/// the others with it, and they go again without it.
+#[test]
+fn a_failure_in_a_shared_transaction_does_not_take_the_others_down() {
+    left_out_and_committed("1");
+}
+
+fn left_out_and_committed(jobs: &str) {
     let db = items_db();
     let dir = project(&[("views/v.kdl", &declarations())]);
     reconcile(&db, dir.path());
@@ -125,7 +136,7 @@ fn an_object_that_fails_is_left_out_with_its_readers_and_the_rest_is_committed()
     // A duplicate amount: the unique index of `amounts` cannot be built any more.
     db.batch("INSERT INTO items VALUES (41, 1, 10)");
 
-    let (code, stdout, stderr) = run(&db, dir.path(), &["reconcile", "--jobs", "2"]);
+    let (code, stdout, stderr) = run(&db, dir.path(), &["reconcile", "--jobs", jobs]);
     assert_eq!(code, 1, "{stdout}{stderr}");
     assert!(stderr.contains("public.amounts"), "{stderr}");
     assert!(!exists(&db, "amounts") && !exists(&db, "big_amounts"));
@@ -154,7 +165,7 @@ fn an_object_that_fails_is_left_out_with_its_readers_and_the_rest_is_committed()
     );
 
     db.batch("DELETE FROM items WHERE id = 41");
-    let (code, stdout, stderr) = run(&db, dir.path(), &["reconcile", "--jobs", "2"]);
+    let (code, stdout, stderr) = run(&db, dir.path(), &["reconcile", "--jobs", jobs]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(exists(&db, "big_amounts"));
 }
