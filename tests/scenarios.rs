@@ -212,18 +212,18 @@ fn b_an_index_added_by_hand_on_a_managed_materialized_view_is_dropped() {
 // 2. Drift
 // ---------------------------------------------------------------------------------------
 
-#[test]
-fn c_a_renamed_column_under_a_view_is_drift() {
-    let db = items_db();
-    let dir = project(&[(
-        "views/v.kdl",
-        r#"
+/// One view over `items`: what the drift scenarios change things under.
+const V_OVER_ITEMS: &str = r#"
 view "public.v" {
     depends-on "public.items"
     query "SELECT id, amt FROM items WHERE amt > 7"
 }
-"#,
-    )]);
+"#;
+
+#[test]
+fn c_a_renamed_column_under_a_view_is_drift() {
+    let db = items_db();
+    let dir = project(&[("views/v.kdl", V_OVER_ITEMS)]);
     reconcile(&db, dir.path());
     assert_in_sync(&db, dir.path());
     // The stored query tree does not change, what PostgreSQL prints does.
@@ -240,15 +240,7 @@ view "public.v" {
 #[test]
 fn c_a_renamed_table_under_a_view_is_drift() {
     let db = items_db();
-    let dir = project(&[(
-        "views/v.kdl",
-        r#"
-view "public.v" {
-    depends-on "public.items"
-    query "SELECT id, amt FROM items WHERE amt > 7"
-}
-"#,
-    )]);
+    let dir = project(&[("views/v.kdl", V_OVER_ITEMS)]);
     reconcile(&db, dir.path());
     assert_in_sync(&db, dir.path());
     // Like a renamed column: the stored query tree is the same, its printed text is not.
@@ -365,15 +357,7 @@ view "public.w" {{
 #[test]
 fn c_a_stale_rule_hash_is_recorded_again() {
     let db = items_db();
-    let dir = project(&[(
-        "views/v.kdl",
-        r#"
-view "public.v" {
-    depends-on "public.items"
-    query "SELECT id, amt FROM items WHERE amt > 7"
-}
-"#,
-    )]);
+    let dir = project(&[("views/v.kdl", V_OVER_ITEMS)]);
     reconcile(&db, dir.path());
     let hash = "SELECT applied_rule_hash FROM viewkeeper.managed_object";
     let recorded = db.scalar_string(hash);
@@ -393,15 +377,7 @@ view "public.v" {
 #[test]
 fn c_a_hand_edited_view_is_reported_as_drift_and_restored() {
     let db = items_db();
-    let dir = project(&[(
-        "views/v.kdl",
-        r#"
-view "public.v" {
-    depends-on "public.items"
-    query "SELECT id, amt FROM items WHERE amt > 7"
-}
-"#,
-    )]);
+    let dir = project(&[("views/v.kdl", V_OVER_ITEMS)]);
     reconcile(&db, dir.path());
     let declared = db.scalar_string("SELECT pg_get_viewdef('v'::regclass)");
     assert_eq!(count(&db, "v"), 9);
