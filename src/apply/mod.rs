@@ -358,9 +358,7 @@ async fn apply_with(
         if let Some(workers) = workers
             && pass == Pass::First
             && left_out.is_empty()
-            && parallel::qualifies(&plan, &graph)
-        {
-            restored_fills = parallel::restore(
+            && let Some(fills) = parallel::restore(
                 &plan,
                 &graph,
                 config,
@@ -368,7 +366,9 @@ async fn apply_with(
                 &mut left_out,
                 &mut on_statement,
             )
-            .await?;
+            .await?
+        {
+            restored_fills = fills;
             break plan;
         }
         if pass == Pass::First && plan.builds_side_by_side() {

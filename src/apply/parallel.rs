@@ -98,14 +98,9 @@ fn units<'p>(plan: &'p Plan, graph: &DependencyGraph) -> Option<Vec<Unit<'p>>> {
     Some(units)
 }
 
-/// Whether [`restore`] would take `plan`.
-pub(super) fn qualifies(plan: &Plan, graph: &DependencyGraph) -> bool {
-    units(plan, graph).is_some()
-}
-
-/// Builds the objects of `plan` (which [`qualifies`]) on `workers.jobs` new sessions.
-/// Failures go to `left_out`, with everything that reads the failed object. Returns the
-/// fills to log; the caller writes them and the records in its own transaction (a restore
+/// Builds the objects of `plan` on `workers.jobs` new sessions, when the plan only restores
+/// (`None`, having done nothing, otherwise). Failures go to `left_out`, with everything that
+/// reads the failed object. Returns the fills to log; the caller writes them and the records in its own transaction (a restore
 /// killed before that leaves objects the next reconcile adopts, as they match).
 pub(super) async fn restore(
     plan: &Plan,
@@ -114,9 +109,9 @@ pub(super) async fn restore(
     workers: &Workers,
     left_out: &mut LeftOut,
     on_statement: &mut impl FnMut(&Statement, Duration),
-) -> Result<Vec<state::LoggedRefresh>, ApplyError> {
+) -> Result<Option<Vec<state::LoggedRefresh>>, ApplyError> {
     let Some(units) = units(plan, graph) else {
-        return Ok(Vec::new());
+        return Ok(None);
     };
     // Opened at once: each connection is a few round trips of its own.
     let mut idle = futures_util::future::try_join_all(
@@ -189,7 +184,7 @@ pub(super) async fn restore(
         }
     }
     // Units never started read a failed one: `left_out.fail` listed them as skipped.
-    Ok(refreshes)
+    Ok(Some(refreshes))
 }
 
 /// At most this many ready objects go in one transaction: fewer commits and round trips

@@ -101,11 +101,16 @@ pub(crate) fn select_objects(schema: &str, with_rule_hashes: bool) -> String {
 
 /// Deletes the records of the objects named by `$1` (schemas) and `$2` (names).
 pub(crate) fn delete_objects(schema: &str) -> String {
+    delete_named(&table(schema, OBJECTS_TABLE), "schema_name", "object_name")
+}
+
+/// `DELETE` of the rows of `table` whose (`schema_column`, `name_column`) pair is one of
+/// `$1` (schemas) and `$2` (names), parallel arrays: one statement for any number.
+fn delete_named(table: &str, schema_column: &str, name_column: &str) -> String {
     // language=SQL
     format!(
-        "DELETE FROM {} o USING unnest($1::text[], $2::text[]) AS f(s, n)
-             WHERE o.schema_name = f.s AND o.object_name = f.n",
-        table(schema, OBJECTS_TABLE)
+        "DELETE FROM {table} t USING unnest($1::text[], $2::text[]) AS d(s, n)
+         WHERE t.{schema_column} = d.s AND t.{name_column} = d.n"
     )
 }
 
@@ -178,12 +183,7 @@ pub(crate) fn select_builds(schema: &str) -> String {
 
 /// Deletes the records of the copies named by `$1` (schemas) and `$2` (temporary names).
 pub(crate) fn delete_builds(schema: &str) -> String {
-    // language=SQL
-    format!(
-        "DELETE FROM {} b USING unnest($1::text[], $2::text[]) AS d(s, n)
-         WHERE b.temp_schema = d.s AND b.temp_name = d.n",
-        table(schema, BUILDS_TABLE)
-    )
+    delete_named(&table(schema, BUILDS_TABLE), "temp_schema", "temp_name")
 }
 
 /// Records the copies given as parallel arrays `$1`–`$3` (schema, temporary name, JSON).
