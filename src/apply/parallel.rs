@@ -9,7 +9,7 @@
 //! transaction keeps reconcile's advisory lock until every worker is done, so no other
 //! reconcile interleaves.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use std::time::Instant;
@@ -124,27 +124,30 @@ pub(super) async fn restore(
         message: error.to_string(),
     })?;
     let mut refreshes = Vec::new();
-    let mut done: BTreeSet<&QualifiedName> = BTreeSet::new();
-    let mut started: BTreeSet<&QualifiedName> = BTreeSet::new();
+    // How many of its reads each unit still waits for, and who reads each unit: a unit is
+    // ready when its count reaches 0. One that reads a failed unit never gets there (it is
+    // reported as skipped).
+    let mut waiting: Vec<usize> = units.iter().map(|unit| unit.reads.len()).collect();
+    let mut readers: BTreeMap<&QualifiedName, Vec<usize>> = BTreeMap::new();
+    for (position, unit) in units.iter().enumerate() {
+        for read in &unit.reads {
+            readers.entry(*read).or_default().push(position);
+        }
+    }
+    let mut ready: VecDeque<usize> = (0..units.len()).filter(|&at| waiting[at] == 0).collect();
     let mut running = FuturesUnordered::new();
     loop {
-        // Share the units whose reads are all committed among the free sessions. A unit
-        // reading a failed one is never started (it is reported as skipped).
-        let mut ready: Vec<&Unit<'_>> = units
-            .iter()
-            .filter(|unit| {
-                !started.contains(unit.object) && unit.reads.iter().all(|read| done.contains(read))
-            })
-            .collect();
+        // Share the ready units among the free sessions.
         while !ready.is_empty() {
             let Some(client) = idle.pop() else {
                 break;
             };
             let share = ready.len().div_ceil(idle.len() + 1).clamp(1, MAX_BATCH);
-            let batch: Vec<&Unit<'_>> = ready.drain(..share).collect();
-            started.extend(batch.iter().map(|unit| unit.object));
+            let batch: Vec<usize> = ready.drain(..share).collect();
+            let units = &units;
             running.push(async move {
-                let outcome = build(&client, &batch, config).await;
+                let of_batch: Vec<&Unit<'_>> = batch.iter().map(|&at| &units[at]).collect();
+                let outcome = build(&client, &of_batch, config).await;
                 (client, batch, outcome)
             });
         }
@@ -154,25 +157,31 @@ pub(super) async fn restore(
         idle.push(client);
         match outcome {
             Ok(built) => {
-                for (unit, (took_each, mut logged)) in batch.iter().zip(built) {
+                for (&at, (took_each, mut logged)) in batch.iter().zip(built) {
+                    let unit = &units[at];
                     // Told once committed, so nothing rolled back is reported.
                     for (statement, took) in unit.statements.iter().zip(took_each) {
                         on_statement(statement, took);
                     }
                     refreshes.append(&mut logged);
-                    done.insert(unit.object);
-                }
-            }
-            Err(Built::Failed(at, failure)) => {
-                // The batch is rolled back: the failed unit is left out, the others go
-                // again, in batches of their own.
-                for (position, unit) in batch.iter().enumerate() {
-                    if position != at {
-                        started.remove(unit.object);
+                    for &reader in readers.get(unit.object).into_iter().flatten() {
+                        waiting[reader] = waiting[reader].saturating_sub(1);
+                        if waiting[reader] == 0 {
+                            ready.push_back(reader);
+                        }
                     }
                 }
-                if let Some(unit) = batch.get(at) {
-                    left_out.fail(unit.object, *failure, graph);
+            }
+            Err(Built::Failed(failed, failure)) => {
+                // The batch is rolled back: the failed unit is left out, the others go
+                // again, in batches of their own.
+                for (position, &at) in batch.iter().enumerate() {
+                    if position != failed {
+                        ready.push_back(at);
+                    }
+                }
+                if let Some(&at) = batch.get(failed) {
+                    left_out.fail(units[at].object, *failure, graph);
                 }
             }
             // A session gone, or a commit whose outcome nobody knows: stop starting work,

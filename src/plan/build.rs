@@ -196,18 +196,18 @@ impl<'a> Builder<'a> {
         }
         self.steps.sort_by_key(Step::phase);
         // How long the builds the plan makes took last time, for what it costs readers.
-        let last_builds = self
-            .catalog
-            .state
-            .iter()
-            .flat_map(|state| &state.last_builds)
-            .filter(|(name, _)| {
-                self.steps
-                    .iter()
-                    .any(|step| &step.object == *name && step.builds_data())
-            })
-            .map(|(name, took)| (name.clone(), *took))
-            .collect();
+        let last_builds = match &self.catalog.state {
+            Some(state) => self
+                .steps
+                .iter()
+                .filter(|step| step.builds_data())
+                .filter_map(|step| {
+                    let took = state.last_builds.get(&step.object)?;
+                    Some((step.object.clone(), *took))
+                })
+                .collect(),
+            None => BTreeMap::new(),
+        };
         Plan {
             last_builds,
             steps: self.steps,
