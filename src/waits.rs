@@ -82,6 +82,14 @@ pub async fn holders_of(
     .await
 }
 
+/// Who holds a strong lock on any table or view: what a statement that reads tables may
+/// have waited for, when nothing holds its own object.
+pub async fn strong_holders(
+    client: &impl GenericClient,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    sessions(client, sql::waits::STRONG_HOLDERS, &[]).await
+}
+
 async fn sessions(
     client: &impl GenericClient,
     sql: &str,

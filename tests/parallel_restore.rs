@@ -139,6 +139,10 @@ fn left_out_and_committed(jobs: &str) {
     let (code, stdout, stderr) = run(&db, dir.path(), &["reconcile", "--jobs", jobs]);
     assert_eq!(code, 1, "{stdout}{stderr}");
     assert!(stderr.contains("public.amounts"), "{stderr}");
+    assert!(
+        stdout.contains("Reconciled: 6 created"),
+        "what was left out is not reported as created:\n{stdout}"
+    );
     assert!(!exists(&db, "amounts") && !exists(&db, "big_amounts"));
     for view in [
         "a_totals",
@@ -188,4 +192,42 @@ fn a_plan_that_changes_existing_objects_stays_one_transaction() {
     let (code, stdout, stderr) = run(&db, dir.path(), &["reconcile", "--jobs", "3"]);
     assert_eq!(code, 1, "{stdout}{stderr}");
     assert_eq!(end_state(&db), before, "nothing changed");
+}
+
+/// A session holding a lock on the table every object reads: the restore gives up after
+/// lock-timeout, once, naming the holder, as a serial reconcile does, instead of waiting
+/// again for each object.
+#[test]
+fn a_held_lock_makes_the_restore_give_up_after_lock_timeout() {
+    let db = items_db();
+    let dir = project(&[
+        ("viewkeeper.kdl", "lock-timeout \"1s\"\n"),
+        ("views/v.kdl", &declarations()),
+    ]);
+    reconcile(&db, dir.path());
+    let (code, _, stderr) = run(&db, dir.path(), &["drop-managed"]);
+    assert_eq!(code, 0, "{stderr}");
+    let holder = db.second_session();
+    db.block_on(holder.batch_execute(
+        "SET application_name = 'the_holder'; BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE;",
+    ))
+    .expect("the holder locks items");
+
+    let started = std::time::Instant::now();
+    let (code, stdout, stderr) = run(&db, dir.path(), &["reconcile", "--jobs", "3"]);
+    // A bound on a hang, not a speed check: 8 objects each waiting 1 s in turn take longer.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(6),
+        "{stdout}{stderr}"
+    );
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stderr.contains("lock-timeout"), "{stderr}");
+    assert!(stderr.contains("the_holder"), "names the holder:\n{stderr}");
+
+    db.block_on(holder.batch_execute("ROLLBACK"))
+        .expect("the holder ends");
+    let (code, stdout, stderr) = run(&db, dir.path(), &["reconcile", "--jobs", "3"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let (code, stdout, _) = run(&db, dir.path(), &["plan", "--detailed-exitcode"]);
+    assert_eq!(code, 0, "in sync:\n{stdout}");
 }

@@ -369,7 +369,12 @@ async fn apply_with(
             .await?
         {
             restored_fills = fills;
-            break plan;
+            if left_out.is_empty() {
+                break plan;
+            }
+            // What was applied is the plan without what was left out: report and record that.
+            let (project, catalog) = left_out.apply(project, &catalog);
+            break planner(&project, &catalog, pass).unwrap_or(plan);
         }
         if pass == Pass::First && plan.builds_side_by_side() {
             // The builds commit on their own, before the swap: readers keep using the old
@@ -425,14 +430,7 @@ async fn apply_with(
                         .rollback()
                         .await
                         .map_err(database("cannot end the transaction"))?;
-                    let holders = crate::waits::holders_of(&*client, &statement.object)
-                        .await
-                        .unwrap_or_default();
-                    failure.message = crate::waits::gave_up(
-                        &format!("a lock on {} ({})", statement.object, statement.summary),
-                        config.lock_timeout,
-                        &holders,
-                    );
+                    failure.message = lock_wait_given_up(&*client, statement, &graph, config).await;
                 }
                 return Err(ApplyError::Statement(Box::new(failure)));
             }
@@ -491,6 +489,43 @@ async fn apply_with(
         failed,
         skipped,
     })
+}
+
+/// What a statement that gave up waiting for a lock says: who holds a lock on its object or
+/// on anything the object reads (a create waits for the tables it reads).
+async fn lock_wait_given_up(
+    client: &Client,
+    statement: &Statement,
+    graph: &DependencyGraph,
+    config: &crate::project::Config,
+) -> String {
+    let mut holders = Vec::new();
+    let mut relations = vec![statement.object.clone()];
+    relations.extend(graph.dependencies(&statement.object));
+    for relation in &relations {
+        for holder in crate::waits::holders_of(client, relation)
+            .await
+            .unwrap_or_default()
+        {
+            if !holders.contains(&holder) {
+                holders.push(holder);
+            }
+        }
+    }
+    if holders.is_empty() {
+        // The graph knows declared objects; a table read by the query may be the one held.
+        holders = crate::waits::strong_holders(client)
+            .await
+            .unwrap_or_default();
+    }
+    crate::waits::gave_up(
+        &format!(
+            "a lock on {} or what it reads ({})",
+            statement.object, statement.summary
+        ),
+        config.lock_timeout,
+        &holders,
+    )
 }
 
 /// The state's side of an applied plan, in its transaction: the records (those of objects

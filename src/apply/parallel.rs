@@ -147,7 +147,7 @@ pub(super) async fn restore(
             let units = &units;
             running.push(async move {
                 let of_batch: Vec<&Unit<'_>> = batch.iter().map(|&at| &units[at]).collect();
-                let outcome = build(&client, &of_batch, config).await;
+                let outcome = build(&client, &of_batch, graph, config).await;
                 (client, batch, outcome)
             });
         }
@@ -220,6 +220,7 @@ type BuiltUnit = (Vec<Duration>, Vec<state::LoggedRefresh>);
 async fn build(
     client: &Client,
     batch: &[&Unit<'_>],
+    graph: &DependencyGraph,
     config: &Config,
 ) -> Result<Vec<BuiltUnit>, Built> {
     let broken = |context| move |error| Built::Broken(database(context)(error));
@@ -281,6 +282,19 @@ async fn build(
             let (at, index) = statements
                 .get(position)
                 .map_or((0, 0), |(at, index, _)| (*at, *index));
+            // A lock wait that gave up is not the object's fault, and going on would wait
+            // again for each object: the whole restore gives up, as a serial one does.
+            if crate::waits::timed_out(&error)
+                && let Some((_, _, statement)) = statements.get(position)
+            {
+                let mut failure = statement_error(
+                    batch.get(at).map_or(&[][..], |unit| &unit.statements[..]),
+                    index,
+                    &error,
+                );
+                failure.message = super::lock_wait_given_up(client, statement, graph, config).await;
+                return Err(Built::Broken(ApplyError::Statement(Box::new(failure))));
+            }
             return Err(failed(at, index, &error));
         }
     };

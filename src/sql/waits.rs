@@ -35,3 +35,21 @@ pub(crate) const RELATION_HOLDERS: &str = "SELECT DISTINCT a.pid, coalesce(a.use
                AND a.datname = current_database()
                AND n.nspname = $1 AND c.relname = $2
              ORDER BY a.pid";
+
+/// Sessions holding an ACCESS EXCLUSIVE or EXCLUSIVE lock on any table, view or
+/// materialized view: what a create waits for when it reads a locked table.
+// language=SQL
+pub(crate) const STRONG_HOLDERS: &str = "SELECT DISTINCT a.pid, coalesce(a.usename::text, ''), coalesce(a.application_name, ''),
+                    coalesce(a.state, ''),
+                    coalesce(extract(epoch FROM now() - coalesce(a.xact_start, a.query_start)), 0)::float8,
+                    split_part(coalesce(a.query, ''), E'\\n', 1),
+                    format('%s on %s', l.mode, l.relation::regclass)
+             FROM pg_locks l
+             JOIN pg_stat_activity a ON a.pid = l.pid
+             JOIN pg_class c ON c.oid = l.relation
+             WHERE l.granted AND l.pid <> pg_backend_pid()
+               AND a.datname = current_database()
+               AND c.relkind IN ('r', 'p', 'v', 'm')
+               AND c.relnamespace <> 'pg_catalog'::regnamespace
+               AND l.mode IN ('AccessExclusiveLock', 'ExclusiveLock')
+             ORDER BY a.pid";
