@@ -252,43 +252,12 @@ WHERE c.relkind IN ('v', 'm')
 // `pg_get_indexdef` costs a catalog-cache lookup per index and per key, most of a no-op
 // plan's time on a new connection. An index of plain columns in their own collation and
 // default operator class, ascending, with no INCLUDE, predicate, options or NULLS NOT
-// DISTINCT, prints as the `format` below (the same quoting, `quote_identifier`); the catalog
-// tests compare the two over every kind of index. Any other index is deparsed.
+// DISTINCT, prints as the `format` below (the same quoting: `quote_identifier`), and a key
+// that is a column prints as its name; tests/catalog.rs compares the two over every kind of
+// index. Any other index is deparsed. The keys of all indexes are read in one join, not per
+// index. `NULLS_NOT_DISTINCT` is the column of PostgreSQL 15+, or `false` before it.
 // language=SQL
 const INDEXES: &str = "
-WITH index AS (
-    SELECT i.indexrelid, i.indrelid, i.indkey, i.indclass, i.indcollation, i.indoption,
-           i.indisunique, i.indpred, i.indnkeyatts, i.indnatts > i.indnkeyatts AS has_include,
-           coalesce((to_jsonb(i) ->> 'indnullsnotdistinct')::bool, false) AS nulls_not_distinct,
-           ic.relname AS index_name, ic.reloptions, am.amname, n.nspname, t.relname
-    FROM pg_index i
-    JOIN pg_class ic ON ic.oid = i.indexrelid
-    JOIN pg_am am ON am.oid = ic.relam
-    JOIN pg_class t ON t.oid = i.indrelid
-    JOIN pg_namespace n ON n.oid = t.relnamespace
-    WHERE t.relkind = 'm'
-      AND n.nspname <> ALL($1::text[]) AND n.nspname NOT LIKE 'pg\\_%'),
-key AS (
-    SELECT k.indexrelid,
-           -- Each key column as PostgreSQL prints it; NULL for an expression.
-           array_agg(quote_ident(a.attname::text) ORDER BY k.position) AS elements,
-           bool_and(a.attnum IS NOT NULL AND a.attcollation = k.collation AND k.option = 0
-                    AND oc.opcdefault AND oc.opcintype = a.atttypid) AS plain,
-           bool_or(k.option <> 0 OR NOT oc.opcdefault) AS has_settings
-    FROM (SELECT index.indexrelid, index.indrelid, column_number, position,
-                 index.indcollation[position - 1] AS collation,
-                 index.indclass[position - 1] AS class,
-                 index.indoption[position - 1] AS option
-          FROM index, unnest(index.indkey) WITH ORDINALITY AS key(column_number, position)) k
-    LEFT JOIN pg_attribute a ON a.attrelid = k.indrelid AND a.attnum = k.column_number
-                            AND k.column_number <> 0
-    LEFT JOIN pg_opclass oc ON oc.oid = k.class
-    GROUP BY k.indexrelid),
-described AS (
-    SELECT index.*, key.elements, key.has_settings,
-           key.plain AND NOT index.has_include AND index.indpred IS NULL
-               AND index.reloptions IS NULL AND NOT index.nulls_not_distinct AS plain
-    FROM index JOIN key ON key.indexrelid = index.indexrelid)
 SELECT indrelid, index_name::text,
        CASE WHEN plain
             THEN format('CREATE %sINDEX %I ON %I.%I USING %I (%s)',
@@ -296,15 +265,58 @@ SELECT indrelid, index_name::text,
                         amname, array_to_string(elements, ', '))
             ELSE pg_get_indexdef(indexrelid) END,
        indisunique, amname::text,
-       CASE WHEN plain THEN elements
-            ELSE ARRAY(SELECT pg_get_indexdef(indexrelid, position::int, true)
-                       FROM generate_series(1, indnkeyatts) AS position
+       CASE WHEN columns_only THEN elements
+            ELSE ARRAY(SELECT pg_get_indexdef(indexrelid, position, true)
+                       FROM generate_series(1, indnkeyatts::int) AS position
                        ORDER BY position) END,
        pg_get_expr(indpred, indrelid, true),
        -- Settings a declaration cannot express yet: INCLUDE columns, DESC / NULLS FIRST,
-       -- non-default operator classes, NULLS NOT DISTINCT (PostgreSQL 15+).
+       -- non-default operator classes, NULLS NOT DISTINCT.
        has_include OR has_settings OR nulls_not_distinct
-FROM described";
+FROM (SELECT i.indexrelid, i.indrelid, i.indisunique, i.indpred, i.indnkeyatts,
+             ic.relname AS index_name, am.amname, n.nspname, t.relname,
+             key.elements, key.columns_only, key.has_settings,
+             i.indnatts > i.indnkeyatts AS has_include,
+             NULLS_NOT_DISTINCT AS nulls_not_distinct,
+             key.plain AND i.indnatts = i.indnkeyatts AND i.indpred IS NULL
+                 AND ic.reloptions IS NULL AND NOT NULLS_NOT_DISTINCT AS plain
+      FROM pg_index i
+      JOIN pg_class ic ON ic.oid = i.indexrelid
+      JOIN pg_am am ON am.oid = ic.relam
+      JOIN pg_class t ON t.oid = i.indrelid
+      JOIN pg_namespace n ON n.oid = t.relnamespace
+      JOIN (SELECT k.indexrelid,
+                   -- Each key as PostgreSQL prints it (NULL for an expression).
+                   array_agg(quote_ident(a.attname::text) ORDER BY k.position) AS elements,
+                   bool_and(a.attnum IS NOT NULL) AS columns_only,
+                   bool_and(a.attnum IS NOT NULL AND a.attcollation = k.collation
+                            AND k.option = 0 AND oc.opcdefault AND oc.opcintype = a.atttypid)
+                       AS plain,
+                   coalesce(bool_or(k.option <> 0 OR NOT oc.opcdefault), false) AS has_settings
+            FROM (SELECT i.indexrelid, i.indrelid, key.column_number, key.position,
+                         i.indcollation[key.position - 1] AS collation,
+                         i.indclass[key.position - 1] AS class,
+                         i.indoption[key.position - 1] AS option
+                  FROM pg_index i
+                  JOIN pg_class t ON t.oid = i.indrelid AND t.relkind = 'm'
+                  CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS key(column_number, position)
+                  WHERE key.position <= i.indnkeyatts) k
+            LEFT JOIN pg_attribute a ON a.attrelid = k.indrelid AND a.attnum = k.column_number
+                                    AND k.column_number <> 0
+            LEFT JOIN pg_opclass oc ON oc.oid = k.class
+            GROUP BY k.indexrelid) key ON key.indexrelid = i.indexrelid
+      WHERE t.relkind = 'm'
+        AND n.nspname <> ALL($1::text[]) AND n.nspname NOT LIKE 'pg\\_%') index";
+
+/// [`INDEXES`] for a server of `server_version` (`server_version_num`).
+fn indexes_sql(server_version: i32) -> String {
+    let nulls_not_distinct = if server_version >= 150_000 {
+        "i.indnullsnotdistinct"
+    } else {
+        "false"
+    };
+    INDEXES.replace("NULLS_NOT_DISTINCT", nulls_not_distinct)
+}
 
 // The owner's own privileges are implicit in ownership, so they are left out.
 // language=SQL
@@ -475,7 +487,10 @@ pub async fn introspect(
         );
     }
 
-    for row in client.query(INDEXES, &[&excluded]).await? {
+    for row in client
+        .query(&indexes_sql(catalog.server_version), &[&excluded])
+        .await?
+    {
         let Some(relation) = relation_by_oid(&mut catalog, &names_by_oid, row.get(0)) else {
             continue;
         };
