@@ -7,7 +7,7 @@ use croner::parser::{CronParser, Seconds, Year};
 use kdl::KdlNode;
 use miette::SourceSpan;
 
-use super::reader::{NodeReader, parse_document};
+use super::reader::{NodeReader, parse_fully, prescan};
 use super::statement::{Statements, single_statement};
 use super::{
     Declaration, Dependency, Grant, Grantee, Index, Kind, Problem, Query, QueryOrigin,
@@ -74,7 +74,22 @@ pub(super) fn parse_file(
     root: &Path,
     problems: &mut Vec<Problem>,
 ) -> Vec<Declaration> {
-    let Some(document) = parse_document(file, problems) else {
+    if !prescan(file, problems) {
+        return Vec::new();
+    }
+    // The plain subset, node by node: a large file is never held as one tree.
+    let reported = problems.len();
+    let mut declarations = Vec::new();
+    let fast = super::fast_kdl::each_node(&file.text, |node| {
+        declarations.extend(parse_declaration(&node, file, root, problems));
+    });
+    if fast.is_some() {
+        return declarations;
+    }
+    // Outside the subset: start again with the full parser.
+    problems.truncate(reported);
+    declarations.clear();
+    let Some(document) = parse_fully(file, problems) else {
         return Vec::new();
     };
     document

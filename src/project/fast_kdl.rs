@@ -13,6 +13,16 @@ use kdl::{KdlDocument, KdlEntry, KdlIdentifier, KdlNode, KdlValue};
 
 /// The document, or `None` when `text` is not in the subset.
 pub(super) fn parse(text: &str) -> Option<KdlDocument> {
+    let mut document = KdlDocument::new();
+    let span = each_node(text, |node| document.nodes_mut().push(node))?;
+    document.set_span(span);
+    Some(document)
+}
+
+/// Hands each top-level node to `visit` as soon as it is read, so a large file is never held
+/// as one tree; the document's span, or `None` when `text` is not in the subset (then
+/// `visit` may have seen some of the nodes, which the caller discards).
+pub(super) fn each_node(text: &str, mut visit: impl FnMut(KdlNode)) -> Option<(usize, usize)> {
     if !text.chars().all(plain_char) {
         return None;
     }
@@ -21,8 +31,8 @@ pub(super) fn parse(text: &str) -> Option<KdlDocument> {
         source: text,
         at: 0,
     };
-    let document = reader.nodes(false)?;
-    (reader.at == reader.text.len()).then_some(document)
+    let span = reader.nodes_into(false, &mut visit)?;
+    (reader.at == reader.text.len()).then_some(span)
 }
 
 /// Characters the subset allows anywhere: no control characters but tab, LF and CR (CR only
@@ -95,6 +105,17 @@ impl Reader<'_> {
     /// reader does not reproduce).
     fn nodes(&mut self, in_block: bool) -> Option<KdlDocument> {
         let mut document = KdlDocument::new();
+        let span = self.nodes_into(in_block, &mut |node| document.nodes_mut().push(node))?;
+        document.set_span(span);
+        Some(document)
+    }
+
+    /// [`Self::nodes`], handing each node to `sink`; the span they take.
+    fn nodes_into(
+        &mut self,
+        in_block: bool,
+        sink: &mut dyn FnMut(KdlNode),
+    ) -> Option<(usize, usize)> {
         let mut span: Option<(usize, usize)> = None;
         // A `;` ends the node just read; anywhere else the crate rejects it.
         let mut after_node = false;
@@ -127,7 +148,7 @@ impl Reader<'_> {
                         node.span().offset() + node.span().len(),
                     );
                     span = Some((span.map_or(start, |(first, _)| first), end));
-                    document.nodes_mut().push(node);
+                    sink(node);
                     // What ends a node: a newline, `;`, a comment, the end, or the block's `}`.
                     match self.peek() {
                         None | Some(b'\n' | b'\r' | b';' | b'/') => {}
@@ -138,8 +159,7 @@ impl Reader<'_> {
             }
         }
         let (start, end) = span?;
-        document.set_span((start, end - start));
-        Some(document)
+        Some((start, end - start))
     }
 
     /// One node, its span running to the end of its last entry or block and the spaces after

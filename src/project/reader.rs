@@ -13,11 +13,7 @@ pub(super) fn parse_document(
     file: &SourceFile,
     problems: &mut Vec<Problem>,
 ) -> Option<KdlDocument> {
-    // Mistakes the parser reports in its own terms (or overflows its stack on) are found
-    // first and reported in ours.
-    let found = super::scan::prescan(file);
-    if !found.is_empty() {
-        problems.extend(found);
+    if !prescan(file, problems) {
         return None;
     }
     // The plain subset declarations are written in, read fast; anything else (and every
@@ -25,6 +21,20 @@ pub(super) fn parse_document(
     if let Some(document) = super::fast_kdl::parse(&file.text) {
         return Some(document);
     }
+    parse_fully(file, problems)
+}
+
+/// Mistakes the parser reports in its own terms (or overflows its stack on), found first
+/// and reported in ours; false when there were any.
+pub(super) fn prescan(file: &SourceFile, problems: &mut Vec<Problem>) -> bool {
+    let found = super::scan::prescan(file);
+    let clean = found.is_empty();
+    problems.extend(found);
+    clean
+}
+
+/// Parses with the `kdl` crate, which reads all of KDL 2.0 and reports errors in full.
+pub(super) fn parse_fully(file: &SourceFile, problems: &mut Vec<Problem>) -> Option<KdlDocument> {
     match KdlDocument::parse_v2(&file.text) {
         Ok(document) => Some(document),
         Err(error) => {
