@@ -13,7 +13,7 @@ use crate::db;
 use crate::error::Error;
 use crate::name::QualifiedName;
 use crate::plan;
-use crate::project::Project;
+use crate::project::{Config, Project, ProjectLoad};
 use crate::refresh::{self, schedule::Event as ScheduleEvent};
 use crate::render;
 use crate::state;
@@ -229,10 +229,17 @@ async fn plan(
     allow_drop: bool,
     out: Option<&Path>,
 ) -> Result<Status, Error> {
-    let project = Project::load(root)?;
-    let mut client = connect(url, &project).await?;
+    let load = ProjectLoad::start(root)?;
+    let mut client = match connect(url, load.config()).await {
+        Ok(client) => client,
+        // Mistakes in the declarations come first, as when nothing was connected yet.
+        Err(error) => {
+            load.wait()?;
+            return Err(error);
+        }
+    };
     let (plan, fingerprint) =
-        proven_plan(&mut client, &project, allow_drop, format, out.is_some()).await?;
+        proven_plan(&mut client, load, allow_drop, format, out.is_some()).await?;
     if let (Some(path), Some(fingerprint)) = (out, fingerprint) {
         let mut file = Vec::new();
         render::plan_json_with(&plan, Some(&fingerprint), &mut file)
@@ -285,38 +292,49 @@ pub(crate) async fn show_plan(
     client: &mut tokio_postgres::Client,
     format: PlanFormat,
 ) -> Result<plan::Plan, Error> {
-    Ok(proven_plan(client, project, false, format, false).await?.0)
+    let load = ProjectLoad::ready(std::borrow::Cow::Borrowed(project));
+    Ok(proven_plan(client, load, false, format, false).await?.0)
 }
 
 /// Reads the catalog, plans, prints the plan, and compiles every query the plan creates,
 /// all in one transaction that is rolled back: plan never leaves anything behind, and waits
 /// for no lock longer than `lock-timeout`. The plan is printed before it is proven, so a
 /// plan that cannot be applied still shows what it would do (and why objects are missing).
+/// The live catalog is read while the declarations are still being read.
 async fn proven_plan(
     client: &mut tokio_postgres::Client,
-    project: &Project,
+    load: ProjectLoad<'_>,
     allow_drop: bool,
     format: PlanFormat,
     with_fingerprint: bool,
 ) -> Result<(plan::Plan, Option<crate::saved_plan::Fingerprint>), Error> {
     let catalog_error = |error: tokio_postgres::Error| Error::Catalog(db::describe(&error));
-    let timeout = project.config.lock_timeout;
+    let timeout = load.config().lock_timeout;
+    let state_schema = load.config().state_schema.clone();
+    let read_live = async |transaction: &tokio_postgres::Transaction<'_>| {
+        waits::bound(transaction, timeout).await?;
+        // Never read views while a reconcile drops and recreates them.
+        waits::share_reconcile_lock(transaction, &state_schema).await?;
+        catalog::read_live(transaction, &state_schema).await
+    };
+    let mut transaction = client.transaction().await.map_err(catalog_error)?;
+    let mut live = read_live(&transaction).await;
+    let project = load.wait()?;
+    let project = &*project;
     let mut attempt = 1;
-    let (transaction, catalog) = loop {
-        let mut transaction = client.transaction().await.map_err(catalog_error)?;
-        let read = async {
-            waits::bound(&transaction, timeout).await?;
-            // Never read views while a reconcile drops and recreates them.
-            waits::share_reconcile_lock(&transaction, &project.config.state_schema).await?;
-            catalog::read::read_catalog(&mut transaction, project).await
-        }
-        .await;
+    let catalog = loop {
+        let read = match live {
+            Ok(live) => catalog::read::complete(&mut transaction, live, project).await,
+            Err(error) => Err(error),
+        };
         match read {
-            Ok(catalog) => break (transaction, catalog),
+            Ok(catalog) => break catalog,
             Err(error) => {
                 transaction.rollback().await.map_err(catalog_error)?;
                 if waits::lost_relation(&error) && attempt < 3 {
                     attempt += 1;
+                    transaction = client.transaction().await.map_err(catalog_error)?;
+                    live = read_live(&transaction).await;
                     continue;
                 }
                 return Err(Error::Catalog(
@@ -360,7 +378,7 @@ async fn reconcile(
     format: Format,
 ) -> Result<Status, Error> {
     let project = Project::load(root)?;
-    let mut client = connect(url, &project).await?;
+    let mut client = connect(url, &project.config).await?;
     let reconciled = match format {
         Format::Text => run_reconcile(&project, &mut client, intent).await?,
         Format::Json => {
@@ -461,7 +479,7 @@ async fn refresh(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut client = connect(url, &project).await?;
+    let mut client = connect(url, &project.config).await?;
     let mut out = stdout();
     let started = Instant::now();
     let mut spinner = Spinner::none();
@@ -567,7 +585,7 @@ async fn status(
     detailed_exitcode: bool,
 ) -> Result<Status, Error> {
     let project = Project::load(root)?;
-    let mut client = connect(url, &project).await?;
+    let mut client = connect(url, &project.config).await?;
     let schema = &project.config.state_schema;
     let catalog_error = |error: tokio_postgres::Error| Error::Catalog(db::describe(&error));
     let catalog = read_catalog(&mut client, &project).await?;
@@ -712,7 +730,7 @@ async fn run_migration(
     // Listening from the start: a SIGINT that comes while the views are dropped, before the
     // migration starts, is passed on to the migration as soon as it starts.
     let signals = Forwarded::listen();
-    let mut client = connect(url, &project).await?;
+    let mut client = connect(url, &project.config).await?;
     let mut out = stdout();
     if drop_first {
         let width = name_width(&project);
@@ -741,7 +759,7 @@ async fn run_migration(
     if code != 0 {
         eprintln!("viewkeeper: {program} exited with status {code}; reconciling anyway");
     }
-    let mut client = connect_quietly(url, &project).await?;
+    let mut client = connect_quietly(url, &project.config).await?;
     let workers = workers(url, jobs)?;
     let intent = apply::Intent {
         workers: Some(&workers),
@@ -801,7 +819,7 @@ async fn pass_stderr_through(mut from: tokio::process::ChildStderr) -> bool {
 /// `drop-managed`: the first half of `run --drop-first`, for a migration tool that calls us.
 async fn drop_managed(root: &Path, url: Option<&str>) -> Result<Status, Error> {
     let project = Project::load(root)?;
-    let mut client = connect(url, &project).await?;
+    let mut client = connect(url, &project.config).await?;
     let mut out = stdout();
     let width = name_width(&project);
     let dropped = apply::drop_managed(&mut client, &project, |statement, took| {
@@ -921,7 +939,7 @@ fn exit_code(status: io::Result<std::process::ExitStatus>) -> u8 {
 
 async fn guard(root: &Path, url: Option<&str>, action: GuardAction) -> Result<Status, Error> {
     let project = Project::load(root)?;
-    let mut client = connect(url, &project).await?;
+    let mut client = connect(url, &project.config).await?;
     let schema = &project.config.state_schema;
     let mut out = stdout();
     match action {
@@ -985,7 +1003,7 @@ async fn import(
     })?;
     // Objects already declared are left alone; a broken project is reported first.
     let project = Project::load(root)?;
-    let client = connect(url, &project).await?;
+    let client = connect(url, &project.config).await?;
     let catalog = catalog::introspect(&client, &[], &project.config.state_schema)
         .await
         .map_err(|error| Error::Catalog(db::describe(&error)))?;
@@ -1143,19 +1161,19 @@ async fn read_catalog(
 
 /// Connects, and says first of all when a `run --drop-first` was killed before it restored
 /// the views it dropped.
-async fn connect(url: Option<&str>, project: &Project) -> Result<tokio_postgres::Client, Error> {
-    let client = connect_quietly(url, project).await?;
-    warn_restore_owed(&client, &project.config.state_schema).await;
+async fn connect(url: Option<&str>, config: &Config) -> Result<tokio_postgres::Client, Error> {
+    let client = connect_quietly(url, config).await?;
+    warn_restore_owed(&client, &config.state_schema).await;
     Ok(client)
 }
 
 /// Connects without the restore-owed warning: for `run`'s own reconcile after its drops.
 async fn connect_quietly(
     url: Option<&str>,
-    project: &Project,
+    config: &Config,
 ) -> Result<tokio_postgres::Client, Error> {
     let url = db::resolve_url(url)?;
-    Ok(db::connect(&url, &project.config.search_path).await?)
+    Ok(db::connect(&url, &config.search_path).await?)
 }
 
 /// Prints the restore-owed warning to stderr when the state records one.

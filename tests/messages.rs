@@ -659,3 +659,27 @@ fn schedule_starts_its_log_with_what_it_watches_and_logs_problems_on_one_line() 
         .collect();
     insta::assert_snapshot!("schedule_log_lines", log.join("\n"));
 }
+
+#[test]
+fn plan_reports_mistakes_in_the_declarations_before_an_unreachable_database() {
+    // `plan` connects while it reads the declarations; their mistakes still come first.
+    let dir = project(&[
+        ("viewkeeper.kdl", ""),
+        (
+            "views/bad.kdl",
+            "view \"public.bad\" {\n    query \"SELECT 1; SELECT 2\"\n}\n",
+        ),
+    ]);
+    let output = offline(dir.path())
+        .args([
+            "plan",
+            "--database-url",
+            "postgresql://nobody@127.0.0.1:1/none",
+        ])
+        .output()
+        .expect("run");
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("bad.kdl:2:20"), "{stderr}");
+    assert!(!stderr.contains("127.0.0.1"), "{stderr}");
+}

@@ -369,6 +369,17 @@ pub async fn introspect(
     named: &[QualifiedName],
     state_schema: &str,
 ) -> Result<Catalog, tokio_postgres::Error> {
+    let mut catalog = read_live(client, state_schema).await?;
+    look_up_named(client, &mut catalog, named).await?;
+    Ok(catalog)
+}
+
+/// Reads all of the catalog that does not depend on the declarations: the state, the
+/// views and materialized views with their indexes, grants and reads, the guard's log.
+pub async fn read_live(
+    client: &impl GenericClient,
+    state_schema: &str,
+) -> Result<Catalog, tokio_postgres::Error> {
     let mut catalog = Catalog::default();
     let client = CountingClient::new(client);
     let excluded: Vec<&str> = SYSTEM_SCHEMAS
@@ -533,17 +544,6 @@ pub async fn introspect(
             .insert(read);
     }
 
-    let schemas: Vec<&str> = named.iter().map(|n| n.schema.as_str()).collect();
-    let relations: Vec<&str> = named.iter().map(|n| n.name.as_str()).collect();
-    for row in client
-        .query(NAMED_RELATIONS, &[&schemas, &relations])
-        .await?
-    {
-        let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
-        let relkind = row.get::<_, String>(2).chars().next().unwrap_or('?');
-        catalog.named_relations.insert(name, relkind);
-    }
-
     if let Some(state) = &catalog.state {
         for temp in state.builds.keys() {
             catalog.reads.remove(temp);
@@ -562,6 +562,26 @@ pub async fn introspect(
     }
     catalog.queries_issued = client.issued.get();
     Ok(catalog)
+}
+
+/// Fills [`Catalog::named_relations`]: the kind of each relation in `named`, in one query.
+pub async fn look_up_named(
+    client: &impl GenericClient,
+    catalog: &mut Catalog,
+    named: &[QualifiedName],
+) -> Result<(), tokio_postgres::Error> {
+    let schemas: Vec<&str> = named.iter().map(|n| n.schema.as_str()).collect();
+    let relations: Vec<&str> = named.iter().map(|n| n.name.as_str()).collect();
+    catalog.queries_issued += 1;
+    for row in client
+        .query(NAMED_RELATIONS, &[&schemas, &relations])
+        .await?
+    {
+        let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
+        let relkind = row.get::<_, String>(2).chars().next().unwrap_or('?');
+        catalog.named_relations.insert(name, relkind);
+    }
+    Ok(())
 }
 
 /// Fills [`Relation::size_bytes`] of the materialized views `names`, in one query (none

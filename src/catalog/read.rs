@@ -18,12 +18,18 @@ pub async fn read_catalog(
     transaction: &mut Transaction<'_>,
     project: &Project,
 ) -> Result<Catalog, tokio_postgres::Error> {
-    let mut catalog = super::introspect(
-        &*transaction,
-        &dependency_names(project),
-        &project.config.state_schema,
-    )
-    .await?;
+    let live = super::read_live(&*transaction, &project.config.state_schema).await?;
+    complete(transaction, live, project).await
+}
+
+/// [`read_catalog`] after [`super::read_live`]: what the declarations name, the sizes of
+/// what may be rebuilt side by side, the normaliser.
+pub async fn complete(
+    transaction: &mut Transaction<'_>,
+    mut catalog: Catalog,
+    project: &Project,
+) -> Result<Catalog, tokio_postgres::Error> {
+    super::look_up_named(&*transaction, &mut catalog, &dependency_names(project)).await?;
     let rebuilt = may_rebuild_side_by_side(project, &catalog);
     super::read_sizes(&*transaction, &mut catalog, &rebuilt).await?;
     let candidates = crate::plan::normalisation_candidates(project, &catalog);

@@ -13,6 +13,7 @@ mod reader;
 mod scan;
 mod statement;
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -263,17 +264,10 @@ pub enum RefreshTrigger {
 
 impl Project {
     /// Reads and validates the project in `root`: all problems at once, or the project.
-    ///
-    /// The KDL parser recurses; the pre-scan keeps nesting shallow, and reading on a thread
-    /// with a generous stack (reserved, not used unless needed) is a second guard for input
-    /// the pre-scan reads differently from the parser.
+    /// Read on a thread with a large stack ([`reader_thread`]).
     pub fn load(root: &Path) -> Result<Project, Problems> {
-        const READER_STACK: usize = 256 * 1024 * 1024;
         std::thread::scope(|scope| {
-            let reader = std::thread::Builder::new()
-                .name("project-reader".to_owned())
-                .stack_size(READER_STACK)
-                .spawn_scoped(scope, || Self::load_here(root));
+            let reader = reader_thread().spawn_scoped(scope, || Self::load_here(root));
             match reader {
                 Ok(reader) => reader
                     .join()
@@ -286,6 +280,15 @@ impl Project {
     fn load_here(root: &Path) -> Result<Project, Problems> {
         let mut problems = Vec::new();
         let config = Config::load(root, &mut problems);
+        Self::load_with(root, config, problems)
+    }
+
+    /// The declarations under `config`, with the problems already found in it.
+    fn load_with(
+        root: &Path,
+        config: Config,
+        mut problems: Vec<Problem>,
+    ) -> Result<Project, Problems> {
         let views_dir = root.join(&config.views_dir);
         let files = declaration_files(&views_dir, &mut problems);
         let mut declarations: IndexMap<QualifiedName, Declaration> = IndexMap::new();
@@ -366,6 +369,78 @@ impl Project {
     /// The graph of declared objects and the `depends-on` edges between them.
     pub fn graph(&self) -> DependencyGraph {
         declared_graph(&self.declarations)
+    }
+}
+
+/// The thread declarations are read on. The KDL parser recurses; the pre-scan keeps nesting
+/// shallow, and a generous stack (reserved, not used unless needed) is a second guard for
+/// input the pre-scan reads differently from the parser.
+fn reader_thread() -> std::thread::Builder {
+    const READER_STACK: usize = 256 * 1024 * 1024;
+    std::thread::Builder::new()
+        .name("project-reader".to_owned())
+        .stack_size(READER_STACK)
+}
+
+/// A project whose settings are read and whose declarations are being read on a thread of
+/// their own, so a command can connect and read the catalog meanwhile (reading thousands of
+/// declarations takes about as long as the catalog queries).
+pub struct ProjectLoad<'p> {
+    config: Config,
+    source: Source<'p>,
+}
+
+enum Source<'p> {
+    Reading(std::thread::JoinHandle<Result<Project, Problems>>),
+    Ready(Cow<'p, Project>),
+}
+
+impl<'p> ProjectLoad<'p> {
+    /// Reads `viewkeeper.kdl` and starts reading the declarations. A mistake in the settings
+    /// is reported at once, with any in the declarations.
+    pub fn start(root: &Path) -> Result<Self, Problems> {
+        let mut problems = Vec::new();
+        let config = Config::load(root, &mut problems);
+        if !problems.is_empty() {
+            return Project::load_with(root, config, problems)
+                .map(|project| Self::ready(Cow::Owned(project)));
+        }
+        let (thread_root, thread_config) = (root.to_path_buf(), config.clone());
+        let source = match reader_thread()
+            .spawn(move || Project::load_with(&thread_root, thread_config, Vec::new()))
+        {
+            Ok(reader) => Source::Reading(reader),
+            Err(_) => Source::Ready(Cow::Owned(Project::load_with(
+                root,
+                config.clone(),
+                Vec::new(),
+            )?)),
+        };
+        Ok(Self { config, source })
+    }
+
+    /// A project already read.
+    pub fn ready(project: Cow<'p, Project>) -> Self {
+        Self {
+            config: project.config.clone(),
+            source: Source::Ready(project),
+        }
+    }
+
+    /// The settings, known before the declarations are.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The project, once its declarations are read; or their problems.
+    pub fn wait(self) -> Result<Cow<'p, Project>, Problems> {
+        match self.source {
+            Source::Reading(reader) => reader
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                .map(Cow::Owned),
+            Source::Ready(project) => Ok(project),
+        }
     }
 }
 
