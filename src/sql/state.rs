@@ -128,9 +128,15 @@ pub(crate) fn upsert_objects(schema: &str) -> String {
                               'name', i->>'name', 'sql', i->>'sql',
                               'definition', pg_get_indexdef(ic.oid)))
                           FROM jsonb_array_elements(r.indexes::jsonb) AS i
-                          JOIN pg_class ic ON ic.relnamespace = c.relnamespace
-                                          AND ic.relname = i->>'name'
-                                          AND ic.relkind = 'i'), '[]'::jsonb),
+                          -- Found by a scalar subquery, through pg_class's index on
+                          -- (name, schema): as a join, the planner scans pg_class for
+                          -- each object (most of 89 ms for 500 objects).
+                          CROSS JOIN LATERAL (
+                              SELECT (SELECT ic.oid FROM pg_class ic
+                                      WHERE ic.relnamespace = c.relnamespace
+                                        AND ic.relname = (i->>'name')::name
+                                        AND ic.relkind = 'i') AS oid) ic
+                          WHERE ic.oid IS NOT NULL), '[]'::jsonb),
                 now(), rule.hash
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
               AS r(s, n, kind, query, sha, indexes)
