@@ -4,7 +4,7 @@
 //! Edges point from a dependency to its dependent (`sales_summary → sales_by_seller`), so
 //! the topological order is the order of creation.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use petgraph::Direction;
 use petgraph::algo::tarjan_scc;
@@ -16,7 +16,7 @@ use crate::name::QualifiedName;
 #[derive(Debug, Default, Clone)]
 pub struct DependencyGraph {
     graph: DiGraph<QualifiedName, ()>,
-    nodes: BTreeMap<QualifiedName, NodeIndex>,
+    nodes: HashMap<QualifiedName, NodeIndex>,
 }
 
 /// The graph has a cycle, listed in dependency order starting from its smallest name.
@@ -60,35 +60,31 @@ impl DependencyGraph {
     /// Every node, dependencies before dependents, ties broken by name (Kahn's algorithm
     /// over a sorted set), so the same graph always gives the same order.
     pub fn topological_order(&self) -> Result<Vec<QualifiedName>, Cycle> {
-        let mut in_degree: BTreeMap<&QualifiedName, usize> = self
-            .nodes
-            .iter()
-            .map(|(name, index)| {
-                let incoming = self
-                    .graph
-                    .neighbors_directed(*index, Direction::Incoming)
-                    .count();
-                (name, incoming)
+        // Counted by node index, not looked up by name: names are compared only to order
+        // the ready set.
+        let mut in_degree: Vec<usize> = self
+            .graph
+            .node_indices()
+            .map(|index| {
+                self.graph
+                    .neighbors_directed(index, Direction::Incoming)
+                    .count()
             })
             .collect();
-        let mut ready: BTreeSet<&QualifiedName> = in_degree
-            .iter()
-            .filter(|(_, degree)| **degree == 0)
-            .map(|(name, _)| *name)
+        let mut ready: BTreeSet<(&QualifiedName, NodeIndex)> = self
+            .graph
+            .node_indices()
+            .filter(|index| in_degree[index.index()] == 0)
+            .map(|index| (&self.graph[index], index))
             .collect();
         let mut order = Vec::with_capacity(self.nodes.len());
-        while let Some(name) = ready.pop_first() {
+        while let Some((name, index)) = ready.pop_first() {
             order.push(name.clone());
-            for dependent in self
-                .graph
-                .neighbors_directed(self.nodes[name], Direction::Outgoing)
-            {
-                let dependent = &self.graph[dependent];
-                if let Some(degree) = in_degree.get_mut(dependent) {
-                    *degree -= 1;
-                    if *degree == 0 {
-                        ready.insert(dependent);
-                    }
+            for dependent in self.graph.neighbors_directed(index, Direction::Outgoing) {
+                let degree = &mut in_degree[dependent.index()];
+                *degree -= 1;
+                if *degree == 0 {
+                    ready.insert((&self.graph[dependent], dependent));
                 }
             }
         }
