@@ -13,7 +13,8 @@ use crate::project::Project;
 
 /// Reads the catalog for planning: introspection, then PostgreSQL's own reading of the
 /// declared queries that might be adopted as they are, inside a savepoint that is rolled
-/// back so nothing is left behind. Constant queries; two more when there are candidates.
+/// back so nothing is left behind. Constant queries; up to three more when there are
+/// candidates.
 pub async fn read_catalog(
     transaction: &mut Transaction<'_>,
     project: &Project,
@@ -33,6 +34,19 @@ pub async fn complete(
     let rebuilt = may_rebuild_side_by_side(project, &catalog);
     super::read_sizes(&*transaction, &mut catalog, &rebuilt).await?;
     let candidates = crate::plan::normalisation_candidates(project, &catalog);
+    // A view replaced in place must keep every live column: read those of the views whose
+    // declared query is compiled next.
+    let views: Vec<&QualifiedName> = candidates
+        .iter()
+        .map(|(name, _)| name)
+        .filter(|name| {
+            catalog
+                .relations
+                .get(*name)
+                .is_some_and(|live| live.kind == Kind::View)
+        })
+        .collect();
+    super::read_columns(&*transaction, &mut catalog, &views).await?;
     if !candidates.is_empty() {
         let savepoint = transaction.savepoint("viewkeeper_normalise").await?;
         // Normalising needs temporary objects; without that right (or on a read-only
