@@ -139,12 +139,16 @@ async fn normalise_both_sides(
     Ok((normalised, columns))
 }
 
-/// Every relation named in a `depends-on` or inferred from a query, for the catalog to look up.
+/// The relations `depends-on` entries name that are not declared, for the catalog to look
+/// up whatever their kind (a declared one is found among the views, or is to be created).
 pub fn dependency_names(project: &Project) -> Vec<QualifiedName> {
     let mut names: Vec<_> = project
         .declarations
         .values()
-        .flat_map(|declaration| declaration.reads().cloned())
+        .flat_map(|declaration| &declaration.depends_on)
+        .map(|dependency| &dependency.name)
+        .filter(|name| !project.declarations.contains_key(*name))
+        .cloned()
         .collect();
     names.sort();
     names.dedup();

@@ -89,8 +89,9 @@ impl Graphs {
         statuses: &mut BTreeMap<QualifiedName, Status>,
     ) -> Result<Graphs, PlanError> {
         let declarations = &project.declarations;
+        let declared_graph = project.graph();
         let mut live_graph = DependencyGraph::default();
-        let mut union_graph = project.graph();
+        let mut union_graph = declared_graph.clone();
         for name in declarations.keys().chain(to_drop) {
             live_graph.add_node(name);
             union_graph.add_node(name);
@@ -99,7 +100,7 @@ impl Graphs {
         catalog.add_reads(&mut union_graph);
         verdict::mark_rebuilds(&union_graph, statuses);
 
-        let mut create_graph = project.graph();
+        let mut create_graph = declared_graph;
         for (reader, reads) in &catalog.reads {
             if matches!(
                 statuses.get(reader),
