@@ -29,6 +29,12 @@ CREATE INDEX on_varchar ON "Odd Schema"."select" (short_name);
 CREATE INDEX on_domain ON "Odd Schema"."select" (amount);
 CREATE INDEX ranges ON "Odd Schema"."select" USING gist (span);
 CREATE INDEX blocks ON "Odd Schema"."select" USING brin (id);
+CREATE INDEX with_class_options ON "Odd Schema"."select"
+    USING gist (to_tsvector('simple', name) tsvector_ops (siglen = 200));
+CREATE MATERIALIZED VIEW "Odd Schema".documents AS
+SELECT i AS id, to_tsvector('simple', 'n' || i) AS words FROM generate_series(1, 20) AS i;
+CREATE INDEX words ON "Odd Schema".documents USING gist (words tsvector_ops (siglen = 100));
+CREATE INDEX words_default ON "Odd Schema".documents USING gist (words);
 "#;
 
 #[test]
@@ -41,14 +47,15 @@ fn index_definitions_and_elements_are_what_postgres_prints() {
         )
         .is_ok();
     let expected = db.strings(
-        r#"SELECT ic.relname, pg_get_indexdef(ic.oid),
+        r#"SELECT t.relname, ic.relname, pg_get_indexdef(ic.oid),
                   ARRAY(SELECT pg_get_indexdef(ic.oid, k, true)
                         FROM generate_series(1, i.indnkeyatts) AS k ORDER BY k)::text
            FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-           WHERE i.indrelid = '"Odd Schema"."select"'::regclass
-           ORDER BY ic.relname"#,
+           JOIN pg_class t ON t.oid = i.indrelid
+           WHERE t.relnamespace = '"Odd Schema"'::regnamespace
+           ORDER BY t.relname, ic.relname"#,
     );
-    assert_eq!(expected.len(), 15 + usize::from(nulls_not_distinct));
+    assert_eq!(expected.len(), 18 + usize::from(nulls_not_distinct));
 
     let catalog = db
         .block_on(viewkeeper::catalog::introspect(
@@ -57,17 +64,19 @@ fn index_definitions_and_elements_are_what_postgres_prints() {
             "viewkeeper",
         ))
         .expect("introspect");
-    let relation = catalog
-        .relations
-        .iter()
-        .find(|(name, _)| name.schema == "Odd Schema" && name.name == "select")
-        .map(|(_, relation)| relation)
-        .expect("the materialized view is read");
+    let relation = |name: &str| {
+        catalog
+            .relations
+            .iter()
+            .find(|(relation, _)| relation.schema == "Odd Schema" && relation.name == name)
+            .map(|(_, relation)| relation)
+            .unwrap_or_else(|| panic!("the materialized view {name} is read"))
+    };
     for row in &expected {
-        let [Some(name), Some(definition), Some(elements)] = row.as_slice() else {
+        let [Some(table), Some(name), Some(definition), Some(elements)] = row.as_slice() else {
             panic!("unexpected row {row:?}");
         };
-        let live = relation
+        let live = relation(table)
             .indexes
             .get(name)
             .unwrap_or_else(|| panic!("index {name} is read"));
@@ -89,12 +98,16 @@ fn index_definitions_and_elements_are_what_postgres_prints() {
             "elements of {name}"
         );
     }
-    assert_eq!(relation.indexes.len(), expected.len());
+    assert_eq!(
+        relation("select").indexes.len() + relation("documents").indexes.len(),
+        expected.len()
+    );
 
     // Which of them a declaration can stand for.
-    let declarable: Vec<&str> = relation
+    let declarable: Vec<&str> = relation("select")
         .indexes
         .iter()
+        .chain(&relation("documents").indexes)
         .filter(|(_, index)| index.declarable)
         .map(|(name, _)| name.as_str())
         .collect();
@@ -113,6 +126,7 @@ fn index_definitions_and_elements_are_what_postgres_prints() {
             "plain_unique",
             "ranges",
             "with_options",
+            "words_default",
         ]
     );
 }

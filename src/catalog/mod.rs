@@ -248,11 +248,12 @@ WHERE c.relkind IN ('v', 'm')
 
 // `pg_get_indexdef` costs a catalog-cache lookup per index and per key, most of a no-op
 // plan's time on a new connection. An index of plain columns in their own collation and
-// default operator class, ascending, with no INCLUDE, predicate, options or NULLS NOT
-// DISTINCT, prints as the `format` below (the same quoting: `quote_identifier`), and a key
-// that is a column prints as its name; tests/catalog.rs compares the two over every kind of
-// index. Any other index is deparsed. The keys of all indexes are read in one join, not per
-// index. `NULLS_NOT_DISTINCT` is the column of PostgreSQL 15+, or `false` before it.
+// default operator class (without options), ascending, with no INCLUDE, predicate, storage
+// options or NULLS NOT DISTINCT, prints as the `format` below (the same quoting:
+// `quote_identifier`), and a key that is a column prints as its name; tests/catalog.rs
+// compares the two over every kind of index. Any other index is deparsed. The keys of all
+// indexes are read in one join, not per index. `NULLS_NOT_DISTINCT` is the column of
+// PostgreSQL 15+, or `false` before it.
 // language=SQL
 const INDEXES: &str = "
 SELECT indrelid, index_name::text,
@@ -287,9 +288,13 @@ FROM (SELECT i.indexrelid, i.indrelid, i.indisunique, i.indpred, i.indnkeyatts,
                    array_agg(quote_ident(a.attname::text) ORDER BY k.position) AS elements,
                    bool_and(a.attnum IS NOT NULL) AS columns_only,
                    bool_and(a.attnum IS NOT NULL AND a.attcollation = k.collation
-                            AND k.option = 0 AND oc.opcdefault AND oc.opcintype = a.atttypid)
+                            AND k.option = 0 AND oc.opcdefault AND oc.opcintype = a.atttypid
+                            AND key_column.attoptions IS NULL)
                        AS plain,
-                   coalesce(bool_or(k.option <> 0 OR NOT oc.opcdefault), false) AS has_settings
+                   -- Operator class options (`tsvector_ops (siglen = 200)`) are the index
+                   -- column's own attoptions.
+                   coalesce(bool_or(k.option <> 0 OR NOT oc.opcdefault
+                                    OR key_column.attoptions IS NOT NULL), false) AS has_settings
             FROM (SELECT i.indexrelid, i.indrelid, key.column_number, key.position,
                          i.indcollation[key.position - 1] AS collation,
                          i.indclass[key.position - 1] AS class,
@@ -301,6 +306,8 @@ FROM (SELECT i.indexrelid, i.indrelid, i.indisunique, i.indpred, i.indnkeyatts,
             LEFT JOIN pg_attribute a ON a.attrelid = k.indrelid AND a.attnum = k.column_number
                                     AND k.column_number <> 0
             LEFT JOIN pg_opclass oc ON oc.oid = k.class
+            LEFT JOIN pg_attribute key_column ON key_column.attrelid = k.indexrelid
+                                             AND key_column.attnum = k.position
             GROUP BY k.indexrelid) key ON key.indexrelid = i.indexrelid
       WHERE t.relkind = 'm'
         AND n.nspname <> ALL($1::text[]) AND n.nspname NOT LIKE 'pg\\_%') index";
