@@ -317,7 +317,14 @@ async fn proven_plan(
         waits::share_reconcile_lock(transaction, &state_schema).await?;
         catalog::read_live(transaction, &state_schema).await
     };
-    let mut transaction = client.transaction().await.map_err(catalog_error)?;
+    let mut transaction = match client.transaction().await {
+        Ok(transaction) => transaction,
+        // Mistakes in the declarations come first, as for a failed connection.
+        Err(error) => {
+            load.wait()?;
+            return Err(catalog_error(error));
+        }
+    };
     let mut live = read_live(&transaction).await;
     let project = load.wait()?;
     let project = &*project;

@@ -402,19 +402,15 @@ impl<'p> ProjectLoad<'p> {
         let mut problems = Vec::new();
         let config = Config::load(root, &mut problems);
         if !problems.is_empty() {
-            return Project::load_with(root, config, problems)
-                .map(|project| Self::ready(Cow::Owned(project)));
+            // Reported with the declarations' own, read as `load` reads them.
+            return Project::load(root).map(|project| Self::ready(Cow::Owned(project)));
         }
         let (thread_root, thread_config) = (root.to_path_buf(), config.clone());
         let source = match reader_thread()
             .spawn(move || Project::load_with(&thread_root, thread_config, Vec::new()))
         {
             Ok(reader) => Source::Reading(reader),
-            Err(_) => Source::Ready(Cow::Owned(Project::load_with(
-                root,
-                config.clone(),
-                Vec::new(),
-            )?)),
+            Err(_) => Source::Ready(Cow::Owned(Project::load(root)?)),
         };
         Ok(Self { config, source })
     }
