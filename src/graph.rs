@@ -16,7 +16,8 @@ use crate::name::QualifiedName;
 #[derive(Debug, Default, Clone)]
 pub struct DependencyGraph {
     graph: DiGraph<QualifiedName, ()>,
-    nodes: HashMap<QualifiedName, NodeIndex>,
+    /// Looked up once per node and edge added: hashed with foldhash, not SipHash.
+    nodes: HashMap<QualifiedName, NodeIndex, foldhash::fast::RandomState>,
 }
 
 /// The graph has a cycle, listed in dependency order starting from its smallest name.
