@@ -273,11 +273,12 @@ SELECT indrelid, index_name::text,
        has_include OR has_settings OR nulls_not_distinct
 FROM (SELECT i.indexrelid, i.indrelid, i.indisunique, i.indpred, i.indnkeyatts,
              ic.relname AS index_name, am.amname, n.nspname, t.relname,
-             key.elements, key.columns_only, key.has_settings,
+             key.elements, key.columns_only, key.has_settings OR class_options.any AS has_settings,
              i.indnatts > i.indnkeyatts AS has_include,
              NULLS_NOT_DISTINCT AS nulls_not_distinct,
              key.plain AND i.indnatts = i.indnkeyatts AND i.indpred IS NULL
-                 AND ic.reloptions IS NULL AND NOT NULLS_NOT_DISTINCT AS plain
+                 AND ic.reloptions IS NULL AND NOT NULLS_NOT_DISTINCT AND NOT class_options.any
+                 AS plain
       FROM pg_index i
       JOIN pg_class ic ON ic.oid = i.indexrelid
       JOIN pg_am am ON am.oid = ic.relam
@@ -288,13 +289,9 @@ FROM (SELECT i.indexrelid, i.indrelid, i.indisunique, i.indpred, i.indnkeyatts,
                    array_agg(quote_ident(a.attname::text) ORDER BY k.position) AS elements,
                    bool_and(a.attnum IS NOT NULL) AS columns_only,
                    bool_and(a.attnum IS NOT NULL AND a.attcollation = k.collation
-                            AND k.option = 0 AND oc.opcdefault AND oc.opcintype = a.atttypid
-                            AND key_column.attoptions IS NULL)
+                            AND k.option = 0 AND oc.opcdefault AND oc.opcintype = a.atttypid)
                        AS plain,
-                   -- Operator class options (`tsvector_ops (siglen = 200)`) are the index
-                   -- column's own attoptions.
-                   coalesce(bool_or(k.option <> 0 OR NOT oc.opcdefault
-                                    OR key_column.attoptions IS NOT NULL), false) AS has_settings
+                   coalesce(bool_or(k.option <> 0 OR NOT oc.opcdefault), false) AS has_settings
             FROM (SELECT i.indexrelid, i.indrelid, key.column_number, key.position,
                          i.indcollation[key.position - 1] AS collation,
                          i.indclass[key.position - 1] AS class,
@@ -306,9 +303,11 @@ FROM (SELECT i.indexrelid, i.indrelid, i.indisunique, i.indpred, i.indnkeyatts,
             LEFT JOIN pg_attribute a ON a.attrelid = k.indrelid AND a.attnum = k.column_number
                                     AND k.column_number <> 0
             LEFT JOIN pg_opclass oc ON oc.oid = k.class
-            LEFT JOIN pg_attribute key_column ON key_column.attrelid = k.indexrelid
-                                             AND key_column.attnum = k.position
             GROUP BY k.indexrelid) key ON key.indexrelid = i.indexrelid
+      -- Operator class options (`tsvector_ops (siglen = 200)`) are the index columns' own.
+      CROSS JOIN LATERAL (SELECT EXISTS (SELECT 1 FROM pg_attribute ia
+                                         WHERE ia.attrelid = i.indexrelid
+                                           AND ia.attoptions IS NOT NULL) AS any) class_options
       WHERE t.relkind = 'm'
         AND n.nspname <> ALL($1::text[]) AND n.nspname NOT LIKE 'pg\\_%') index";
 
