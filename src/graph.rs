@@ -54,6 +54,22 @@ impl DependencyGraph {
         }
     }
 
+    /// Records that `dependent` reads `dependency` when both are nodes already; true if so.
+    pub fn add_edge_between_nodes(
+        &mut self,
+        dependency: &QualifiedName,
+        dependent: &QualifiedName,
+    ) -> bool {
+        let (Some(&from), Some(&to)) = (self.nodes.get(dependency), self.nodes.get(dependent))
+        else {
+            return false;
+        };
+        if !self.graph.contains_edge(from, to) {
+            self.graph.add_edge(from, to, ());
+        }
+        true
+    }
+
     pub fn contains(&self, name: &QualifiedName) -> bool {
         self.nodes.contains_key(name)
     }

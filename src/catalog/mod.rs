@@ -151,10 +151,8 @@ impl Catalog {
     pub fn add_reads(&self, graph: &mut DependencyGraph) {
         for (reader, reads) in &self.reads {
             if graph.contains(reader) {
-                for read in reads {
-                    if graph.contains(read) && read != reader {
-                        graph.add_edge(read, reader);
-                    }
+                for read in reads.iter().filter(|read| *read != reader) {
+                    graph.add_edge_between_nodes(read, reader);
                 }
             }
         }

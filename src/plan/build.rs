@@ -106,11 +106,10 @@ impl Graphs {
                 statuses.get(reader),
                 Some(Status::Keep | Status::Rebuild { .. })
             ) {
-                for read in reads
-                    .iter()
-                    .filter(|read| declarations.contains_key(*read) && *read != reader)
-                {
-                    create_graph.add_edge(read, reader);
+                // The create graph's nodes are the declared objects: a read of anything
+                // else is no edge.
+                for read in reads.iter().filter(|read| *read != reader) {
+                    create_graph.add_edge_between_nodes(read, reader);
                 }
             }
         }
