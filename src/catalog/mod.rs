@@ -594,19 +594,10 @@ pub async fn read_sizes(
     catalog: &mut Catalog,
     names: &[&QualifiedName],
 ) -> Result<(), tokio_postgres::Error> {
-    if names.is_empty() {
-        return Ok(());
-    }
-    let schemas: Vec<&str> = names.iter().map(|n| n.schema.as_str()).collect();
-    let relations: Vec<&str> = names.iter().map(|n| n.name.as_str()).collect();
-    catalog.queries_issued += 1;
-    for row in client.query(SIZES, &[&schemas, &relations]).await? {
-        let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
-        if let Some(relation) = catalog.relations.get_mut(&name) {
-            relation.size_bytes = row.get::<_, Option<i64>>(2).unwrap_or(0);
-        }
-    }
-    Ok(())
+    fill_named(client, catalog, SIZES, names, |relation, row| {
+        relation.size_bytes = row.get::<_, Option<i64>>(2).unwrap_or(0);
+    })
+    .await
 }
 
 /// Fills [`Relation::columns`] of the relations `names`, in one query (none when `names` is
@@ -617,16 +608,32 @@ pub async fn read_columns(
     catalog: &mut Catalog,
     names: &[&QualifiedName],
 ) -> Result<(), tokio_postgres::Error> {
+    fill_named(client, catalog, COLUMNS, names, |relation, row| {
+        relation.columns = row.get(2);
+    })
+    .await
+}
+
+/// Runs `sql` on the relations `names` (`$1` schemas, `$2` names; each row starts with a
+/// relation's schema and name) and hands each row to `fill` with the relation it names.
+/// No query when `names` is empty.
+async fn fill_named(
+    client: &impl GenericClient,
+    catalog: &mut Catalog,
+    sql: &str,
+    names: &[&QualifiedName],
+    fill: impl Fn(&mut Relation, &tokio_postgres::Row),
+) -> Result<(), tokio_postgres::Error> {
     if names.is_empty() {
         return Ok(());
     }
     let schemas: Vec<&str> = names.iter().map(|n| n.schema.as_str()).collect();
     let relations: Vec<&str> = names.iter().map(|n| n.name.as_str()).collect();
     catalog.queries_issued += 1;
-    for row in client.query(COLUMNS, &[&schemas, &relations]).await? {
+    for row in client.query(sql, &[&schemas, &relations]).await? {
         let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
         if let Some(relation) = catalog.relations.get_mut(&name) {
-            relation.columns = row.get(2);
+            fill(relation, &row);
         }
     }
     Ok(())
