@@ -229,10 +229,21 @@ async fn plan(
     allow_drop: bool,
     out: Option<&Path>,
 ) -> Result<Status, Error> {
-    let load = ProjectLoad::start(root)?;
-    let mut client = match connect(url, load.config()).await {
+    let mut load = ProjectLoad::start(root)?;
+    let config = load.config().clone();
+    let connecting = connect(url, &config);
+    tokio::pin!(connecting);
+    // Mistakes in the declarations come first, as when nothing was connected yet: before a
+    // connection error, and before a server that is slow to answer, or never does.
+    let connected = tokio::select! {
+        connected = &mut connecting => connected,
+        () = load.read() => {
+            load = ProjectLoad::ready(load.wait()?);
+            connecting.await
+        }
+    };
+    let mut client = match connected {
         Ok(client) => client,
-        // Mistakes in the declarations come first, as when nothing was connected yet.
         Err(error) => {
             load.wait()?;
             return Err(error);

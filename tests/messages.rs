@@ -683,3 +683,67 @@ fn plan_reports_mistakes_in_the_declarations_before_an_unreachable_database() {
     assert!(stderr.contains("bad.kdl:2:20"), "{stderr}");
     assert!(!stderr.contains("127.0.0.1"), "{stderr}");
 }
+
+/// A server that accepts connections and never answers: its address, and the connections
+/// it holds (kept open while the returned listener lives).
+fn silent_server() -> (std::net::SocketAddr, std::net::TcpListener) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address");
+    let accepting = listener.try_clone().expect("clone");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in accepting.incoming() {
+            held.push(stream);
+        }
+    });
+    (address, listener)
+}
+
+#[test]
+fn plan_does_not_wait_for_a_silent_server_to_report_mistakes_or_past_connect_timeout() {
+    let (address, _listener) = silent_server();
+    let bad = project(&[
+        ("viewkeeper.kdl", ""),
+        (
+            "views/bad.kdl",
+            "view \"public.bad\" {\n    query \"SELECT 1; SELECT 2\"\n}\n",
+        ),
+    ]);
+    // A hang guard only: without it a regression would stall the suite.
+    let output = offline(bad.path())
+        .args([
+            "plan",
+            "--database-url",
+            &format!("postgresql://nobody@{address}/none"),
+        ])
+        .timeout(Duration::from_secs(30))
+        .output()
+        .expect("run");
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("bad.kdl:2:20"), "{stderr}");
+
+    // libpq's connect_timeout bounds the whole connection, the server's silence included.
+    let good = project(&[
+        ("viewkeeper.kdl", ""),
+        (
+            "views/good.kdl",
+            "view \"public.good\" {\n    query \"SELECT 1 AS x\"\n}\n",
+        ),
+    ]);
+    let output = offline(good.path())
+        .args([
+            "plan",
+            "--database-url",
+            &format!("postgresql://nobody@{address}/none?connect_timeout=1"),
+        ])
+        .timeout(Duration::from_secs(30))
+        .output()
+        .expect("run");
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no answer within connect_timeout (1 s)"),
+        "{stderr}"
+    );
+}

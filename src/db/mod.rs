@@ -173,7 +173,26 @@ async fn open(settings: &Settings, listener: Listener<'_>) -> Result<Client, Con
             }
         };
         secrets.extend(password.iter().cloned());
-        match attempt(settings, target, password.as_deref(), listener).await {
+        let attempted = attempt(settings, target, password.as_deref(), listener);
+        // libpq's connect_timeout bounds the whole attempt on a host, the startup and the
+        // authentication included; tokio-postgres bounds only the socket's connect, so a
+        // server that accepts and never answers would be waited for forever.
+        let attempted = match settings.config.get_connect_timeout() {
+            Some(limit) => tokio::time::timeout(*limit, attempted)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Failure {
+                        message: format!(
+                            "no answer within connect_timeout ({} s)",
+                            limit.as_secs()
+                        ),
+                        tls: false,
+                        server: false,
+                    })
+                }),
+            None => attempted.await,
+        };
+        match attempted {
             Ok(client) => return Ok(client),
             Err(failure) => failures.push((target.to_string(), failure.message)),
         }

@@ -391,7 +391,11 @@ pub struct ProjectLoad<'p> {
 }
 
 enum Source<'p> {
-    Reading(std::thread::JoinHandle<Result<Project, Problems>>),
+    Reading {
+        reader: std::thread::JoinHandle<Result<Project, Problems>>,
+        /// Told (or dropped, on a panic) when the reader is done; `None` once heard.
+        done: Option<tokio::sync::oneshot::Receiver<()>>,
+    },
     Ready(Cow<'p, Project>),
 }
 
@@ -406,10 +410,16 @@ impl<'p> ProjectLoad<'p> {
             return Project::load(root).map(|project| Self::ready(Cow::Owned(project)));
         }
         let (thread_root, thread_config) = (root.to_path_buf(), config.clone());
-        let source = match reader_thread()
-            .spawn(move || Project::load_with(&thread_root, thread_config, Vec::new()))
-        {
-            Ok(reader) => Source::Reading(reader),
+        let (tell_done, done) = tokio::sync::oneshot::channel();
+        let source = match reader_thread().spawn(move || {
+            let project = Project::load_with(&thread_root, thread_config, Vec::new());
+            let _ = tell_done.send(());
+            project
+        }) {
+            Ok(reader) => Source::Reading {
+                reader,
+                done: Some(done),
+            },
             Err(_) => Source::Ready(Cow::Owned(Project::load(root)?)),
         };
         Ok(Self { config, source })
@@ -428,10 +438,19 @@ impl<'p> ProjectLoad<'p> {
         &self.config
     }
 
+    /// Until the declarations are read (at once if they are), without blocking the thread.
+    pub async fn read(&mut self) {
+        if let Source::Reading { done, .. } = &mut self.source
+            && let Some(receiver) = done.take()
+        {
+            let _ = receiver.await;
+        }
+    }
+
     /// The project, once its declarations are read; or their problems.
     pub fn wait(self) -> Result<Cow<'p, Project>, Problems> {
         match self.source {
-            Source::Reading(reader) => reader
+            Source::Reading { reader, .. } => reader
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
                 .map(Cow::Owned),
