@@ -71,7 +71,8 @@ pub fn plan(project: &Project, catalog: &Catalog) -> Result<Plan, PlanError> {
 
 /// The three views of the dependencies a plan needs.
 struct Graphs {
-    /// Drops follow what the database holds now: only the catalog's edges.
+    /// Drops follow what the database holds now: only the catalog's edges. Empty when
+    /// nothing is dropped.
     drop_order: Vec<QualifiedName>,
     /// Creates follow the declared edges, plus the live edges of views whose query is not
     /// changing (their reads stay true), so reversing a dependency is not a cycle.
@@ -90,15 +91,31 @@ impl Graphs {
     ) -> Result<Graphs, PlanError> {
         let declarations = &project.declarations;
         let declared_graph = project.graph();
-        let mut live_graph = DependencyGraph::default();
-        let mut union_graph = declared_graph.clone();
-        for name in declarations.keys().chain(to_drop) {
-            live_graph.add_node(name);
-            union_graph.add_node(name);
+        let with_live_reads = |graph: DependencyGraph| {
+            let mut graph = graph;
+            for name in declarations.keys().chain(to_drop) {
+                graph.add_node(name);
+            }
+            catalog.add_reads(&mut graph);
+            graph
+        };
+        // Only a replaced object makes others rebuild, and the drop order matters only when
+        // something is dropped: a plan that replaces nothing (most of them) skips both graphs.
+        if statuses
+            .values()
+            .any(|status| matches!(status, Status::Replace { .. }))
+        {
+            verdict::mark_rebuilds(&with_live_reads(declared_graph.clone()), statuses);
         }
-        catalog.add_reads(&mut live_graph);
-        catalog.add_reads(&mut union_graph);
-        verdict::mark_rebuilds(&union_graph, statuses);
+        let drops_something = !to_drop.is_empty()
+            || statuses
+                .values()
+                .any(|status| matches!(status, Status::Replace { .. } | Status::Rebuild { .. }));
+        let drop_order = if drops_something {
+            with_live_reads(DependencyGraph::default()).topological_order()?
+        } else {
+            Vec::new()
+        };
 
         let mut create_graph = declared_graph;
         for (reader, reads) in &catalog.reads {
@@ -114,7 +131,7 @@ impl Graphs {
             }
         }
         Ok(Graphs {
-            drop_order: live_graph.topological_order()?,
+            drop_order,
             create_order: create_graph.topological_order()?,
             create_graph,
         })
@@ -620,27 +637,33 @@ impl<'a> Builder<'a> {
     ) {
         let name = &declaration.name;
         let alterations = attributes::to_alter(declaration, live, managed, self.catalog);
-        let head = Head::new(
-            name,
-            declaration.kind,
-            Change::Alter,
-            "attributes differ from the declaration",
-        );
-        let altered = !alterations.is_empty();
-        for op in alterations {
-            self.push(&head, op);
+        if !alterations.is_empty() {
+            let head = Head::new(
+                name,
+                declaration.kind,
+                Change::Alter,
+                "attributes differ from the declaration",
+            );
+            for op in alterations {
+                self.push(&head, op);
+            }
+            if !adopt {
+                self.push(&head, Op::Record(record(declaration)));
+            }
         }
         if adopt {
             let adopted = Head::new(name, declaration.kind, Change::Adopt, "");
             self.push(&adopted, Op::Record(record(declaration)));
-        } else if altered {
-            self.push(&head, Op::Record(record(declaration)));
         }
-        let stale_read = graphs
-            .create_graph
-            .dependencies(name)
-            .into_iter()
-            .find(|dependency| self.rows_change.contains(dependency));
+        let stale_read = if self.rows_change.is_empty() {
+            None
+        } else {
+            graphs
+                .create_graph
+                .dependencies(name)
+                .into_iter()
+                .find(|dependency| self.rows_change.contains(dependency))
+        };
         if declaration.kind == Kind::MaterializedView && declaration.populate && !live.populated {
             self.refreshes.push((
                 Head::new(
@@ -685,17 +708,22 @@ impl<'a> Builder<'a> {
 
     /// Warns when `depends-on` and the catalog disagree about what a view reads.
     fn warn_about_dependencies(&mut self, declaration: &Declaration) {
-        let empty = BTreeSet::new();
-        let reads = self.catalog.reads.get(&declaration.name).unwrap_or(&empty);
-        let declared: BTreeSet<&QualifiedName> =
-            declaration.depends_on.iter().map(|d| &d.name).collect();
-        if declared.is_empty() {
+        if declaration.depends_on.is_empty() {
             // Nothing declared: the dependencies are inferred, and PostgreSQL's are
             // authoritative.
             return;
         }
+        let empty = BTreeSet::new();
+        let reads = self.catalog.reads.get(&declaration.name).unwrap_or(&empty);
+        // A few names each: a scan costs less than building a set per object.
+        let declared = |name: &QualifiedName| {
+            declaration
+                .depends_on
+                .iter()
+                .any(|dependency| dependency.name == *name)
+        };
         for read in reads {
-            if !declared.contains(read)
+            if !declared(read)
                 && !matches!(read.schema.as_str(), "pg_catalog" | "information_schema")
             {
                 self.warnings.push(Warning {
