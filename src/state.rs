@@ -15,22 +15,16 @@ use serde::{Deserialize, Serialize};
 use crate::objects::{BuiltIndex, Kind, ManagedObject, Record, SideBuild, State, query_hash};
 use crate::sql::state as sql;
 
-/// The rule hash ([`crate::sql::rule_hash`]) of each managed view as applied, where one was
-/// recorded.
-pub(crate) type RuleHashes = BTreeMap<QualifiedName, String>;
-
-/// Reads the state table, and the rule hashes when the table has that column
-/// (`with_rule_hashes`); call only when the table exists.
+/// Reads the state table; call only when it exists.
 pub(crate) async fn read(
     client: &impl GenericClient,
     schema: &str,
-    with_rule_hashes: bool,
-) -> Result<(State, RuleHashes), tokio_postgres::Error> {
+) -> Result<State, tokio_postgres::Error> {
+    // Typed: sent at once, without a round trip to prepare it, so it can be pipelined.
     let rows = client
-        .query(&sql::select_objects(schema, with_rule_hashes), &[])
+        .query_typed(&sql::select_objects(schema), &[])
         .await?;
     let mut state = State::default();
-    let mut rule_hashes = RuleHashes::new();
     for row in rows {
         let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
         let kind = if row.get::<_, String>(2) == Kind::MaterializedView.keyword() {
@@ -40,9 +34,6 @@ pub(crate) async fn read(
         };
         // A hand-edited or future-format index list only costs a rebuild of those indexes.
         let applied_indexes = serde_json::from_str(&row.get::<_, String>(6)).unwrap_or_default();
-        if let Some(hash) = row.get::<_, Option<String>>(8) {
-            rule_hashes.insert(name.clone(), hash);
-        }
         state.objects.insert(
             name.clone(),
             ManagedObject {
@@ -75,7 +66,7 @@ pub(crate) async fn read(
             }
         }
     }
-    Ok((state, rule_hashes))
+    Ok(state)
 }
 
 /// A [`SideBuild`] as its row stores it.

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 use tokio_postgres::GenericClient;
+use tokio_postgres::types::{ToSql, Type};
 
 use crate::graph::DependencyGraph;
 use crate::name::QualifiedName;
@@ -198,9 +199,11 @@ macro_rules! column_sql {
     };
 }
 
-// `$2`–`$4`: the managed objects' recorded rule hashes (schema, name, hash).
+// The two halves of the relations query, around the derived table of the rule hashes
+// recorded when each view was applied ([`crate::sql::state::applied_rule_hashes`]); see
+// [`relations_sql`].
 // language=SQL
-const RELATIONS: &str = concat!(
+const RELATIONS: [&str; 2] = [
     "
 SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text, pg_get_userbyid(c.relowner)::text,
        -- Deparsed only when the rule hash differs from the one recorded when the view was
@@ -234,15 +237,22 @@ LEFT JOIN (SELECT x.relid, array_agg(x.item ORDER BY x.kind, x.attnum, x.name CO
                  JOIN pg_attribute a ON a.attrelid = d.objoid AND a.attnum = d.objsubid
                  WHERE d.classoid = 'pg_class'::regclass AND d.objsubid > 0) x
            GROUP BY x.relid) undeclarable ON undeclarable.relid = c.oid
-LEFT JOIN unnest($2::text[], $3::text[], $4::text[]) AS applied(schema_name, object_name, rule_hash)
-       ON applied.schema_name = n.nspname AND applied.object_name = c.relname
+LEFT JOIN ",
+    concat!(
+        " AS applied ON applied.schema_name = n.nspname AND applied.object_name = c.relname
 LEFT JOIN ",
     crate::sql::rule_hash::rule_hashes_sql!(),
     " live_rule ON live_rule.ev_class = c.oid
 CROSS JOIN LATERAL (SELECT coalesce(live_rule.hash = applied.rule_hash, false) AS unchanged) rule
 WHERE c.relkind IN ('v', 'm')
   AND n.nspname <> ALL($1::text[]) AND n.nspname NOT LIKE 'pg\\_%'"
-);
+    ),
+];
+
+/// The relations query, joined with the recorded rule hashes (`applied`, a derived table).
+fn relations_sql(applied: &str) -> String {
+    [RELATIONS[0], applied, RELATIONS[1]].concat()
+}
 
 // `pg_get_indexdef` costs a catalog-cache lookup per index and per key, most of a no-op
 // plan's time on a new connection. An index of plain columns in their own collation and
@@ -390,6 +400,7 @@ pub async fn read_live(
         .copied()
         .chain(std::iter::once(state_schema))
         .collect();
+    let excluded = [(&excluded as &(dyn ToSql + Sync), Type::TEXT_ARRAY)];
 
     let state_table = crate::sql::state::table(state_schema, crate::sql::state::OBJECTS_TABLE);
     let drop_table = crate::guard::log_table(state_schema);
@@ -409,30 +420,41 @@ pub async fn read_live(
     let guard_log_exists: bool = session.get(3);
     catalog.state_records_rule_hashes = session.get(4);
 
-    // The state first: its rule hashes spare deparsing the views that did not change.
-    let mut applied_rule_hashes = state::RuleHashes::new();
-    if state_exists {
-        client.count();
-        let (state, rule_hashes) = state::read(
-            client.inner,
-            state_schema,
-            catalog.state_records_rule_hashes,
-        )
-        .await?;
-        catalog.state = Some(state);
-        applied_rule_hashes = rule_hashes;
-    }
-    let applied_schemas: Vec<&str> = applied_rule_hashes
-        .keys()
-        .map(|name| name.schema.as_str())
+    // Everything else is sent at once (typed queries need no round trip to prepare), so the
+    // server runs the queries back to back while the answers already in are decoded.
+    let relations_sql = relations_sql(&crate::sql::state::applied_rule_hashes(
+        state_schema,
+        catalog.state_records_rule_hashes,
+    ));
+    let indexes_sql = indexes_sql(catalog.server_version);
+    let (state, default_grants, relations, indexes, grants, reads, drops) = tokio::try_join!(
+        async {
+            if !state_exists {
+                return Ok(None);
+            }
+            client.count();
+            state::read(client.inner, state_schema).await.map(Some)
+        },
+        client.query_typed(DEFAULT_GRANTS, &[]),
+        client.query_typed(&relations_sql, &excluded),
+        client.query_typed(&indexes_sql, &excluded),
+        client.query_typed(GRANTS, &excluded),
+        client.query_typed(READS, &excluded),
+        async {
+            if !guard_log_exists {
+                return Ok(Vec::new());
+            }
+            client.count();
+            crate::guard::query_log(client.inner, state_schema, true, i64::MAX).await
+        },
+    )?;
+    catalog.state = state;
+    catalog.drops = drops
+        .into_iter()
+        .map(|record| (record.object.clone(), record))
         .collect();
-    let applied_names: Vec<&str> = applied_rule_hashes
-        .keys()
-        .map(|name| name.name.as_str())
-        .collect();
-    let applied_hashes: Vec<&str> = applied_rule_hashes.values().map(String::as_str).collect();
 
-    for row in client.query(DEFAULT_GRANTS, &[]).await? {
+    for row in default_grants {
         let grantee = row
             .get::<_, Option<String>>(2)
             .map_or(Grantee::Public, Grantee::Role);
@@ -444,13 +466,7 @@ pub async fn read_live(
     }
 
     let mut names_by_oid: BTreeMap<u32, QualifiedName> = BTreeMap::new();
-    for row in client
-        .query(
-            RELATIONS,
-            &[&excluded, &applied_schemas, &applied_names, &applied_hashes],
-        )
-        .await?
-    {
+    for row in relations {
         let oid: u32 = row.get(0);
         let name = QualifiedName::new(row.get::<_, String>(1), row.get::<_, String>(2));
         let kind = if row.get::<_, String>(3) == "m" {
@@ -501,10 +517,7 @@ pub async fn read_live(
         );
     }
 
-    for row in client
-        .query(&indexes_sql(catalog.server_version), &[&excluded])
-        .await?
-    {
+    for row in indexes {
         let Some(relation) = relation_by_oid(&mut catalog, &names_by_oid, row.get(0)) else {
             continue;
         };
@@ -525,7 +538,7 @@ pub async fn read_live(
         );
     }
 
-    for row in client.query(GRANTS, &[&excluded]).await? {
+    for row in grants {
         let Some(relation) = relation_by_oid(&mut catalog, &names_by_oid, row.get(0)) else {
             continue;
         };
@@ -535,7 +548,7 @@ pub async fn read_live(
         relation.grants.insert((grantee, row.get(1)));
     }
 
-    for row in client.query(READS, &[&excluded]).await? {
+    for row in reads {
         let Some(reader) = names_by_oid.get(&row.get::<_, u32>(0)) else {
             continue;
         };
@@ -554,14 +567,6 @@ pub async fn read_live(
                 catalog.built.insert(temp.clone(), copy);
             }
         }
-    }
-    if guard_log_exists {
-        client.count();
-        catalog.drops = crate::guard::query_log(client.inner, state_schema, true, i64::MAX)
-            .await?
-            .into_iter()
-            .map(|record| (record.object.clone(), record))
-            .collect();
     }
     catalog.queries_issued = client.issued.get();
     Ok(catalog)
@@ -671,19 +676,19 @@ impl<'c, C: GenericClient> CountingClient<'c, C> {
         self.issued.set(self.issued.get() + 1);
     }
 
-    async fn query(
+    async fn query_typed(
         &self,
         sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
         self.count();
-        self.inner.query(sql, params).await
+        self.inner.query_typed(sql, params).await
     }
 
     async fn query_one(
         &self,
         sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        params: &[&(dyn ToSql + Sync)],
     ) -> Result<tokio_postgres::Row, tokio_postgres::Error> {
         self.count();
         self.inner.query_one(sql, params).await

@@ -82,22 +82,32 @@ CREATE TABLE IF NOT EXISTS {builds} (
     )
 }
 
-/// Every managed object's record, with its rule hash (NULL without one, or unless
-/// `with_rule_hashes`: the table has no such column). Unordered: the reader keys them by
-/// name, and a sequential scan is a third of the cost of reading in key order.
-pub(crate) fn select_objects(schema: &str, with_rule_hashes: bool) -> String {
-    let rule_hash = if with_rule_hashes {
-        RULE_HASH_COLUMN
-    } else {
-        "NULL::text"
-    };
+/// Every managed object's record. Unordered: the reader keys them by name, and a
+/// sequential scan is a third of the cost of reading in key order.
+pub(crate) fn select_objects(schema: &str) -> String {
     // language=SQL
     format!(
         "SELECT schema_name, object_name, kind, query, query_sha256, applied_definition,
-                applied_indexes::text, applied_at, {rule_hash}
+                applied_indexes::text, applied_at
          FROM {}",
         table(schema, OBJECTS_TABLE)
     )
+}
+
+/// A derived table `(schema_name, object_name, rule_hash)` of the managed objects' rule
+/// hashes as applied, for the catalog to join; empty when the table has no such column
+/// (`with_rule_hashes` false: made by an older viewkeeper, or missing).
+pub(crate) fn applied_rule_hashes(schema: &str, with_rule_hashes: bool) -> String {
+    if with_rule_hashes {
+        format!(
+            "(SELECT schema_name, object_name, {RULE_HASH_COLUMN} AS rule_hash FROM {})",
+            table(schema, OBJECTS_TABLE)
+        )
+    } else {
+        "(SELECT NULL::text AS schema_name, NULL::text AS object_name, NULL::text AS rule_hash \
+         WHERE false)"
+            .to_owned()
+    }
 }
 
 /// Deletes the records of the objects named by `$1` (schemas) and `$2` (names).
