@@ -7,8 +7,9 @@ use croner::parser::{CronParser, Seconds, Year};
 use kdl::KdlNode;
 use miette::SourceSpan;
 
+use super::infer::{NamesRead, relations_read_in};
 use super::reader::{NodeReader, parse_fully, prescan};
-use super::statement::{Statements, single_statement};
+use super::statement::{Statements, split_statements, tokenize};
 use super::{
     Declaration, Dependency, Grant, Grantee, Index, Kind, Problem, Query, QueryOrigin,
     RefreshPolicy, RefreshTrigger, SourceFile, display_path,
@@ -599,7 +600,7 @@ impl Builder {
         root: &Path,
         problems: &mut Vec<Problem>,
     ) -> Option<Declaration> {
-        let query = match self.query {
+        let read = match self.query {
             Some((QueryText::Inline { text, span }, _)) => {
                 one_statement(inline_query(file, span, &text), file, span, problems)
             }
@@ -639,12 +640,14 @@ impl Builder {
                 ),
             );
         }
+        let (query, names_read) = read?;
         Some(Declaration {
             kind: self.kind,
             name: self.name,
             depends_on: self.depends_on,
             inferred: None,
-            query: query?,
+            names_read: Some(names_read),
+            query,
             indexes: self.indexes,
             grants: self.grants,
             comment: self.comment,
@@ -694,15 +697,27 @@ fn inline_query(file: &Arc<SourceFile>, span: SourceSpan, text: &str) -> Query {
 }
 
 /// Refuses a query that holds more than one statement, pointing at the `;` that ends the
-/// first; drops a final `;`.
+/// first; drops a final `;`. Also gives what the query names: the lexer's tokens serve both.
 fn one_statement(
     query: Query,
     file: &Arc<SourceFile>,
     span: SourceSpan,
     problems: &mut Vec<Problem>,
-) -> Option<Query> {
-    match single_statement(&query.text) {
-        Statements::One { text } => Some(Query { text, ..query }),
+) -> Option<(Query, NamesRead)> {
+    let tokens = tokenize(&query.text);
+    let statements = match &tokens {
+        Ok(tokens) => split_statements(&query.text, tokens),
+        Err(_) => Statements::One {
+            text: query.text.clone(),
+        },
+    };
+    match statements {
+        Statements::One { text } => {
+            let names_read = tokens
+                .map_err(|error| sqlparser::parser::ParserError::from(error).to_string())
+                .and_then(relations_read_in);
+            Some((Query { text, ..query }, names_read))
+        }
         Statements::More { line, column } => {
             let problem = match query.origin.spot(&query.text, line, column) {
                 Some(spot) => Problem::at(

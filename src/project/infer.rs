@@ -7,7 +7,8 @@ use std::ops::ControlFlow;
 
 use sqlparser::ast::{Ident, ObjectName, Query, TableFactor, Visit, Visitor};
 use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
+use sqlparser::parser::{Parser, ParserError};
+use sqlparser::tokenizer::TokenWithSpan;
 
 use crate::name::QualifiedName;
 
@@ -18,11 +19,23 @@ pub struct ReadName {
     pub name: String,
 }
 
+/// What a query names, as [`relations_read`] gives it.
+pub type NamesRead = Result<BTreeSet<ReadName>, String>;
+
 /// The relations a query reads (CTE names, functions in FROM and VALUES left out), or the
 /// parser's message when it cannot read the query.
-pub fn relations_read(query: &str) -> Result<BTreeSet<ReadName>, String> {
-    let statements =
-        Parser::parse_sql(&PostgreSqlDialect {}, query).map_err(|error| error.to_string())?;
+pub fn relations_read(query: &str) -> NamesRead {
+    let tokens =
+        super::statement::tokenize(query).map_err(|error| ParserError::from(error).to_string())?;
+    relations_read_in(tokens)
+}
+
+/// [`relations_read`] of a query already lexed.
+pub(crate) fn relations_read_in(tokens: Vec<TokenWithSpan>) -> NamesRead {
+    let statements = Parser::new(&PostgreSqlDialect {})
+        .with_tokens_with_locations(tokens)
+        .parse_statements()
+        .map_err(|error| error.to_string())?;
     let mut collector = Collector::default();
     let _ = statements.visit(&mut collector);
     if let Some(problem) = collector.unreadable {

@@ -79,6 +79,9 @@ pub struct Declaration {
     /// What the query reads, found by the SQL parser; `None` when the parser cannot read
     /// it, and PostgreSQL's `pg_depend` is the only answer.
     pub inferred: Option<Vec<QualifiedName>>,
+    /// What the query names, as the parser read it with the declaration; resolved into
+    /// `inferred` once every declaration is known, and dropped then.
+    pub(crate) names_read: Option<infer::NamesRead>,
     pub query: Query,
     pub indexes: Vec<Index>,
     pub grants: Vec<Grant>,
@@ -468,7 +471,11 @@ fn infer_dependencies(
         declarations.keys().cloned().collect();
     let is_declared = |name: &QualifiedName| declared.contains(name);
     for declaration in declarations.values_mut() {
-        declaration.inferred = match infer::relations_read(&declaration.query.text) {
+        let names_read = declaration
+            .names_read
+            .take()
+            .unwrap_or_else(|| infer::relations_read(&declaration.query.text));
+        declaration.inferred = match names_read {
             Ok(reads) => Some(
                 infer::resolve(&reads, search_path, &is_declared)
                     .into_iter()

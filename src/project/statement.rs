@@ -2,7 +2,7 @@
 //! dollar quotes, quoted identifiers, nested comments) decide where a `;` really ends one.
 
 use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
+use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, TokenizerError, Whitespace};
 
 /// What the lexer found after the first statement of a query.
 #[derive(Debug, PartialEq, Eq)]
@@ -13,19 +13,27 @@ pub(crate) enum Statements {
     More { line: usize, column: usize },
 }
 
+/// The tokens of `text` as the SQL parser reads them: lexed once, then split here and parsed
+/// by [`super::infer`].
+pub(crate) fn tokenize(text: &str) -> Result<Vec<TokenWithSpan>, TokenizerError> {
+    Tokenizer::new(&PostgreSqlDialect {}, text).tokenize_with_location()
+}
+
 /// Splits `text` at its first top-level `;`. A text the lexer cannot read (an unclosed
 /// string, say) is returned as it is: PostgreSQL rejects it with a located error, and the
 /// server refuses a second statement in any case (extended protocol).
+#[cfg(test)]
 pub(crate) fn single_statement(text: &str) -> Statements {
-    let dialect = PostgreSqlDialect {};
-    let Ok(tokens) = Tokenizer::new(&dialect, text)
-        .with_unescape(false)
-        .tokenize_with_location()
-    else {
-        return Statements::One {
+    match tokenize(text) {
+        Ok(tokens) => split_statements(text, &tokens),
+        Err(_) => Statements::One {
             text: text.to_owned(),
-        };
-    };
+        },
+    }
+}
+
+/// [`single_statement`] of `text`, lexed into `tokens`.
+pub(crate) fn split_statements(text: &str, tokens: &[TokenWithSpan]) -> Statements {
     let Some(semicolon) = tokens.iter().position(|t| t.token == Token::SemiColon) else {
         return Statements::One {
             text: text.to_owned(),
