@@ -8,7 +8,7 @@ use tokio_postgres::Transaction;
 use super::Catalog;
 use crate::db::describe;
 use crate::name::QualifiedName;
-use crate::objects::{Kind, query_hash};
+use crate::objects::Kind;
 use crate::project::Project;
 
 /// Reads the catalog for planning: introspection, then PostgreSQL's own reading of the
@@ -90,7 +90,7 @@ fn may_rebuild_side_by_side<'p>(project: &'p Project, catalog: &Catalog) -> Vec<
             };
             live.kind == Kind::MaterializedView
                 && managed(&declaration.name).is_none_or(|managed| {
-                    managed.query_sha256 != query_hash(declaration.kind, &declaration.query.text)
+                    managed.query_sha256 != declaration.query_sha256
                         || live.definition != managed.applied_definition
                 })
         })

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::catalog::Catalog;
 use crate::graph::DependencyGraph;
 use crate::name::QualifiedName;
-use crate::objects::{BuiltIndex, ManagedObject, Record, SideBuild, State, query_hash};
+use crate::objects::{BuiltIndex, ManagedObject, Record, SideBuild, State};
 use crate::project::{Declaration, Kind, Project, Rebuild};
 use crate::sql::ddl;
 
@@ -394,7 +394,7 @@ impl<'a> Builder<'a> {
         state: &State,
     ) {
         let name = &declaration.name;
-        let query_sha256 = query_hash(declaration.kind, &declaration.query.text);
+        let query_sha256 = declaration.query_sha256.clone();
         let temp = temporary_name(declaration, &query_sha256);
         let indexes: Vec<BuiltIndex> = declaration
             .indexes
@@ -926,7 +926,7 @@ impl Builder<'_> {
     /// recorded index statements and its declared grants, comment and owner.
     fn restore(&mut self, managed: &ManagedObject, declared: &Declaration) {
         let name = &managed.name;
-        let pending = managed.query_sha256 != query_hash(declared.kind, &declared.query.text);
+        let pending = managed.query_sha256 != declared.query_sha256;
         let reason = if pending {
             "dropped outside viewkeeper: restored as last applied; the declaration's change \
              waits for reconcile"

@@ -8,7 +8,7 @@ use similar::TextDiff;
 use crate::catalog::{Catalog, Relation};
 use crate::graph::DependencyGraph;
 use crate::name::QualifiedName;
-use crate::objects::{ManagedObject, State, query_hash};
+use crate::objects::{ManagedObject, State};
 use crate::project::{Declaration, Kind, Problem, Problems, Project};
 
 use super::{Blocker, Change, PlanError};
@@ -108,7 +108,7 @@ pub fn normalisation_candidates(
             managed
                 .and_then(|objects| objects.get(&declaration.name))
                 .is_none_or(|managed| {
-                    managed.query_sha256 != query_hash(declaration.kind, &declaration.query.text)
+                    managed.query_sha256 != declaration.query_sha256
                         // Drifted: perhaps only PostgreSQL's printing changed (a major
                         // upgrade, another search_path), which is no reason to rebuild.
                         || live.is_some_and(|live| live.definition != managed.applied_definition)
@@ -194,7 +194,7 @@ pub(super) fn status(
             diff: None,
         };
     };
-    let changed = managed.query_sha256 != query_hash(declaration.kind, &declaration.query.text);
+    let changed = managed.query_sha256 != declaration.query_sha256;
     let drifted = live.definition != managed.applied_definition;
     if (changed || drifted) && equivalent {
         return Status::Adopt;

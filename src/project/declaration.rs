@@ -647,6 +647,7 @@ impl Builder {
             depends_on: self.depends_on,
             inferred: None,
             names_read: Some(names_read),
+            query_sha256: crate::objects::query_hash(self.kind, &query.text),
             query,
             indexes: self.indexes,
             grants: self.grants,

@@ -83,6 +83,9 @@ pub struct Declaration {
     /// `inferred` once every declaration is known, and dropped then.
     pub(crate) names_read: Option<infer::NamesRead>,
     pub query: Query,
+    /// [`crate::objects::query_hash`] of the kind and query: computed once, with the
+    /// declaration, since a plan compares it with the recorded one several times.
+    pub query_sha256: String,
     pub indexes: Vec<Index>,
     pub grants: Vec<Grant>,
     pub comment: Option<String>,
@@ -357,7 +360,7 @@ impl Project {
             text.push_str(&format!(
                 "{}|{}|{}|{:?}\n",
                 declaration.name,
-                query_hash(declaration.kind, &declaration.query.text),
+                declaration.query_sha256,
                 declaration.owner.as_deref().unwrap_or(""),
                 declaration
                     .depends_on
