@@ -436,7 +436,11 @@ pub async fn read_live(
             state::read(client.inner, state_schema).await.map(Some)
         },
         client.query_typed(DEFAULT_GRANTS, &[]),
-        client.query_typed(&relations_sql, &excluded),
+        async {
+            // Decoded while the server runs the queries after it.
+            let rows = client.query_typed(&relations_sql, &excluded).await?;
+            Ok(rows.iter().map(LiveRelation::from_row).collect::<Vec<_>>())
+        },
         client.query_typed(&indexes_sql, &excluded),
         client.query_typed(GRANTS, &excluded),
         client.query_typed(READS, &excluded),
@@ -466,15 +470,13 @@ pub async fn read_live(
     }
 
     let mut names_by_oid: BTreeMap<u32, QualifiedName> = BTreeMap::new();
-    for row in relations {
-        let oid: u32 = row.get(0);
-        let name = QualifiedName::new(row.get::<_, String>(1), row.get::<_, String>(2));
-        let kind = if row.get::<_, String>(3) == "m" {
-            Kind::MaterializedView
-        } else {
-            Kind::View
-        };
-        let unchanged: bool = row.get(10);
+    for LiveRelation {
+        name,
+        mut relation,
+        unchanged,
+        deparsed,
+    } in relations
+    {
         let applied = catalog
             .state
             .as_ref()
@@ -484,7 +486,7 @@ pub async fn read_live(
             Some(applied) if unchanged => Some(applied.applied_definition.clone()),
             // NULL when the view was dropped while this query ran (migrations do not
             // take viewkeeper's lock): an empty definition reads as drift, not a crash.
-            _ => row.get::<_, Option<String>>(5),
+            _ => deparsed,
         };
         if !unchanged
             && let (Some(applied), Some(definition)) = (applied, &definition)
@@ -492,29 +494,9 @@ pub async fn read_live(
         {
             catalog.stale_rule_hashes.push(name.clone());
         }
-        names_by_oid.insert(oid, name.clone());
-        catalog.relations.insert(
-            name,
-            Relation {
-                oid,
-                kind,
-                owner: row.get(4),
-                definition: definition.unwrap_or_default(),
-                populated: row.get(6),
-                comment: row.get(7),
-                options: row
-                    .get::<_, Vec<String>>(8)
-                    .iter()
-                    .filter_map(|option| option.split_once('='))
-                    .map(|(key, value)| (key.to_owned(), value.to_owned()))
-                    .collect(),
-                undeclarable: row.get(9),
-                columns: Vec::new(),
-                indexes: BTreeMap::new(),
-                grants: BTreeSet::new(),
-                size_bytes: 0,
-            },
-        );
+        relation.definition = definition.unwrap_or_default();
+        names_by_oid.insert(relation.oid, name.clone());
+        catalog.relations.insert(name, relation);
     }
 
     for row in indexes {
@@ -692,6 +674,50 @@ impl<'c, C: GenericClient> CountingClient<'c, C> {
     ) -> Result<tokio_postgres::Row, tokio_postgres::Error> {
         self.count();
         self.inner.query_one(sql, params).await
+    }
+}
+
+/// A row of the relations query, decoded; its definition is filled in once the state is read.
+struct LiveRelation {
+    name: QualifiedName,
+    relation: Relation,
+    /// The rule hash is the one recorded when the view was applied.
+    unchanged: bool,
+    /// `pg_get_viewdef`, read only when the rule hash differs.
+    deparsed: Option<String>,
+}
+
+impl LiveRelation {
+    fn from_row(row: &tokio_postgres::Row) -> LiveRelation {
+        let kind = if row.get::<_, &str>(3) == "m" {
+            Kind::MaterializedView
+        } else {
+            Kind::View
+        };
+        LiveRelation {
+            name: QualifiedName::new(row.get::<_, String>(1), row.get::<_, String>(2)),
+            relation: Relation {
+                oid: row.get(0),
+                kind,
+                owner: row.get(4),
+                definition: String::new(),
+                populated: row.get(6),
+                comment: row.get(7),
+                options: row
+                    .get::<_, Vec<&str>>(8)
+                    .iter()
+                    .filter_map(|option| option.split_once('='))
+                    .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                    .collect(),
+                undeclarable: row.get(9),
+                columns: Vec::new(),
+                indexes: BTreeMap::new(),
+                grants: BTreeSet::new(),
+                size_bytes: 0,
+            },
+            unchanged: row.get(10),
+            deparsed: row.get(5),
+        }
     }
 }
 
