@@ -9,7 +9,7 @@ use miette::SourceSpan;
 
 use super::infer::{NamesRead, relations_read_in};
 use super::reader::{NodeReader, parse_fully, prescan};
-use super::statement::{Statements, split_statements, tokenize};
+use super::statement::{Statements, single_statement, split_statements, tokenize};
 use super::{
     Declaration, Dependency, Grant, Grantee, Index, Kind, Problem, Query, QueryOrigin,
     RefreshPolicy, RefreshTrigger, SourceFile, display_path,
@@ -708,9 +708,7 @@ fn one_statement(
     let tokens = tokenize(&query.text);
     let statements = match &tokens {
         Ok(tokens) => split_statements(&query.text, tokens),
-        Err(_) => Statements::One {
-            text: query.text.clone(),
-        },
+        Err(_) => single_statement(&query.text),
     };
     match statements {
         Statements::One { text } => {

@@ -19,12 +19,16 @@ pub(crate) fn tokenize(text: &str) -> Result<Vec<TokenWithSpan>, TokenizerError>
     Tokenizer::new(&PostgreSqlDialect {}, text).tokenize_with_location()
 }
 
-/// Splits `text` at its first top-level `;`. A text the lexer cannot read (an unclosed
-/// string, say) is returned as it is: PostgreSQL rejects it with a located error, and the
-/// server refuses a second statement in any case (extended protocol).
-#[cfg(test)]
+/// Splits `text` at its first top-level `;`, lexing it without decoding string escapes: the
+/// fallback when [`tokenize`] fails, so the check never depends on decoding a string. A
+/// text the lexer cannot read at all (an unclosed string, say) is returned as it is:
+/// PostgreSQL rejects it with a located error, and the server refuses a second statement
+/// in any case (extended protocol).
 pub(crate) fn single_statement(text: &str) -> Statements {
-    match tokenize(text) {
+    match Tokenizer::new(&PostgreSqlDialect {}, text)
+        .with_unescape(false)
+        .tokenize_with_location()
+    {
         Ok(tokens) => split_statements(text, &tokens),
         Err(_) => Statements::One {
             text: text.to_owned(),
@@ -32,7 +36,7 @@ pub(crate) fn single_statement(text: &str) -> Statements {
     }
 }
 
-/// [`single_statement`] of `text`, lexed into `tokens`.
+/// [`single_statement`] of `text` already lexed into `tokens` (by [`tokenize`]).
 pub(crate) fn split_statements(text: &str, tokens: &[TokenWithSpan]) -> Statements {
     let Some(semicolon) = tokens.iter().position(|t| t.token == Token::SemiColon) else {
         return Statements::One {
