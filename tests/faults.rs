@@ -38,6 +38,31 @@ fn setup() -> (TestDb, tempfile::TempDir) {
     (db, dir)
 }
 
+/// `plan` sends its catalog queries together, in one transaction. When the one that deparses
+/// a view gives up waiting for a lock, every query after it fails with the transaction; the
+/// message is still the lock's, naming its holder, every time.
+#[test]
+fn plan_names_the_holder_of_a_lock_a_deparse_waits_for_whichever_query_answers_first() {
+    let (db, dir) = setup();
+    let pid = db.scalar_i64("SELECT pg_backend_pid()");
+    db.batch("SET application_name = 'the_blocker'");
+    // A recorded rule hash that no longer matches the view's: plan deparses it.
+    db.batch(
+        "UPDATE viewkeeper.managed_object SET applied_rule_hash = 'stale'
+         WHERE object_name = 'top_totals'",
+    );
+    db.batch("BEGIN");
+    db.batch("LOCK TABLE top_totals IN ACCESS EXCLUSIVE MODE");
+    for _ in 0..6 {
+        let (code, stdout, stderr) = run(&db, dir.path(), &["plan"]);
+        assert_ne!(code, 0, "plan succeeded:\n{stdout}{stderr}");
+        for expected in ["lock-timeout", &format!("pid {pid}"), "the_blocker"] {
+            assert!(stderr.contains(expected), "no {expected:?} in\n{stderr}");
+        }
+    }
+    db.batch("ROLLBACK");
+}
+
 /// A second session holding a lock makes each command that needs the locked object give up
 /// after lock-timeout, naming the holder (pid, role, application_name, state, its query) and
 /// the setting to change. A command that does not need it answers from the catalog.

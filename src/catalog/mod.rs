@@ -427,7 +427,7 @@ pub async fn read_live(
         catalog.state_records_rule_hashes,
     ));
     let indexes_sql = indexes_sql(catalog.server_version);
-    let (state, default_grants, relations, indexes, grants, reads, drops) = tokio::try_join!(
+    let (state, default_grants, relations, indexes, grants, reads, drops) = tokio::join!(
         async {
             if !state_exists {
                 return Ok(None);
@@ -451,7 +451,19 @@ pub async fn read_live(
             client.count();
             crate::guard::query_log(client.inner, state_schema, true, i64::MAX).await
         },
-    )?;
+    );
+    // Every answer is awaited before any error is reported: see `Cause`.
+    let mut cause = Cause::default();
+    let state = cause.settle(state);
+    let default_grants = cause.settle(default_grants);
+    let relations = cause.settle(relations);
+    let indexes = cause.settle(indexes);
+    let grants = cause.settle(grants);
+    let reads = cause.settle(reads);
+    let drops = cause.settle(drops);
+    if let Some(error) = cause.0 {
+        return Err(error);
+    }
     catalog.state = state;
     catalog.drops = drops
         .into_iter()
@@ -674,6 +686,32 @@ impl<'c, C: GenericClient> CountingClient<'c, C> {
     ) -> Result<tokio_postgres::Row, tokio_postgres::Error> {
         self.count();
         self.inner.query_one(sql, params).await
+    }
+}
+
+/// The error to report from queries sent together in one transaction. The first that fails
+/// aborts the transaction, and every one after it answers "current transaction is aborted":
+/// the cause is the first other error, in the order the queries were sent. (A lock timeout
+/// or a relation dropped mid-read must reach `waits`, which names the holder or reads again.)
+#[derive(Default)]
+struct Cause(Option<tokio_postgres::Error>);
+
+impl Cause {
+    /// The value of `result`, or an empty one once its error is noted.
+    fn settle<T: Default>(&mut self, result: Result<T, tokio_postgres::Error>) -> T {
+        result.unwrap_or_else(|error| {
+            let aborted = |error: &tokio_postgres::Error| {
+                error.code() == Some(&tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION)
+            };
+            if self
+                .0
+                .as_ref()
+                .is_none_or(|noted| aborted(noted) && !aborted(&error))
+            {
+                self.0 = Some(error);
+            }
+            T::default()
+        })
     }
 }
 
