@@ -6,6 +6,10 @@ use std::io::IsTerminal;
 
 use clap::Parser;
 
+// Faster than the system allocator on the many small allocations of reading a project.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match viewkeeper::cli::Cli::try_parse() {
         Ok(cli) => cli,
