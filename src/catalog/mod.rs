@@ -213,7 +213,9 @@ SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text, pg_get_userbyid
        c.relispopulated, comment.description,
        coalesce(c.reloptions, '{}')::text[],
        coalesce(undeclarable.items, '{}'),
-       rule.unchanged
+       rule.unchanged,
+       -- Every relation the view's query reads (its `_RETURN` rule's pg_depend rows).
+       coalesce(live_rule.read_schemas, '{}'), coalesce(live_rule.read_names, '{}')
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_description comment ON comment.classoid = 'pg_class'::regclass
@@ -340,24 +342,6 @@ CROSS JOIN LATERAL aclexplode(c.relacl) a
 WHERE c.relkind IN ('v', 'm') AND c.relacl IS NOT NULL AND a.grantee <> c.relowner
   AND n.nspname <> ALL($1::text[]) AND n.nspname NOT LIKE 'pg\\_%'";
 
-// A view's query is stored as its `_RETURN` rewrite rule; that rule's pg_depend rows name
-// every relation the query reads (other rules on the view are not its query).
-// language=SQL
-const READS: &str = "
-SELECT pairs.ev_class, dn.nspname::text, d.relname::text
--- Pairs first, by oid: the rule depends on each column it reads, one row each.
-FROM (SELECT DISTINCT r.ev_class, dep.refobjid
-      FROM pg_rewrite r
-      JOIN pg_depend dep ON dep.classid = 'pg_rewrite'::regclass AND dep.objid = r.oid
-                        AND dep.refclassid = 'pg_class'::regclass AND dep.refobjid <> r.ev_class
-      WHERE r.rulename = '_RETURN') pairs
-JOIN pg_class d ON d.oid = pairs.refobjid
-JOIN pg_namespace dn ON dn.oid = d.relnamespace
-JOIN pg_class c ON c.oid = pairs.ev_class
-JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('v', 'm')
-  AND n.nspname <> ALL($1::text[]) AND n.nspname NOT LIKE 'pg\\_%'";
-
 // The room the materialized views named by `$1` (schemas) and `$2` (names) take, which a
 // side-by-side rebuild needs a second time. Each size opens the relation (and waits for
 // any lock on it), so only the ones a plan may rebuild are asked for.
@@ -427,7 +411,7 @@ pub async fn read_live(
         catalog.state_records_rule_hashes,
     ));
     let indexes_sql = indexes_sql(catalog.server_version);
-    let (state, default_grants, relations, indexes, grants, reads, drops) = tokio::join!(
+    let (state, default_grants, relations, indexes, grants, drops) = tokio::join!(
         async {
             if !state_exists {
                 return Ok(None);
@@ -443,7 +427,6 @@ pub async fn read_live(
         },
         client.query_typed(&indexes_sql, &excluded),
         client.query_typed(GRANTS, &excluded),
-        client.query_typed(READS, &excluded),
         async {
             if !guard_log_exists {
                 return Ok(Vec::new());
@@ -459,7 +442,6 @@ pub async fn read_live(
     let relations = cause.settle(relations);
     let indexes = cause.settle(indexes);
     let grants = cause.settle(grants);
-    let reads = cause.settle(reads);
     let drops = cause.settle(drops);
     if let Some(error) = cause.0 {
         return Err(error);
@@ -487,8 +469,12 @@ pub async fn read_live(
         mut relation,
         unchanged,
         deparsed,
+        reads,
     } in relations
     {
+        if !reads.is_empty() {
+            catalog.reads.insert(name.clone(), reads);
+        }
         let applied = catalog
             .state
             .as_ref()
@@ -540,18 +526,6 @@ pub async fn read_live(
             .get::<_, Option<String>>(2)
             .map_or(Grantee::Public, Grantee::Role);
         relation.grants.insert((grantee, row.get(1)));
-    }
-
-    for row in reads {
-        let Some(reader) = names_by_oid.get(&row.get::<_, u32>(0)) else {
-            continue;
-        };
-        let read = QualifiedName::new(row.get::<_, String>(1), row.get::<_, String>(2));
-        catalog
-            .reads
-            .entry(reader.clone())
-            .or_default()
-            .insert(read);
     }
 
     if let Some(state) = &catalog.state {
@@ -723,6 +697,8 @@ struct LiveRelation {
     unchanged: bool,
     /// `pg_get_viewdef`, read only when the rule hash differs.
     deparsed: Option<String>,
+    /// The relations its query reads.
+    reads: BTreeSet<QualifiedName>,
 }
 
 impl LiveRelation {
@@ -755,6 +731,12 @@ impl LiveRelation {
             },
             unchanged: row.get(10),
             deparsed: row.get(5),
+            reads: row
+                .get::<_, Vec<String>>(11)
+                .into_iter()
+                .zip(row.get::<_, Vec<String>>(12))
+                .map(|(schema, name)| QualifiedName::new(schema, name))
+                .collect(),
         }
     }
 }

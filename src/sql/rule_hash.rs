@@ -19,8 +19,9 @@
 //! a new function or operator overload that makes an unqualified call resolve elsewhere
 //! (deparsing would then qualify the name) while the called one stays visible.
 
-/// A derived table `(ev_class, hash)`: the rule hash of every view and materialized view,
-/// to join on `ev_class = pg_class.oid`. Set-based (a few hash joins over the catalogs, the
+/// A derived table `(ev_class, hash, read_schemas, read_names)`: the rule hash of every view
+/// and materialized view, and the relations its query reads (NULL when none), to join on
+/// `ev_class = pg_class.oid`. Set-based (a few hash joins over the catalogs, the
 /// settings read once), which costs a fraction of deparsing every view.
 macro_rules! rule_hashes_sql {
     () => {
@@ -42,7 +43,8 @@ macro_rules! rule_hashes_sql {
                                         current_setting('bytea_output'),
                                         current_setting('lc_monetary'),
                                         current_setting('quote_all_identifiers'),
-                                        current_setting('standard_conforming_strings'))))) AS hash
+                                        current_setting('standard_conforming_strings'))))) AS hash,
+        reads.read_schemas, reads.read_names
  FROM pg_rewrite r
  LEFT JOIN columns own ON own.attrelid = r.ev_class
  LEFT JOIN (SELECT d.objid,
@@ -54,7 +56,10 @@ macro_rules! rule_hashes_sql {
  LEFT JOIN (SELECT pairs.objid,
                    sum(hashtextextended(concat_ws('.', rc.oid, rn.nspname, rc.relname,
                                                   pg_table_is_visible(rc.oid)), 0)
-                       + coalesce(read.hash, 0)) AS names
+                       + coalesce(read.hash, 0)) AS names,
+                   -- What the view reads, for the catalog's edges (aligned arrays).
+                   array_agg(rn.nspname::text) AS read_schemas,
+                   array_agg(rc.relname::text) AS read_names
             FROM (SELECT DISTINCT d.objid, d.refobjid
                   FROM pg_depend d
                   JOIN pg_rewrite pr ON pr.oid = d.objid AND pr.ev_class <> d.refobjid
