@@ -310,8 +310,13 @@ FROM (SELECT i.indexrelid, i.indrelid, i.indisunique, i.indpred, i.indnkeyatts,
                   JOIN pg_class t ON t.oid = i.indrelid AND t.relkind = 'm'
                   CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS key(column_number, position)
                   WHERE key.position <= i.indnkeyatts) k
-            LEFT JOIN pg_attribute a ON a.attrelid = k.indrelid AND a.attnum = k.column_number
-                                    AND k.column_number <> 0
+            -- Looked up through pg_attribute's index (`OFFSET 0` keeps the planner from
+            -- hashing all of pg_attribute, which grows with every table in the database).
+            LEFT JOIN LATERAL (SELECT a.attname, a.attnum, a.attcollation, a.atttypid
+                               FROM pg_attribute a
+                               WHERE a.attrelid = k.indrelid AND a.attnum = k.column_number
+                                 AND k.column_number <> 0
+                               OFFSET 0) a ON true
             LEFT JOIN pg_opclass oc ON oc.oid = k.class
             GROUP BY k.indexrelid) key ON key.indexrelid = i.indexrelid
       -- Operator class options (`tsvector_ops (siglen = 200)`) are the index columns' own.

@@ -30,6 +30,13 @@ macro_rules! rule_hashes_sql {
             sum(hashtextextended(a.attname, (a.attrelid::int8 << 16) + a.attnum)) AS hash
      FROM pg_attribute a
      WHERE a.attnum > 0 AND NOT a.attisdropped
+       -- Only views and what they read: hashing every table's columns would make the
+       -- query grow with the whole schema, not with the views.
+       AND a.attrelid IN (SELECT r.ev_class FROM pg_rewrite r
+                          UNION ALL
+                          SELECT d.refobjid FROM pg_depend d
+                          WHERE d.classid = 'pg_rewrite'::regclass
+                            AND d.refclassid = 'pg_class'::regclass)
      GROUP BY a.attrelid)
  SELECT r.ev_class,
         md5(concat_ws(' ', r.oid, r.xmin, r.ctid, coalesce(other.names, 0),
