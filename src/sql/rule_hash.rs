@@ -30,8 +30,8 @@ macro_rules! rule_hashes_sql {
             sum(hashtextextended(a.attname, (a.attrelid::int8 << 16) + a.attnum)) AS hash
      FROM pg_attribute a
      WHERE a.attnum > 0 AND NOT a.attisdropped
-       -- Only views and what they read: hashing every table's columns would make the
-       -- query grow with the whole schema, not with the views.
+       -- Only relations with rules (views) and what rules read: hashing every table's
+       -- columns would make the query grow with the whole schema, not with the views.
        AND a.attrelid IN (SELECT r.ev_class FROM pg_rewrite r
                           UNION ALL
                           SELECT d.refobjid FROM pg_depend d
