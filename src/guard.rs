@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use miette::Diagnostic;
 use tokio_postgres::GenericClient;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 
 use crate::db::describe;
 use crate::name::QualifiedName;
@@ -206,7 +207,10 @@ pub(crate) async fn query_log(
     limit: i64,
 ) -> Result<Vec<DropRecord>, tokio_postgres::Error> {
     Ok(client
-        .query(&sql::select_log(schema, latest_only), &[&limit])
+        .query_typed(
+            &sql::select_log(schema, latest_only),
+            &[(&limit, Type::INT8)],
+        )
         .await?
         .into_iter()
         .map(|row| DropRecord {

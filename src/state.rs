@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::GenericClient;
+use tokio_postgres::types::Type;
 
 use crate::name::QualifiedName;
 use serde::{Deserialize, Serialize};
@@ -19,13 +20,26 @@ use crate::sql::state as sql;
 pub(crate) async fn read(
     client: &impl GenericClient,
     schema: &str,
+    builds_table_exists: bool,
 ) -> Result<State, tokio_postgres::Error> {
-    // Typed: sent at once, without a round trip to prepare it, so it can be pipelined.
-    let rows = client
-        .query_typed(&sql::select_objects(schema), &[])
-        .await?;
+    // Typed, so all three are sent at once, without a round trip to prepare each, and go
+    // in the same pipeline as the rest of the catalog's queries. In one transaction the
+    // first to fail (in the order sent) is the cause; the ones after it answer "aborted".
+    let (select_objects, select_last_builds) =
+        (sql::select_objects(schema), sql::select_last_builds(schema));
+    let (objects, last_builds, builds) = tokio::join!(
+        client.query_typed(&select_objects, &[]),
+        client.query_typed(&select_last_builds, &[]),
+        async {
+            if !builds_table_exists {
+                return Ok(Vec::new());
+            }
+            client.query_typed(&sql::select_builds(schema), &[]).await
+        },
+    );
+    let (objects, last_builds, builds) = (objects?, last_builds?, builds?);
     let mut state = State::default();
-    for row in rows {
+    for row in objects {
         let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
         let kind = if row.get::<_, String>(2) == Kind::MaterializedView.keyword() {
             Kind::MaterializedView
@@ -47,23 +61,18 @@ pub(crate) async fn read(
             },
         );
     }
-    for row in client.query(&sql::select_last_builds(schema), &[]).await? {
+    for row in last_builds {
         let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
         let millis = u64::try_from(row.get::<_, i64>(2)).unwrap_or(0);
         state
             .last_builds
             .insert(name, std::time::Duration::from_millis(millis));
     }
-    // A state schema made by an older viewkeeper has no builds table: nothing was built.
-    let builds = sql::table(schema, sql::BUILDS_TABLE);
-    let exists: bool = client.query_one(sql::EXISTS, &[&builds]).await?.get(0);
-    if exists {
-        for row in client.query(&sql::select_builds(schema), &[]).await? {
-            // A row this version cannot read is left alone (and not used).
-            if let Ok(row) = serde_json::from_str::<BuildRow>(&row.get::<_, String>(0)) {
-                let build = SideBuild::from(row);
-                state.builds.insert(build.temp.clone(), build);
-            }
+    for row in builds {
+        // A row this version cannot read is left alone (and not used).
+        if let Ok(row) = serde_json::from_str::<BuildRow>(&row.get::<_, String>(0)) {
+            let build = SideBuild::from(row);
+            state.builds.insert(build.temp.clone(), build);
         }
     }
     Ok(state)
@@ -226,12 +235,16 @@ pub(crate) async fn restore_owed_since(
     schema: &str,
 ) -> Result<Option<DateTime<Utc>>, tokio_postgres::Error> {
     let name = sql::table(schema, sql::RESTORE_OWED_TABLE);
-    let exists: bool = client.query_one(sql::EXISTS, &[&name]).await?.get(0);
+    // Typed: no round trip to prepare either (this runs before every plan).
+    let exists: bool = client
+        .query_typed_one(sql::EXISTS, &[(&name, Type::TEXT)])
+        .await?
+        .get(0);
     if !exists {
         return Ok(None);
     }
     let since = client
-        .query_opt(&sql::restore_owed_since(schema), &[])
+        .query_typed_opt(&sql::restore_owed_since(schema), &[])
         .await?;
     Ok(since.map(|row| row.get(0)))
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio_postgres::GenericClient;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 
 use crate::sql::{self, session, session::LockMode};
 
@@ -38,10 +39,11 @@ pub async fn share_reconcile_lock(
     client: &impl GenericClient,
     state_schema: &str,
 ) -> Result<(), tokio_postgres::Error> {
+    // Typed: no round trip to prepare it (this runs before every plan).
     client
-        .execute(
+        .query_typed(
             session::advisory_xact_lock(LockMode::Shared, false),
-            &[&lock_key(state_schema)],
+            &[(&lock_key(state_schema), Type::INT8)],
         )
         .await
         .map(drop)

@@ -177,7 +177,8 @@ const SYSTEM_SCHEMAS: &[&str] = &["pg_catalog", "information_schema"];
 
 // language=SQL
 const SESSION: &str = "SELECT current_setting('server_version_num')::int4, to_regclass($1) IS NOT NULL, current_user::text, to_regclass($2) IS NOT NULL,
-       EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = $3 AND NOT attisdropped)";
+       EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = $3 AND NOT attisdropped),
+       to_regclass($4) IS NOT NULL";
 
 // Default privileges of the current role on tables (views and materialized views count as
 // tables here), per schema or global (namespace 0).
@@ -393,13 +394,15 @@ pub async fn read_live(
 
     let state_table = crate::sql::state::table(state_schema, crate::sql::state::OBJECTS_TABLE);
     let drop_table = crate::guard::log_table(state_schema);
+    let builds_table = crate::sql::state::table(state_schema, crate::sql::state::BUILDS_TABLE);
     let session = client
-        .query_one(
+        .query_typed_one(
             SESSION,
             &[
-                &state_table,
-                &drop_table,
-                &crate::sql::state::RULE_HASH_COLUMN,
+                (&state_table, Type::TEXT),
+                (&drop_table, Type::TEXT),
+                (&crate::sql::state::RULE_HASH_COLUMN, Type::TEXT),
+                (&builds_table, Type::TEXT),
             ],
         )
         .await?;
@@ -408,6 +411,8 @@ pub async fn read_live(
     catalog.current_user = session.get(2);
     let guard_log_exists: bool = session.get(3);
     catalog.state_records_rule_hashes = session.get(4);
+    // A state schema made by an older viewkeeper has no builds table: nothing was built.
+    let builds_table_exists: bool = session.get(5);
 
     // Everything else is sent at once (typed queries need no round trip to prepare), so the
     // server runs the queries back to back while the answers already in are decoded.
@@ -422,7 +427,9 @@ pub async fn read_live(
                 return Ok(None);
             }
             client.count();
-            state::read(client.inner, state_schema).await.map(Some)
+            state::read(client.inner, state_schema, builds_table_exists)
+                .await
+                .map(Some)
         },
         client.query_typed(DEFAULT_GRANTS, &[]),
         async {
@@ -555,7 +562,10 @@ pub async fn look_up_named(
     let relations: Vec<&str> = named.iter().map(|n| n.name.as_str()).collect();
     catalog.queries_issued += 1;
     for row in client
-        .query(NAMED_RELATIONS, &[&schemas, &relations])
+        .query_typed(
+            NAMED_RELATIONS,
+            &[(&schemas, Type::TEXT_ARRAY), (&relations, Type::TEXT_ARRAY)],
+        )
         .await?
     {
         let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
@@ -608,7 +618,14 @@ async fn fill_named(
     let schemas: Vec<&str> = names.iter().map(|n| n.schema.as_str()).collect();
     let relations: Vec<&str> = names.iter().map(|n| n.name.as_str()).collect();
     catalog.queries_issued += 1;
-    for row in client.query(sql, &[&schemas, &relations]).await? {
+    // Typed: no round trip to prepare it, on the way from the catalog to the plan.
+    for row in client
+        .query_typed(
+            sql,
+            &[(&schemas, Type::TEXT_ARRAY), (&relations, Type::TEXT_ARRAY)],
+        )
+        .await?
+    {
         let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
         if let Some(relation) = catalog.relations.get_mut(&name) {
             fill(relation, &row);
@@ -658,13 +675,13 @@ impl<'c, C: GenericClient> CountingClient<'c, C> {
         self.inner.query_typed(sql, params).await
     }
 
-    async fn query_one(
+    async fn query_typed_one(
         &self,
         sql: &str,
-        params: &[&(dyn ToSql + Sync)],
+        params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<tokio_postgres::Row, tokio_postgres::Error> {
         self.count();
-        self.inner.query_one(sql, params).await
+        self.inner.query_typed_one(sql, params).await
     }
 }
 
