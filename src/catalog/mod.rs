@@ -558,17 +558,8 @@ pub async fn look_up_named(
     catalog: &mut Catalog,
     named: &[QualifiedName],
 ) -> Result<(), tokio_postgres::Error> {
-    let schemas: Vec<&str> = named.iter().map(|n| n.schema.as_str()).collect();
-    let relations: Vec<&str> = named.iter().map(|n| n.name.as_str()).collect();
     catalog.queries_issued += 1;
-    for row in client
-        .query_typed(
-            NAMED_RELATIONS,
-            &[(&schemas, Type::TEXT_ARRAY), (&relations, Type::TEXT_ARRAY)],
-        )
-        .await?
-    {
-        let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
+    for (name, row) in query_named(client, NAMED_RELATIONS, named).await? {
         let relkind = row.get::<_, String>(2).chars().next().unwrap_or('?');
         catalog.named_relations.insert(name, relkind);
     }
@@ -615,23 +606,40 @@ async fn fill_named(
     if names.is_empty() {
         return Ok(());
     }
-    let schemas: Vec<&str> = names.iter().map(|n| n.schema.as_str()).collect();
-    let relations: Vec<&str> = names.iter().map(|n| n.name.as_str()).collect();
     catalog.queries_issued += 1;
-    // Typed: no round trip to prepare it, on the way from the catalog to the plan.
-    for row in client
-        .query_typed(
-            sql,
-            &[(&schemas, Type::TEXT_ARRAY), (&relations, Type::TEXT_ARRAY)],
-        )
-        .await?
-    {
-        let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
+    for (name, row) in query_named(client, sql, names.iter().copied()).await? {
         if let Some(relation) = catalog.relations.get_mut(&name) {
             fill(relation, &row);
         }
     }
     Ok(())
+}
+
+/// Runs `sql` on the relations `names` (`$1` schemas, `$2` names, as arrays), each row
+/// paired with the relation its first two columns name. Typed: no round trip to prepare
+/// it, on the way from the catalog to the plan.
+async fn query_named<'n>(
+    client: &impl GenericClient,
+    sql: &str,
+    names: impl IntoIterator<Item = &'n QualifiedName>,
+) -> Result<Vec<(QualifiedName, tokio_postgres::Row)>, tokio_postgres::Error> {
+    let (schemas, relations): (Vec<&str>, Vec<&str>) = names
+        .into_iter()
+        .map(|name| (name.schema.as_str(), name.name.as_str()))
+        .unzip();
+    let rows = client
+        .query_typed(
+            sql,
+            &[(&schemas, Type::TEXT_ARRAY), (&relations, Type::TEXT_ARRAY)],
+        )
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
+            (name, row)
+        })
+        .collect())
 }
 
 // The columns of the relations named by `$1` (schemas) and `$2` (names).
