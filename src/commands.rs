@@ -356,7 +356,7 @@ async fn proven_plan(
                     continue;
                 }
                 return Err(Error::Catalog(
-                    waits::explain(client, &error, timeout).await,
+                    waits::explain(client, &error, timeout, &state_schema).await,
                 ));
             }
         }
@@ -1168,9 +1168,11 @@ async fn read_catalog(
             // A migration outside viewkeeper dropped a view under the read: read again.
             Err(error) if waits::lost_relation(&error) && attempt < 3 => attempt += 1,
             Err(error) if waits::timed_out(&error) => {
-                let holders = waits::holders(&*client).await.unwrap_or_default();
+                let holders = waits::holders(&*client, &project.config.state_schema)
+                    .await
+                    .unwrap_or_default();
                 return Err(Error::Catalog(waits::gave_up(
-                    "reconcile's advisory lock or a lock on a view",
+                    waits::CATALOG_WAITS_FOR,
                     timeout,
                     &holders,
                 )));
@@ -1184,7 +1186,7 @@ async fn read_catalog(
 /// the views it dropped.
 async fn connect(url: Option<&str>, config: &Config) -> Result<tokio_postgres::Client, Error> {
     let client = connect_quietly(url, config).await?;
-    warn_restore_owed(&client, &config.state_schema).await;
+    warn_restore_owed(&client, config).await;
     Ok(client)
 }
 
@@ -1197,15 +1199,33 @@ async fn connect_quietly(
     Ok(db::connect(&url, &config.search_path).await?)
 }
 
-/// Prints the restore-owed warning to stderr when the state records one.
-pub(crate) async fn warn_restore_owed(client: &tokio_postgres::Client, state_schema: &str) {
-    match state::restore_owed_since(client, state_schema).await {
+/// Prints the restore-owed warning to stderr when the state records one. The read waits
+/// no longer than `lock-timeout` for a lock on the record (a `run` settling it holds one),
+/// and a read that cannot be made is only logged: the command itself goes on.
+pub(crate) async fn warn_restore_owed(client: &tokio_postgres::Client, config: &Config) {
+    let read = async {
+        client
+            .batch_execute(&format!(
+                "{}; {}",
+                crate::sql::session::BEGIN,
+                crate::sql::session::set_local_lock_timeout(config.lock_timeout)
+            ))
+            .await?;
+        let since = state::restore_owed_since(client, &config.state_schema).await;
+        client.batch_execute(crate::sql::session::ROLLBACK).await?;
+        since
+    };
+    match read.await {
         Ok(Some(since)) => eprintln!("{}", render::restore_owed(since)),
         Ok(None) => {}
-        Err(error) => tracing::debug!(
-            "cannot read the restore-owed record: {}",
-            db::describe(&error)
-        ),
+        Err(error) => {
+            // Leaves no transaction open behind a failed read.
+            let _ = client.batch_execute(crate::sql::session::ROLLBACK).await;
+            tracing::debug!(
+                "cannot read the restore-owed record: {}",
+                db::describe(&error)
+            );
+        }
     }
 }
 

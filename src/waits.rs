@@ -67,9 +67,20 @@ pub fn lost_relation(error: &tokio_postgres::Error) -> bool {
 /// Who holds the locks viewkeeper waits for: sessions holding viewkeeper's advisory locks
 /// or a lock on a view or materialized view, with role, application, state, since when and
 /// the first line of their query. Read on `client` once its own wait is over.
-pub async fn holders(client: &impl GenericClient) -> Result<Vec<String>, tokio_postgres::Error> {
-    sessions(client, sql::waits::HOLDERS, &[]).await
+pub async fn holders(
+    client: &impl GenericClient,
+    state_schema: &str,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let own = vec![
+        state_schema.to_owned(),
+        sql::guard::guard_schema(state_schema),
+    ];
+    sessions(client, sql::waits::HOLDERS, &[&own]).await
 }
+
+/// What reading the catalog waits for, as [`gave_up`] names it.
+pub const CATALOG_WAITS_FOR: &str =
+    "reconcile's advisory lock, a lock on a view or on viewkeeper's own tables";
 
 /// Who holds any lock on `relation`: what a DROP or an ALTER, which need it alone, waits for.
 pub async fn holders_of(
@@ -160,14 +171,11 @@ pub async fn explain(
     client: &tokio_postgres::Client,
     error: &tokio_postgres::Error,
     timeout: Duration,
+    state_schema: &str,
 ) -> String {
     if !timed_out(error) {
         return crate::db::describe(error);
     }
-    let holders = holders(client).await.unwrap_or_default();
-    gave_up(
-        "reconcile's advisory lock or a lock on a view",
-        timeout,
-        &holders,
-    )
+    let holders = holders(client, state_schema).await.unwrap_or_default();
+    gave_up(CATALOG_WAITS_FOR, timeout, &holders)
 }

@@ -150,6 +150,47 @@ fn every_command_gives_up_after_lock_timeout_and_names_the_holder() {
     assert_eq!(code, 0, "{stderr}");
 }
 
+/// A lock on one of viewkeeper's own tables: plan and status give up within lock-timeout and
+/// name the holder and the table; a lock on the restore-owed record only costs its warning.
+#[test]
+fn a_lock_on_viewkeepers_own_tables_is_bounded_and_named() {
+    let (db, dir) = setup();
+    let pid = db.scalar_i64("SELECT pg_backend_pid()");
+    db.batch("SET application_name = 'the_blocker'");
+    for table in ["managed_object", "side_build", "refresh_log"] {
+        db.batch("BEGIN");
+        db.batch(&format!(
+            "LOCK TABLE viewkeeper.{table} IN ACCESS EXCLUSIVE MODE"
+        ));
+        for args in [&["plan"][..], &["status"]] {
+            let started = Instant::now();
+            let (code, stdout, stderr) = run(&db, dir.path(), args);
+            assert_ne!(code, 0, "{args:?} succeeded:\n{stdout}{stderr}");
+            assert!(started.elapsed() < Duration::from_secs(5));
+            for expected in [
+                "lock-timeout",
+                &format!("pid {pid}"),
+                "the_blocker",
+                &format!("viewkeeper.{table}"),
+            ] {
+                assert!(
+                    stderr.contains(expected),
+                    "{table}, {args:?}: no {expected:?} in\n{stderr}"
+                );
+            }
+        }
+        db.batch("ROLLBACK");
+    }
+
+    db.batch("BEGIN");
+    db.batch("LOCK TABLE viewkeeper.restore_owed IN ACCESS EXCLUSIVE MODE");
+    let started = Instant::now();
+    let (code, stdout, stderr) = run(&db, dir.path(), &["plan", "--detailed-exitcode"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    db.batch("ROLLBACK");
+}
+
 /// A reader holding a view that reconcile must rebuild: the DROP gives up after
 /// lock-timeout, and the message names the reader and the setting to change.
 #[test]

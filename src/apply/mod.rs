@@ -643,7 +643,9 @@ async fn prepare_failed(
     match error {
         PrepareError::Database { context, error } => database(context)(error),
         PrepareError::LockTimedOut => {
-            let holders = crate::waits::holders(client).await.unwrap_or_default();
+            let holders = crate::waits::holders(client, &config.state_schema)
+                .await
+                .unwrap_or_default();
             ApplyError::Database {
                 context: "cannot take viewkeeper's advisory lock",
                 message: crate::waits::gave_up("it", config.lock_timeout, &holders),

@@ -184,7 +184,7 @@ pub async fn refresh(
             Ok(catalog) => catalog,
             Err(error) => {
                 return Err(RefreshError::Database(
-                    crate::waits::explain(client, &error, timeout).await,
+                    crate::waits::explain(client, &error, timeout, schema).await,
                 ));
             }
         };

@@ -455,7 +455,7 @@ async fn missing_managed(client: &Client, project: &Project) -> bool {
 
 async fn connect(url: &str, project: &Project) -> Result<Client, crate::error::Error> {
     let client = db::connect(url, &project.config.search_path).await?;
-    crate::commands::warn_restore_owed(&client, &project.config.state_schema).await;
+    crate::commands::warn_restore_owed(&client, &project.config).await;
     // The process id in application_name tells operators which scheduler holds a refresh.
     let name = format!("viewkeeper schedule {}", std::process::id());
     let _ = client

@@ -12,8 +12,9 @@ macro_rules! session_columns {
     };
 }
 
-/// Sessions holding viewkeeper's advisory locks (exclusively) or a strong lock on a view or
-/// materialized view; in the row order `sessions` reads.
+/// Sessions holding viewkeeper's advisory locks (exclusively), or a strong lock on a view, a
+/// materialized view or a table in the schemas `$1` (viewkeeper's own); in the row order
+/// `sessions` reads.
 // language=SQL
 pub(crate) const HOLDERS: &str = concat!(
     session_columns!(),
@@ -22,10 +23,12 @@ pub(crate) const HOLDERS: &str = concat!(
              FROM pg_locks l
              JOIN pg_stat_activity a ON a.pid = l.pid
              LEFT JOIN pg_class c ON c.oid = l.relation
+             LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE l.granted AND l.pid <> pg_backend_pid()
                AND a.datname = current_database()
                AND ((l.locktype = 'advisory' AND l.mode = 'ExclusiveLock')
-                    OR (l.locktype = 'relation' AND c.relkind IN ('v', 'm')
+                    OR (l.locktype = 'relation'
+                        AND (c.relkind IN ('v', 'm') OR n.nspname = ANY($1::text[]))
                         AND l.mode IN ('AccessExclusiveLock', 'ExclusiveLock')))
              ORDER BY a.pid"
 );
