@@ -150,8 +150,9 @@ fn every_command_gives_up_after_lock_timeout_and_names_the_holder() {
     assert_eq!(code, 0, "{stderr}");
 }
 
-/// A lock on one of viewkeeper's own tables: plan and status give up within lock-timeout and
-/// name the holder and the table; a lock on the restore-owed record only costs its warning.
+/// A lock on one of viewkeeper's own tables: plan, status and reconcile give up within
+/// lock-timeout and name the holder and the table; a lock on the restore-owed record only
+/// costs its warning.
 #[test]
 fn a_lock_on_viewkeepers_own_tables_is_bounded_and_named() {
     let (db, dir) = setup();
@@ -162,7 +163,7 @@ fn a_lock_on_viewkeepers_own_tables_is_bounded_and_named() {
         db.batch(&format!(
             "LOCK TABLE viewkeeper.{table} IN ACCESS EXCLUSIVE MODE"
         ));
-        for args in [&["plan"][..], &["status"]] {
+        for args in [&["plan"][..], &["status"], &["reconcile"]] {
             let started = Instant::now();
             let (code, stdout, stderr) = run(&db, dir.path(), args);
             assert_ne!(code, 0, "{args:?} succeeded:\n{stdout}{stderr}");

@@ -279,9 +279,16 @@ async fn apply_with(
             .map_err(database("cannot end the transaction"))?;
         return Err(prepare_failed(client, config, error).await);
     }
-    let mut catalog = read_catalog(&mut transaction, project)
-        .await
-        .map_err(database("cannot read the catalog"))?;
+    let mut catalog = match read_catalog(&mut transaction, project).await {
+        Ok(catalog) => catalog,
+        Err(error) => {
+            transaction
+                .rollback()
+                .await
+                .map_err(database("cannot end the transaction"))?;
+            return Err(catalog_failed(client, config, &error).await);
+        }
+    };
     if read_schema_digest {
         catalog.schema_digest = Some(
             catalog::schema_fingerprint(&transaction)
@@ -410,9 +417,16 @@ async fn apply_with(
                     .map_err(database("cannot end the transaction"))?;
                 return Err(prepare_failed(client, config, error).await);
             }
-            catalog = read_catalog(&mut transaction, project)
-                .await
-                .map_err(database("cannot read the catalog"))?;
+            catalog = match read_catalog(&mut transaction, project).await {
+                Ok(catalog) => catalog,
+                Err(error) => {
+                    transaction
+                        .rollback()
+                        .await
+                        .map_err(database("cannot end the transaction"))?;
+                    return Err(catalog_failed(client, config, &error).await);
+                }
+            };
             pass = Pass::AfterBuild;
             continue;
         }
@@ -651,6 +665,20 @@ async fn prepare_failed(
                 message: crate::waits::gave_up("it", config.lock_timeout, &holders),
             }
         }
+    }
+}
+
+/// The error for a catalog read that failed (its transaction rolled back by now): a lock
+/// wait that gave up names who holds the lock.
+async fn catalog_failed(
+    client: &Client,
+    config: &crate::project::Config,
+    error: &tokio_postgres::Error,
+) -> ApplyError {
+    ApplyError::Database {
+        context: "cannot read the catalog",
+        message: crate::waits::explain(client, error, config.lock_timeout, &config.state_schema)
+            .await,
     }
 }
 
