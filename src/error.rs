@@ -24,7 +24,7 @@ pub enum Error {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Plan(#[from] PlanError),
-    #[error("reconcile failed, nothing was changed")]
+    #[error("reconcile failed, {}", .0.what_changed())]
     #[diagnostic(forward(0))]
     Apply(#[source] ApplyError),
     /// Not a rollback: the change may be in the database.

@@ -152,6 +152,13 @@ fn a_swap_that_gives_up_on_a_reader_keeps_the_copy_for_the_next_reconcile() {
     assert_eq!(code, 1, "the swap must give up:\n{stdout}{stderr}");
     assert!(stderr.contains("dashboard"), "names the reader:\n{stderr}");
     assert!(stderr.contains("lock-timeout"), "{stderr}");
+    // It says what it leaves: not "nothing was changed", but the copy, by name.
+    assert!(!stderr.contains("nothing was changed"), "{stderr}");
+    assert!(
+        stderr.contains("the declared objects are unchanged")
+            && stderr.contains("public.viewkeeper_build_"),
+        "{stderr}"
+    );
     assert_eq!(copies(&db), 1, "the copy stays, built");
     assert_eq!(recorded_builds(&db), 1, "and recorded");
     let copy_oid =

@@ -52,6 +52,14 @@ pub enum ApplyError {
         help("run `viewkeeper plan` to see what the database holds now")
     )]
     CommitOutcomeUnknown { message: String },
+    /// A failure once the side-by-side copies were committed: the declared objects are as
+    /// they were, and the copies stay, recorded, for the next reconcile to swap in.
+    #[error("{error}")]
+    #[diagnostic(forward(error))]
+    AfterBuild {
+        error: Box<ApplyError>,
+        kept: Vec<QualifiedName>,
+    },
 }
 
 /// A planned statement failed; nothing was changed.
@@ -82,6 +90,22 @@ impl ApplyError {
             ApplyError::Plan(_) => false,
             ApplyError::Database { .. } | ApplyError::CommitOutcomeUnknown { .. } => true,
             ApplyError::Statement(error) => error.transient,
+            ApplyError::AfterBuild { error, .. } => error.is_transient(),
+        }
+    }
+
+    /// What a failed reconcile leaves changed, to follow "reconcile failed, ".
+    pub fn what_changed(&self) -> String {
+        match self {
+            ApplyError::AfterBuild { kept, .. } => format!(
+                "the declared objects are unchanged; the copies built side by side are kept \
+                 for the next reconcile to swap in: {}",
+                kept.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ => "nothing was changed".to_owned(),
         }
     }
 }
@@ -258,7 +282,29 @@ async fn apply_with(
     project: &Project,
     planner: impl Fn(&Project, &Catalog, Pass) -> Result<Plan, PlanError>,
     how: &How<'_>,
+    on_statement: impl FnMut(&Statement, Duration),
+) -> Result<Reconciled, ApplyError> {
+    let mut kept = Vec::new();
+    apply_passes(client, project, planner, how, on_statement, &mut kept)
+        .await
+        .map_err(|error| match error {
+            ApplyError::CommitOutcomeUnknown { .. } => error,
+            error if !kept.is_empty() => ApplyError::AfterBuild {
+                error: Box::new(error),
+                kept,
+            },
+            error => error,
+        })
+}
+
+/// [`apply_with`]; `kept` gets the side-by-side copies once their transaction commits.
+async fn apply_passes(
+    client: &mut Client,
+    project: &Project,
+    planner: impl Fn(&Project, &Catalog, Pass) -> Result<Plan, PlanError>,
+    how: &How<'_>,
     mut on_statement: impl FnMut(&Statement, Duration),
+    kept: &mut Vec<QualifiedName>,
 ) -> Result<Reconciled, ApplyError> {
     let &How {
         read_schema_digest,
@@ -392,7 +438,7 @@ async fn apply_with(
             if !keep_going {
                 prove_before_building(&transaction, project, &plan).await?;
             }
-            build_side_by_side(
+            let built = build_side_by_side(
                 &transaction,
                 &plan,
                 config,
@@ -406,6 +452,7 @@ async fn apply_with(
             if let Err(error) = transaction.commit().await {
                 return Err(commit_error(client, error));
             }
+            kept.extend(built);
             transaction = client
                 .transaction()
                 .await
@@ -720,7 +767,7 @@ async fn build_side_by_side(
     graph: &DependencyGraph,
     left_out: &mut LeftOut,
     on_statement: &mut impl FnMut(&Statement, Duration),
-) -> Result<(), BuildFailure> {
+) -> Result<Vec<QualifiedName>, BuildFailure> {
     let steps: Vec<&crate::plan::Step> = plan
         .steps
         .iter()
@@ -762,7 +809,8 @@ async fn build_side_by_side(
     }
     state::write_builds(transaction, &config.state_schema, &recorded, &[])
         .await
-        .map_err(|error| BuildFailure(database("cannot record the builds")(error)))
+        .map_err(|error| BuildFailure(database("cannot record the builds")(error)))?;
+    Ok(recorded.iter().map(|build| build.temp.clone()).collect())
 }
 
 /// Runs the plan's statements in order; on failure, the index of the failing one.
@@ -950,21 +998,14 @@ pub(crate) fn statement_error(
     ) {
         (Some(missing), _) => format!(
             "{} reads {missing}, which is declared but created after it: add `depends-on \"{missing}\"` \
-             to its declaration so it is created first; the transaction was rolled back and nothing changed",
+             to its declaration so it is created first",
             statement.object
         ),
         (None, _) if error.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
-            "grant the right named above, then run again; the transaction was rolled back and \
-             nothing changed"
-                .to_owned()
+            "grant the right named above, then run again".to_owned()
         }
-        (None, Some(_)) => {
-            "fix the declared query; the transaction was rolled back and nothing changed".to_owned()
-        }
-        (None, None) => format!(
-            "the failing statement was:\n{}\nthe transaction was rolled back and nothing changed",
-            statement.sql
-        ),
+        (None, Some(_)) => "fix the declared query".to_owned(),
+        (None, None) => format!("the failing statement was:\n{}", statement.sql),
     };
     match spot {
         Some(spot) => StatementError {
