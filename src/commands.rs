@@ -231,7 +231,7 @@ async fn plan(
 ) -> Result<Status, Error> {
     let mut load = ProjectLoad::start(root)?;
     let config = load.config().clone();
-    let connecting = connect_quietly(url, &config);
+    let connecting = connect(url, &config);
     tokio::pin!(connecting);
     // Mistakes in the declarations come first, as when nothing was connected yet: before a
     // connection error, and before a server that is slow to answer, or never does.
@@ -249,19 +249,8 @@ async fn plan(
             return Err(error);
         }
     };
-    // Only once the first session holds its connection: two connecting at once to the last
-    // one the server or the role allows can both be turned away.
-    let helper = connect_helper(url, &config);
-    warn_restore_owed(&client, &config).await;
-    let (plan, fingerprint) = proven_plan(
-        &mut client,
-        Some(helper),
-        load,
-        allow_drop,
-        format,
-        out.is_some(),
-    )
-    .await?;
+    let (plan, fingerprint) =
+        proven_plan(&mut client, load, allow_drop, format, out.is_some()).await?;
     if let (Some(path), Some(fingerprint)) = (out, fingerprint) {
         let mut file = Vec::new();
         render::plan_json_with(&plan, Some(&fingerprint), &mut file)
@@ -315,20 +304,16 @@ pub(crate) async fn show_plan(
     format: PlanFormat,
 ) -> Result<plan::Plan, Error> {
     let load = ProjectLoad::ready(std::borrow::Cow::Borrowed(project));
-    Ok(proven_plan(client, None, load, false, format, false)
-        .await?
-        .0)
+    Ok(proven_plan(client, load, false, format, false).await?.0)
 }
 
 /// Reads the catalog, plans, prints the plan, and compiles every query the plan creates,
 /// all in one transaction that is rolled back: plan never leaves anything behind, and waits
 /// for no lock longer than `lock-timeout`. The plan is printed before it is proven, so a
 /// plan that cannot be applied still shows what it would do (and why objects are missing).
-/// The live catalog is read while the declarations are still being read, on two sessions
-/// when there is a `helper` (see [`catalog::read_live`]).
+/// The live catalog is read while the declarations are still being read.
 async fn proven_plan(
     client: &mut tokio_postgres::Client,
-    helper: Option<Helper>,
     load: ProjectLoad<'_>,
     allow_drop: bool,
     format: PlanFormat,
@@ -337,18 +322,21 @@ async fn proven_plan(
     let catalog_error = |error: tokio_postgres::Error| Error::Catalog(db::describe(&error));
     let timeout = load.config().lock_timeout;
     let state_schema = load.config().state_schema.clone();
-    let (started, helper) = tokio::join!(client.transaction(), begin_helper(helper, timeout));
-    let mut transaction = match started.map_err(catalog_error) {
+    let read_live = async |transaction: &tokio_postgres::Transaction<'_>| {
+        waits::bound(transaction, timeout).await?;
+        // Never read views while a reconcile drops and recreates them.
+        waits::share_reconcile_lock(transaction, &state_schema).await?;
+        catalog::read_live(transaction, &state_schema).await
+    };
+    let mut transaction = match client.transaction().await {
         Ok(transaction) => transaction,
         // Mistakes in the declarations come first, as for a failed connection.
         Err(error) => {
             load.wait()?;
-            return Err(error);
+            return Err(catalog_error(error));
         }
     };
-    let mut live = read_live(&transaction, helper.as_ref(), timeout, &state_schema).await;
-    // Its part is read (a retry below reads on one session): closing it ends its transaction.
-    drop(helper);
+    let mut live = read_live(&transaction).await;
     let loaded = load.wait()?;
     let project = &*loaded;
     let mut attempt = 1;
@@ -364,7 +352,7 @@ async fn proven_plan(
                 if waits::lost_relation(&error) && attempt < 3 {
                     attempt += 1;
                     transaction = client.transaction().await.map_err(catalog_error)?;
-                    live = read_live(&transaction, None, timeout, &state_schema).await;
+                    live = read_live(&transaction).await;
                     continue;
                 }
                 return Err(Error::Catalog(
@@ -392,23 +380,6 @@ async fn proven_plan(
     // which dropping them string by string would not (several ms for thousands of views).
     std::mem::forget((catalog, loaded));
     Ok((plan, fingerprint))
-}
-
-/// [`catalog::read_live`] in `transaction`, once it waits no longer than `timeout` for a
-/// lock and holds reconcile's lock in shared mode: never read views while a reconcile drops
-/// and recreates them (the helper reads only once this lock is held).
-async fn read_live(
-    transaction: &tokio_postgres::Transaction<'_>,
-    helper: Option<&tokio_postgres::Client>,
-    timeout: std::time::Duration,
-    state_schema: &str,
-) -> Result<catalog::Catalog, tokio_postgres::Error> {
-    waits::bound(transaction, timeout).await?;
-    waits::share_reconcile_lock(transaction, state_schema).await?;
-    match helper {
-        Some(helper) => catalog::read_live(transaction, helper, state_schema).await,
-        None => catalog::read_live(transaction, transaction, state_schema).await,
-    }
 }
 
 fn print_plan(plan: &plan::Plan, format: PlanFormat) -> Result<(), Error> {
@@ -1217,49 +1188,6 @@ async fn connect(url: Option<&str>, config: &Config) -> Result<tokio_postgres::C
     let client = connect_quietly(url, config).await?;
     warn_restore_owed(&client, config).await;
     Ok(client)
-}
-
-/// A second session for `plan`'s catalog read, connecting in the background.
-type Helper = tokio::task::JoinHandle<Option<tokio_postgres::Client>>;
-
-/// Starts connecting the [`Helper`] (see [`catalog::read_live`]); it comes to None when it
-/// cannot connect, and the first session then reads alone.
-fn connect_helper(url: Option<&str>, config: &Config) -> Helper {
-    let url = db::resolve_url(url);
-    let search_path = config.search_path.clone();
-    tokio::spawn(async move {
-        match db::connect(&url.ok()?, &search_path).await {
-            Ok(client) => Some(client),
-            Err(error) => {
-                tracing::debug!("reading the catalog on one session: a second one: {error}");
-                None
-            }
-        }
-    })
-}
-
-/// The helper session, connected, in a read-only transaction that waits for a lock no
-/// longer than `lock-timeout`, like the first. None when there is none or it cannot start.
-async fn begin_helper(
-    helper: Option<Helper>,
-    timeout: std::time::Duration,
-) -> Option<tokio_postgres::Client> {
-    let helper = helper?.await.ok().flatten()?;
-    let begin = format!(
-        "{} READ ONLY; {}",
-        crate::sql::session::BEGIN,
-        crate::sql::session::set_local_lock_timeout(timeout)
-    );
-    match helper.batch_execute(&begin).await {
-        Ok(()) => Some(helper),
-        Err(error) => {
-            tracing::debug!(
-                "reading the catalog on one session: {}",
-                db::describe(&error)
-            );
-            None
-        }
-    }
 }
 
 /// Connects without the restore-owed warning: for `run`'s own reconcile after its drops.

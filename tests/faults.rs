@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{TestDb, project, reconcile, run, test_db, viewkeeper};
+use support::{TestDb, project, reconcile, run, test_db};
 
 const CONFIG: &str = "lock-timeout \"300ms\"\n";
 
@@ -398,39 +398,4 @@ fn a_connection_lost_during_refresh_is_reported_as_such() {
         "{stderr}"
     );
     assert!(!stderr.contains("cannot read the catalog"), "{stderr}");
-}
-
-/// `plan` reads half the catalog on a second session when it can open one. When it cannot
-/// (the role's connection limit here), the first session reads it all: the same plan.
-#[test]
-fn plan_reads_on_one_session_when_a_second_cannot_connect() {
-    let (db, dir) = setup();
-    std::fs::write(dir.path().join("views/v.kdl"), views(true)).expect("write views");
-    let role = format!("{}_one_session", db.name);
-    // A member of the owner of everything here, but not a superuser: the limit applies.
-    db.batch(&format!(
-        "CREATE ROLE {role} LOGIN CONNECTION LIMIT 1 IN ROLE {}",
-        db.scalar_string("SELECT current_user::text")
-            .expect("current user")
-    ));
-    let mut url = url::Url::parse(&db.url).expect("the test database URL");
-    url.set_username(&role).expect("a URL with a user");
-
-    let (code, two_sessions, stderr) = run(&db, dir.path(), &["plan"]);
-    assert_eq!(code, 0, "{two_sessions}{stderr}");
-    let output = viewkeeper(&db, dir.path())
-        .env("DATABASE_URL", url.as_str())
-        .env("VIEWKEEPER_LOG", "viewkeeper=debug")
-        .arg("plan")
-        .output()
-        .expect("run viewkeeper");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("reading the catalog on one session") && stderr.contains("too many"),
-        "the second session was not refused:\n{stderr}"
-    );
-    assert_eq!(String::from_utf8_lossy(&output.stdout), two_sessions);
-    assert!(two_sessions.contains("public.totals"), "{two_sessions}");
-    db.batch(&format!("DROP ROLE {role}"));
 }

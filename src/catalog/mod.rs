@@ -372,27 +372,19 @@ pub async fn introspect(
     named: &[QualifiedName],
     state_schema: &str,
 ) -> Result<Catalog, tokio_postgres::Error> {
-    let mut catalog = read_live(client, client, state_schema).await?;
+    let mut catalog = read_live(client, state_schema).await?;
     look_up_named(client, &mut catalog, named).await?;
     Ok(catalog)
 }
 
 /// Reads all of the catalog that does not depend on the declarations: the state, the
 /// views and materialized views with their indexes, grants and reads, the guard's log.
-///
-/// The relations query runs on `client`, everything else on `side`: when that is a second
-/// session (in a transaction of its own, waiting no longer for locks), the server works on
-/// both at once, on two cores, instead of one query after another. One session passes
-/// itself twice.
 pub async fn read_live(
     client: &impl GenericClient,
-    side: &impl GenericClient,
     state_schema: &str,
 ) -> Result<Catalog, tokio_postgres::Error> {
     let mut catalog = Catalog::default();
-    let issued = std::cell::Cell::new(0);
-    let side = CountingClient::new(side, &issued);
-    let client = CountingClient::new(client, &issued);
+    let client = CountingClient::new(client);
     let excluded: Vec<&str> = SYSTEM_SCHEMAS
         .iter()
         .copied()
@@ -434,25 +426,25 @@ pub async fn read_live(
             if !state_exists {
                 return Ok(None);
             }
-            side.count();
-            state::read(side.inner, state_schema, builds_table_exists)
+            client.count();
+            state::read(client.inner, state_schema, builds_table_exists)
                 .await
                 .map(Some)
         },
-        side.query_typed(DEFAULT_GRANTS, &[]),
+        client.query_typed(DEFAULT_GRANTS, &[]),
         async {
             // Decoded while the server runs the queries after it.
             let rows = client.query_typed(&relations_sql, &excluded).await?;
             Ok(rows.iter().map(LiveRelation::from_row).collect::<Vec<_>>())
         },
-        side.query_typed(&indexes_sql, &excluded),
-        side.query_typed(GRANTS, &excluded),
+        client.query_typed(&indexes_sql, &excluded),
+        client.query_typed(GRANTS, &excluded),
         async {
             if !guard_log_exists {
                 return Ok(Vec::new());
             }
-            side.count();
-            crate::guard::query_log(side.inner, state_schema, true, i64::MAX).await
+            client.count();
+            crate::guard::query_log(client.inner, state_schema, true, i64::MAX).await
         },
     );
     // Every answer is awaited before any error is reported: see `Cause`.
@@ -556,7 +548,7 @@ pub async fn read_live(
             }
         }
     }
-    catalog.queries_issued = issued.get();
+    catalog.queries_issued = client.issued.get();
     Ok(catalog)
 }
 
@@ -667,12 +659,15 @@ JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = w.relation_name"
 /// Counts the queries sent, so tests and the benchmark can check the count stays constant.
 struct CountingClient<'c, C> {
     inner: &'c C,
-    issued: &'c std::cell::Cell<usize>,
+    issued: std::cell::Cell<usize>,
 }
 
 impl<'c, C: GenericClient> CountingClient<'c, C> {
-    fn new(inner: &'c C, issued: &'c std::cell::Cell<usize>) -> Self {
-        Self { inner, issued }
+    fn new(inner: &'c C) -> Self {
+        Self {
+            inner,
+            issued: std::cell::Cell::new(0),
+        }
     }
 
     fn count(&self) {

@@ -19,7 +19,7 @@ pub async fn read_catalog(
     transaction: &mut Transaction<'_>,
     project: &Project,
 ) -> Result<Catalog, tokio_postgres::Error> {
-    let live = super::read_live(&*transaction, &*transaction, &project.config.state_schema).await?;
+    let live = super::read_live(&*transaction, &project.config.state_schema).await?;
     complete(transaction, live, project).await
 }
 
