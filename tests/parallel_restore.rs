@@ -231,3 +231,43 @@ fn a_held_lock_makes_the_restore_give_up_after_lock_timeout() {
     let (code, stdout, _) = run(&db, dir.path(), &["plan", "--detailed-exitcode"]);
     assert_eq!(code, 0, "in sync:\n{stdout}");
 }
+
+/// The restore commits object by object. When the transaction that then records them fails
+/// (here it waits on a lock on the refresh log past lock-timeout), the message names what
+/// was restored instead of saying nothing was changed, and the next reconcile adopts it.
+#[test]
+fn a_failure_after_a_parallel_restore_names_what_it_restored() {
+    let db = items_db();
+    let dir = project(&[
+        ("viewkeeper.kdl", "lock-timeout \"300ms\"\n"),
+        ("views/v.kdl", &declarations()),
+    ]);
+    reconcile(&db, dir.path());
+    let (code, _, stderr) = run(&db, dir.path(), &["drop-managed"]);
+    assert_eq!(code, 0, "{stderr}");
+
+    // Reads of the log go on; the restore's record of its fills waits.
+    let blocker = db.second_session();
+    db.block_on(blocker.batch_execute("BEGIN; LOCK TABLE viewkeeper.refresh_log IN SHARE MODE"))
+        .expect("lock the refresh log");
+    let (code, stdout, stderr) = run(&db, dir.path(), &["reconcile", "--jobs", "2"]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(!stderr.contains("nothing was changed"), "{stderr}");
+    assert!(
+        stderr.contains("but these were restored before it stopped")
+            && stderr.contains("public.amounts"),
+        "{stderr}"
+    );
+    // The wait that failed names who holds the log.
+    assert!(
+        stderr.contains("lock-timeout") && stderr.contains("ShareLock on viewkeeper.refresh_log"),
+        "{stderr}"
+    );
+    assert!(exists(&db, "amounts") && exists(&db, "a_top_sum"));
+
+    db.block_on(blocker.batch_execute("ROLLBACK"))
+        .expect("unlock");
+    reconcile(&db, dir.path());
+    let (code, stdout, _) = run(&db, dir.path(), &["plan", "--detailed-exitcode"]);
+    assert_eq!(code, 0, "in sync:\n{stdout}");
+}

@@ -2,7 +2,9 @@
 //!
 //! The lock is taken first and the catalog is read and planned *inside* the same
 //! transaction, so a reconcile that waited for another one plans against what that one
-//! left. Any error rolls everything back: the database is exactly as it was.
+//! left. An error rolls that transaction back. What commits on its own before it (copies
+//! built side by side, objects a parallel restore brought back) stays, and the error says so
+//! ([`ApplyError::AfterCommit`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,7 +30,7 @@ use crate::waits::lock_key;
 mod parallel;
 pub use parallel::{Workers, default_jobs};
 
-/// Reconcile failed; the transaction was rolled back.
+/// Reconcile failed; its transaction was rolled back.
 #[derive(Debug, thiserror::Error, Diagnostic)]
 #[non_exhaustive]
 pub enum ApplyError {
@@ -52,17 +54,16 @@ pub enum ApplyError {
         help("run `viewkeeper plan` to see what the database holds now")
     )]
     CommitOutcomeUnknown { message: String },
-    /// A failure once the side-by-side copies were committed: the declared objects are as
-    /// they were, and the copies stay, recorded, for the next reconcile to swap in.
+    /// A failure after part of the work committed on its own ([`Committed`]).
     #[error("{error}")]
     #[diagnostic(forward(error))]
-    AfterBuild {
+    AfterCommit {
         error: Box<ApplyError>,
-        kept: Vec<QualifiedName>,
+        committed: Committed,
     },
 }
 
-/// A planned statement failed; nothing was changed.
+/// A planned statement failed (and was rolled back).
 #[derive(Debug, thiserror::Error, Diagnostic)]
 #[error("{object}{}: {message}", location.as_ref().map(|l| format!(" ({l})")).unwrap_or_default())]
 #[diagnostic(code(viewkeeper::statement_failed))]
@@ -90,23 +91,39 @@ impl ApplyError {
             ApplyError::Plan(_) => false,
             ApplyError::Database { .. } | ApplyError::CommitOutcomeUnknown { .. } => true,
             ApplyError::Statement(error) => error.transient,
-            ApplyError::AfterBuild { error, .. } => error.is_transient(),
+            ApplyError::AfterCommit { error, .. } => error.is_transient(),
         }
     }
 
     /// What a failed reconcile leaves changed, to follow "reconcile failed, ".
     pub fn what_changed(&self) -> String {
-        match self {
-            ApplyError::AfterBuild { kept, .. } => format!(
-                "the declared objects are unchanged; the copies built side by side are kept \
-                 for the next reconcile to swap in: {}",
-                kept.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            _ => "nothing was changed".to_owned(),
+        let ApplyError::AfterCommit { committed, .. } = self else {
+            return "nothing was changed".to_owned();
+        };
+        let mut said = Vec::new();
+        if !committed.copies.is_empty() {
+            let copies: Vec<String> = committed
+                .copies
+                .iter()
+                .map(|(target, copy)| format!("{target} (as {copy})"))
+                .collect();
+            said.push(format!(
+                "the declared objects are unchanged, but the copies built side by side stay \
+                 for the next reconcile, which swaps them in (or drops them if their \
+                 declarations change): {}",
+                copies.join(", ")
+            ));
         }
+        if !committed.restored.is_empty() {
+            let restored: Vec<String> =
+                committed.restored.iter().map(ToString::to_string).collect();
+            said.push(format!(
+                "but these were restored before it stopped, and the next reconcile adopts \
+                 them: {}",
+                restored.join(", ")
+            ));
+        }
+        said.join("; ")
     }
 }
 
@@ -284,27 +301,42 @@ async fn apply_with(
     how: &How<'_>,
     on_statement: impl FnMut(&Statement, Duration),
 ) -> Result<Reconciled, ApplyError> {
-    let mut kept = Vec::new();
-    apply_passes(client, project, planner, how, on_statement, &mut kept)
+    let mut committed = Committed::default();
+    apply_passes(client, project, planner, how, on_statement, &mut committed)
         .await
         .map_err(|error| match error {
             ApplyError::CommitOutcomeUnknown { .. } => error,
-            error if !kept.is_empty() => ApplyError::AfterBuild {
+            error if !committed.is_empty() => ApplyError::AfterCommit {
                 error: Box::new(error),
-                kept,
+                committed,
             },
             error => error,
         })
 }
 
-/// [`apply_with`]; `kept` gets the side-by-side copies once their transaction commits.
+/// What a reconcile committed before the transaction that failed.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// Copies built side by side, recorded, not swapped in: (declared object, copy).
+    pub copies: Vec<(QualifiedName, QualifiedName)>,
+    /// Missing objects a parallel restore brought back.
+    pub restored: Vec<QualifiedName>,
+}
+
+impl Committed {
+    fn is_empty(&self) -> bool {
+        self.copies.is_empty() && self.restored.is_empty()
+    }
+}
+
+/// [`apply_with`]; `committed` gets what commits on its own, as it commits.
 async fn apply_passes(
     client: &mut Client,
     project: &Project,
     planner: impl Fn(&Project, &Catalog, Pass) -> Result<Plan, PlanError>,
     how: &How<'_>,
     mut on_statement: impl FnMut(&Statement, Duration),
-    kept: &mut Vec<QualifiedName>,
+    committed: &mut Committed,
 ) -> Result<Reconciled, ApplyError> {
     let &How {
         read_schema_digest,
@@ -417,6 +449,7 @@ async fn apply_passes(
                 config,
                 workers,
                 &mut left_out,
+                &mut committed.restored,
                 &mut on_statement,
             )
             .await?
@@ -452,7 +485,7 @@ async fn apply_passes(
             if let Err(error) = transaction.commit().await {
                 return Err(commit_error(client, error));
             }
-            kept.extend(built);
+            committed.copies.extend(built);
             transaction = client
                 .transaction()
                 .await
@@ -529,7 +562,7 @@ async fn apply_passes(
             }
         }
     };
-    write_state(
+    let written = write_state(
         &transaction,
         config,
         &plan,
@@ -538,7 +571,24 @@ async fn apply_passes(
         restore_owed,
         left_out.is_empty(),
     )
-    .await?;
+    .await;
+    if let Err(error) = written {
+        // Said once our own transaction is gone, so the holders listed are the others.
+        transaction
+            .rollback()
+            .await
+            .map_err(database("cannot end the transaction"))?;
+        return Err(ApplyError::Database {
+            context: "cannot record what was applied",
+            message: crate::waits::explain(
+                client,
+                &error,
+                config.lock_timeout,
+                &config.state_schema,
+            )
+            .await,
+        });
+    }
     if let Err(error) = transaction.commit().await {
         return Err(commit_error(client, error));
     }
@@ -601,28 +651,20 @@ async fn write_state(
     restored_fills: &[state::LoggedRefresh],
     restore_owed: RestoreOwed,
     all_applied: bool,
-) -> Result<(), ApplyError> {
+) -> Result<(), tokio_postgres::Error> {
     let schema = &config.state_schema;
-    let recorded = database("cannot record what was applied");
     if !restored_fills.is_empty() {
-        state::log_refreshes(transaction, schema, restored_fills)
-            .await
-            .map_err(&recorded)?;
+        state::log_refreshes(transaction, schema, restored_fills).await?;
     }
-    state::write(transaction, schema, &plan.records(), &plan.forgotten())
-        .await
-        .map_err(&recorded)?;
+    state::write(transaction, schema, &plan.records(), &plan.forgotten()).await?;
     state::write_builds(
         transaction,
         schema,
         &plan.recorded_builds(),
         &plan.forgotten_builds(),
     )
-    .await
-    .map_err(&recorded)?;
-    state::write_rule_hashes(transaction, schema, stale_rule_hashes)
-        .await
-        .map_err(&recorded)?;
+    .await?;
+    state::write_rule_hashes(transaction, schema, stale_rule_hashes).await?;
     match restore_owed {
         RestoreOwed::Owe if !plan.is_empty() => state::owe_restore(transaction, schema).await,
         RestoreOwed::Owe => Ok(()),
@@ -630,7 +672,6 @@ async fn write_state(
         RestoreOwed::Settle if all_applied => state::settle_restore(transaction, schema).await,
         RestoreOwed::Settle => Ok(()),
     }
-    .map_err(database("cannot record the restore owed"))
 }
 
 /// Which planning of one apply: the first, or the one after side-by-side builds committed.
@@ -767,7 +808,7 @@ async fn build_side_by_side(
     graph: &DependencyGraph,
     left_out: &mut LeftOut,
     on_statement: &mut impl FnMut(&Statement, Duration),
-) -> Result<Vec<QualifiedName>, BuildFailure> {
+) -> Result<Vec<(QualifiedName, QualifiedName)>, BuildFailure> {
     let steps: Vec<&crate::plan::Step> = plan
         .steps
         .iter()
@@ -810,7 +851,10 @@ async fn build_side_by_side(
     state::write_builds(transaction, &config.state_schema, &recorded, &[])
         .await
         .map_err(|error| BuildFailure(database("cannot record the builds")(error)))?;
-    Ok(recorded.iter().map(|build| build.temp.clone()).collect())
+    Ok(recorded
+        .iter()
+        .map(|build| (build.target.clone(), build.temp.clone()))
+        .collect())
 }
 
 /// Runs the plan's statements in order; on failure, the index of the failing one.

@@ -100,14 +100,16 @@ fn units<'p>(plan: &'p Plan, graph: &DependencyGraph) -> Option<Vec<Unit<'p>>> {
 
 /// Builds the objects of `plan` on `workers.jobs` new sessions, when the plan only restores
 /// (`None`, having done nothing, otherwise). Failures go to `left_out`, with everything that
-/// reads the failed object. Returns the fills to log; the caller writes them and the records in its own transaction (a restore
-/// killed before that leaves objects the next reconcile adopts, as they match).
+/// reads the failed object; `restored` gets each object once committed. Returns the fills to
+/// log; the caller writes them and the records in its own transaction (a restore killed
+/// before that leaves objects the next reconcile adopts, as they match).
 pub(super) async fn restore(
     plan: &Plan,
     graph: &DependencyGraph,
     config: &Config,
     workers: &Workers,
     left_out: &mut LeftOut,
+    restored: &mut Vec<QualifiedName>,
     on_statement: &mut impl FnMut(&Statement, Duration),
 ) -> Result<Option<Vec<state::LoggedRefresh>>, ApplyError> {
     let Some(units) = units(plan, graph) else {
@@ -164,6 +166,7 @@ pub(super) async fn restore(
                         on_statement(statement, took);
                     }
                     refreshes.append(&mut logged);
+                    restored.push(unit.object.clone());
                     for &reader in readers.get(unit.object).into_iter().flatten() {
                         waiting[reader] = waiting[reader].saturating_sub(1);
                         if waiting[reader] == 0 {

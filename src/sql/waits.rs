@@ -12,9 +12,9 @@ macro_rules! session_columns {
     };
 }
 
-/// Sessions holding viewkeeper's advisory locks (exclusively), or a strong lock on a view, a
-/// materialized view or a table in the schemas `$1` (viewkeeper's own); in the row order
-/// `sessions` reads.
+/// Sessions holding viewkeeper's advisory locks (exclusively), a strong lock on a view or a
+/// materialized view, or a lock that blocks writing a table in the schemas `$1`
+/// (viewkeeper's own); in the row order `sessions` reads.
 // language=SQL
 pub(crate) const HOLDERS: &str = concat!(
     session_columns!(),
@@ -27,9 +27,11 @@ pub(crate) const HOLDERS: &str = concat!(
              WHERE l.granted AND l.pid <> pg_backend_pid()
                AND a.datname = current_database()
                AND ((l.locktype = 'advisory' AND l.mode = 'ExclusiveLock')
-                    OR (l.locktype = 'relation'
-                        AND (c.relkind IN ('v', 'm') OR n.nspname = ANY($1::text[]))
-                        AND l.mode IN ('AccessExclusiveLock', 'ExclusiveLock')))
+                    OR (l.locktype = 'relation' AND c.relkind IN ('v', 'm')
+                        AND l.mode IN ('AccessExclusiveLock', 'ExclusiveLock'))
+                    OR (l.locktype = 'relation' AND n.nspname = ANY($1::text[])
+                        AND l.mode IN ('AccessExclusiveLock', 'ExclusiveLock',
+                                       'ShareRowExclusiveLock', 'ShareLock')))
              ORDER BY a.pid"
 );
 
