@@ -399,3 +399,46 @@ fn a_connection_lost_during_refresh_is_reported_as_such() {
     );
     assert!(!stderr.contains("cannot read the catalog"), "{stderr}");
 }
+
+/// Under a database default of repeatable read, a plan that waited for reconcile's lock
+/// still plans against what that reconcile committed: its reads take their snapshot after
+/// the lock is granted, not when it was asked for.
+#[test]
+fn a_plan_that_waited_for_reconcile_sees_what_it_committed_under_repeatable_read() {
+    let (db, dir) = setup();
+    std::fs::write(dir.path().join("viewkeeper.kdl"), "lock-timeout \"10s\"\n")
+        .expect("write the settings");
+    db.batch(&format!(
+        "ALTER DATABASE {} SET default_transaction_isolation = 'repeatable read'",
+        db.name
+    ));
+    // Only a new view: nothing the plan reads is dropped under it (which would make it read
+    // again, in a new transaction).
+    let added = format!(
+        "{}\nview \"public.kinds\" {{\n    query \"SELECT DISTINCT kind FROM items\"\n}}\n",
+        views(false)
+    );
+    std::fs::write(dir.path().join("views/v.kdl"), added).expect("write views");
+
+    // The reconcile takes its lock, then waits to create what reads `items`.
+    let blocker = db.second_session();
+    db.block_on(blocker.batch_execute("BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE"))
+        .expect("lock items");
+    let reconciling = spawn_viewkeeper(&db, dir.path(), &["reconcile"]);
+    assert!(
+        waiting_backend(&db, "CREATE").is_some(),
+        "the reconcile never waited for items"
+    );
+    let planning = spawn_viewkeeper(&db, dir.path(), &["plan", "--detailed-exitcode"]);
+    assert!(
+        waiting_backend(&db, "SELECT pg_advisory").is_some(),
+        "the plan never waited for reconcile's lock"
+    );
+    db.block_on(blocker.batch_execute("ROLLBACK"))
+        .expect("unlock items");
+
+    let (code, stderr) = reconciling.join().expect("reconcile thread");
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stderr) = planning.join().expect("plan thread");
+    assert_eq!(code, 0, "the plan must see the reconcile's work:\n{stderr}");
+}

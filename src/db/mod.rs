@@ -46,7 +46,8 @@ pub fn resolve_url(given: Option<&str>) -> Result<String, ConnectError> {
 }
 
 /// Connects and sets the session's `search_path`, so unqualified names in queries, and the
-/// definitions PostgreSQL reports back, mean the same thing on every run.
+/// definitions PostgreSQL reports back, mean the same thing on every run; and its
+/// transactions to read committed ([`crate::sql::session::READ_COMMITTED`]).
 ///
 /// `url` is completed from this process's environment as libpq would; an empty `url` means
 /// the environment alone.
@@ -78,11 +79,13 @@ async fn connect_inner(
     }
     let client = open(&settings, listener).await?;
     privileges::connected_as(&settings.user);
-    if search_path.is_empty() {
-        return Ok(client);
+    let mut session_sql = crate::sql::session::READ_COMMITTED.to_owned();
+    if !search_path.is_empty() {
+        session_sql.push_str("; ");
+        session_sql.push_str(&crate::sql::session::set_search_path(search_path));
     }
     client
-        .batch_execute(&crate::sql::session::set_search_path(search_path))
+        .batch_execute(&session_sql)
         .await
         .map_err(|error| ConnectError::Connect {
             url: settings.to_string(),

@@ -34,6 +34,11 @@ pub(crate) fn set_application_name(name: &str) -> String {
     format!("SET application_name = {}", quote_literal(name))
 }
 
+/// Every transaction of a viewkeeper session reads committed data, whatever the database's
+/// default: most read the catalog after waiting for reconcile's lock, and under repeatable
+/// read their snapshot would date from before the wait, missing what that reconcile did.
+pub(crate) const READ_COMMITTED: &str = "SET default_transaction_isolation = 'read committed'";
+
 /// `SET search_path TO …`, each schema quoted.
 pub(crate) fn set_search_path(schemas: &[String]) -> String {
     let path: Vec<String> = schemas
