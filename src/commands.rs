@@ -372,9 +372,17 @@ async fn proven_plan(
         None
     };
     print_plan(&plan, format)?;
-    catalog::prove::prove(&transaction, project, &plan)
-        .await
-        .map_err(Error::Unprovable)?;
+    if let Err(refusal) = catalog::prove::prove(&transaction, project, &plan).await {
+        if !refusal.timed_out() {
+            return Err(Error::Unprovable(refusal.into_error()));
+        }
+        // Named once our own transaction is gone, so the holders listed are the others.
+        transaction.rollback().await.map_err(catalog_error)?;
+        let graph = catalog.graph_of(project);
+        let message =
+            apply::lock_wait_given_up(client, refusal.statement(), &graph, &project.config).await;
+        return Err(Error::ProofGaveUp(message));
+    }
     transaction.rollback().await.map_err(catalog_error)?;
     // Every caller exits soon after: the exit frees the catalog and the project at once,
     // which dropping them string by string would not (several ms for thousands of views).

@@ -56,6 +56,9 @@ pub enum Error {
     #[error("the plan cannot be applied: PostgreSQL rejects a declared query; nothing was changed")]
     #[diagnostic(forward(0))]
     Unprovable(#[source] ApplyError),
+    /// Proving the plan waited for a lock past lock-timeout: not the queries' fault.
+    #[error("cannot prove the plan applies: {0}")]
+    ProofGaveUp(String),
     #[error(
         "could not drop the managed views before the migration; nothing was changed and the migration did not run"
     )]

@@ -80,7 +80,7 @@ pub async fn holders(
 
 /// What reading the catalog waits for, as [`gave_up`] names it.
 pub const CATALOG_WAITS_FOR: &str =
-    "reconcile's advisory lock, a lock on a view or on viewkeeper's own tables";
+    "reconcile's advisory lock, a lock on a view, on what it reads, or on viewkeeper's own tables";
 
 /// Who holds any lock on `relation`: what a DROP or an ALTER, which need it alone, waits for.
 pub async fn holders_of(

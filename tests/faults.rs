@@ -442,3 +442,56 @@ fn a_plan_that_waited_for_reconcile_sees_what_it_committed_under_repeatable_read
     let (code, stderr) = planning.join().expect("plan thread");
     assert_eq!(code, 0, "the plan must see the reconcile's work:\n{stderr}");
 }
+
+/// Proving a new query compiles it, which reads what it reads: under a lock held on a view
+/// it reads, plan gives up after lock-timeout and names the holder, instead of saying
+/// PostgreSQL rejects the query.
+#[test]
+fn a_proof_that_waits_for_a_lock_names_the_holder_not_the_query() {
+    let (db, dir) = setup();
+    let added = format!(
+        "{}\nview \"public.top_kinds\" {{\n    query \"SELECT kind FROM top_totals\"\n}}\n",
+        views(false)
+    );
+    std::fs::write(dir.path().join("views/v.kdl"), added).expect("write views");
+    let pid = db.scalar_i64("SELECT pg_backend_pid()");
+    db.batch("SET application_name = 'the_blocker'");
+    db.batch("BEGIN");
+    db.batch("LOCK TABLE top_totals IN ACCESS EXCLUSIVE MODE");
+    let started = Instant::now();
+    let (code, stdout, stderr) = run(&db, dir.path(), &["plan"]);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    db.batch("ROLLBACK");
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("public.top_kinds"),
+        "the plan is shown:\n{stdout}{stderr}"
+    );
+    assert!(!stderr.contains("rejects"), "{stderr}");
+    for expected in [
+        "lock-timeout",
+        &format!("pid {pid}"),
+        "the_blocker",
+        "top_totals",
+    ] {
+        assert!(stderr.contains(expected), "no {expected:?} in\n{stderr}");
+    }
+    let (code, stdout, stderr) = run(&db, dir.path(), &["plan", "--detailed-exitcode"]);
+    assert_eq!(code, 2, "proven once the lock is gone:\n{stdout}{stderr}");
+
+    // A lock on a table a changed materialized view reads stops the catalog read itself:
+    // named too.
+    std::fs::write(dir.path().join("views/v.kdl"), views(true)).expect("write views");
+    db.batch("BEGIN");
+    db.batch("LOCK TABLE items IN ACCESS EXCLUSIVE MODE");
+    let (code, stdout, stderr) = run(&db, dir.path(), &["plan"]);
+    db.batch("ROLLBACK");
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    for expected in [
+        "lock-timeout",
+        &format!("pid {pid}"),
+        "AccessExclusiveLock on items",
+    ] {
+        assert!(stderr.contains(expected), "no {expected:?} in\n{stderr}");
+    }
+}

@@ -604,7 +604,7 @@ async fn apply_passes(
 
 /// What a statement that gave up waiting for a lock says: who holds a lock on its object or
 /// on anything the object reads (a create waits for the tables it reads).
-async fn lock_wait_given_up(
+pub(crate) async fn lock_wait_given_up(
     client: &Client,
     statement: &Statement,
     graph: &DependencyGraph,
@@ -793,7 +793,9 @@ async fn prove_before_building(
             .map_err(database("cannot use a savepoint"))
     };
     run(session::savepoint("viewkeeper_prove")).await?;
-    crate::catalog::prove::prove(transaction, project, plan).await?;
+    crate::catalog::prove::prove(transaction, project, plan)
+        .await
+        .map_err(crate::catalog::prove::Refusal::into_error)?;
     run(session::rollback_to("viewkeeper_prove")).await
 }
 

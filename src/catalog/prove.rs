@@ -4,17 +4,45 @@
 use tokio_postgres::Transaction;
 
 use crate::apply::{ApplyError, statement_error};
-use crate::plan::Plan;
+use crate::plan::{Plan, Statement};
 use crate::project::Project;
+
+/// The first compiled statement the server refused, and why.
+pub struct Refusal {
+    statements: Vec<Statement>,
+    index: usize,
+    error: tokio_postgres::Error,
+}
+
+impl Refusal {
+    /// It gave up waiting for a lock (on what the query reads): not the query's fault.
+    pub fn timed_out(&self) -> bool {
+        crate::waits::timed_out(&self.error)
+    }
+
+    /// The statement refused.
+    pub fn statement(&self) -> &Statement {
+        &self.statements[self.index]
+    }
+
+    /// As reconcile reports a rejected statement: file, line, column, and why.
+    pub fn into_error(self) -> ApplyError {
+        ApplyError::Statement(Box::new(statement_error(
+            &self.statements,
+            self.index,
+            &self.error,
+        )))
+    }
+}
 
 /// Proves that `plan` applies: compiles every query it creates as a temporary view, in
 /// plan order, inside `transaction` (which the caller rolls back). The statements are
-/// pipelined; the first one PostgreSQL rejects is reported as reconcile would report it.
+/// pipelined; the first one the server refuses is returned.
 pub async fn prove(
     transaction: &Transaction<'_>,
     project: &Project,
     plan: &Plan,
-) -> Result<(), ApplyError> {
+) -> Result<(), Refusal> {
     let statements = crate::compile::compile_statements(plan, project);
     if statements.is_empty() {
         return Ok(());
@@ -25,14 +53,16 @@ pub async fn prove(
             .map(|statement| transaction.query_typed(&statement.sql, &[])),
     )
     .await;
-    for (index, outcome) in outcomes.into_iter().enumerate() {
-        if let Err(error) = outcome {
-            return Err(ApplyError::Statement(Box::new(statement_error(
-                &statements,
-                index,
-                &error,
-            ))));
-        }
+    let refused = outcomes
+        .into_iter()
+        .enumerate()
+        .find_map(|(index, outcome)| outcome.err().map(|error| (index, error)));
+    match refused {
+        Some((index, error)) => Err(Refusal {
+            statements,
+            index,
+            error,
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }

@@ -12,8 +12,9 @@ macro_rules! session_columns {
     };
 }
 
-/// Sessions holding viewkeeper's advisory locks (exclusively), a strong lock on a view or a
-/// materialized view, or a lock that blocks writing a table in the schemas `$1`
+/// Sessions holding viewkeeper's advisory locks (exclusively), a strong lock on a table, a
+/// view or a materialized view (what reading the catalog may wait for: deparsing a view
+/// locks what it reads), or a lock that blocks writing a table in the schemas `$1`
 /// (viewkeeper's own); in the row order `sessions` reads.
 // language=SQL
 pub(crate) const HOLDERS: &str = concat!(
@@ -27,7 +28,7 @@ pub(crate) const HOLDERS: &str = concat!(
              WHERE l.granted AND l.pid <> pg_backend_pid()
                AND a.datname = current_database()
                AND ((l.locktype = 'advisory' AND l.mode = 'ExclusiveLock')
-                    OR (l.locktype = 'relation' AND c.relkind IN ('v', 'm')
+                    OR (l.locktype = 'relation' AND c.relkind IN ('r', 'p', 'v', 'm')
                         AND l.mode IN ('AccessExclusiveLock', 'ExclusiveLock'))
                     OR (l.locktype = 'relation' AND n.nspname = ANY($1::text[])
                         AND l.mode IN ('AccessExclusiveLock', 'ExclusiveLock',
