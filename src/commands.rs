@@ -373,15 +373,20 @@ async fn proven_plan(
     };
     print_plan(&plan, format)?;
     if let Err(refusal) = catalog::prove::prove(&transaction, project, &plan).await {
-        if !refusal.timed_out() {
-            return Err(Error::Unprovable(refusal.into_error()));
-        }
-        // Named once our own transaction is gone, so the holders listed are the others.
+        // Ended before the process exits (the server would log a lost connection), and
+        // before holders are named, so those listed are the others.
         transaction.rollback().await.map_err(catalog_error)?;
-        let graph = catalog.graph_of(project);
-        let message =
-            apply::lock_wait_given_up(client, refusal.statement(), &graph, &project.config).await;
-        return Err(Error::ProofGaveUp(message));
+        if refusal.timed_out() {
+            let object = &refusal.statement().object;
+            let timeout = project.config.lock_timeout;
+            return Err(Error::ProofGaveUp(
+                waits::compile_gave_up(client, object, timeout).await,
+            ));
+        }
+        return Err(match refusal.not_the_query() {
+            Some(message) => Error::ProofGaveUp(message),
+            None => Error::Unprovable(refusal.into_error()),
+        });
     }
     transaction.rollback().await.map_err(catalog_error)?;
     // Every caller exits soon after: the exit frees the catalog and the project at once,

@@ -64,8 +64,9 @@ pub fn lost_relation(error: &tokio_postgres::Error) -> bool {
     })
 }
 
-/// Who holds the locks viewkeeper waits for: sessions holding viewkeeper's advisory locks
-/// or a lock on a view or materialized view, with role, application, state, since when and
+/// Who holds the locks reading the catalog waits for: sessions holding viewkeeper's
+/// advisory locks, an exclusive lock on a table, view or materialized view, or a lock that
+/// blocks writing viewkeeper's own tables; with role, application, state, since when and
 /// the first line of their query. Read on `client` once its own wait is over.
 pub async fn holders(
     client: &impl GenericClient,
@@ -76,6 +77,21 @@ pub async fn holders(
         sql::guard::guard_schema(state_schema),
     ];
     sessions(client, sql::waits::HOLDERS, &[&own]).await
+}
+
+/// The message for compiling `object`'s query (plan's proof) that gave up waiting: what it
+/// waits for is a lock on what the query reads, which only an exclusive one blocks.
+pub async fn compile_gave_up(
+    client: &impl GenericClient,
+    object: &crate::name::QualifiedName,
+    timeout: Duration,
+) -> String {
+    let holders = strong_holders(client).await.unwrap_or_default();
+    gave_up(
+        &format!("a lock on what {object} reads (compiling its query)"),
+        timeout,
+        &holders,
+    )
 }
 
 /// What reading the catalog waits for, as [`gave_up`] names it.

@@ -488,6 +488,7 @@ fn a_proof_that_waits_for_a_lock_names_the_holder_not_the_query() {
     db.batch("ROLLBACK");
     assert_eq!(code, 1, "{stdout}{stderr}");
     for expected in [
+        "cannot read the catalog",
         "lock-timeout",
         &format!("pid {pid}"),
         "AccessExclusiveLock on items",

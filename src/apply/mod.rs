@@ -468,8 +468,22 @@ async fn apply_passes(
             // now swaps the copies in (built copies are part of the catalog). A declared
             // query PostgreSQL rejects is found first, by the compile step, so a failing
             // reconcile leaves no copies behind.
-            if !keep_going {
-                prove_before_building(&transaction, project, &plan).await?;
+            if !keep_going
+                && let Err(refusal) = prove_before_building(&transaction, project, &plan).await?
+            {
+                if !refusal.timed_out() {
+                    return Err(refusal.into_error());
+                }
+                // Named once our own transaction is gone, so the holders listed are the others.
+                let object = refusal.statement().object.clone();
+                transaction
+                    .rollback()
+                    .await
+                    .map_err(database("cannot end the transaction"))?;
+                let mut failure = refusal.into_statement_error();
+                failure.message =
+                    crate::waits::compile_gave_up(&*client, &object, config.lock_timeout).await;
+                return Err(ApplyError::Statement(Box::new(failure)));
             }
             let built = build_side_by_side(
                 &transaction,
@@ -604,7 +618,7 @@ async fn apply_passes(
 
 /// What a statement that gave up waiting for a lock says: who holds a lock on its object or
 /// on anything the object reads (a create waits for the tables it reads).
-pub(crate) async fn lock_wait_given_up(
+async fn lock_wait_given_up(
     client: &Client,
     statement: &Statement,
     graph: &DependencyGraph,
@@ -785,7 +799,7 @@ async fn prove_before_building(
     transaction: &Transaction<'_>,
     project: &Project,
     plan: &Plan,
-) -> Result<(), ApplyError> {
+) -> Result<Result<(), crate::catalog::prove::Refusal>, ApplyError> {
     let run = |sql: String| async move {
         transaction
             .batch_execute(&sql)
@@ -793,10 +807,11 @@ async fn prove_before_building(
             .map_err(database("cannot use a savepoint"))
     };
     run(session::savepoint("viewkeeper_prove")).await?;
-    crate::catalog::prove::prove(transaction, project, plan)
-        .await
-        .map_err(crate::catalog::prove::Refusal::into_error)?;
-    run(session::rollback_to("viewkeeper_prove")).await
+    if let Err(refusal) = crate::catalog::prove::prove(transaction, project, plan).await {
+        return Ok(Err(refusal));
+    }
+    run(session::rollback_to("viewkeeper_prove")).await?;
+    Ok(Ok(()))
 }
 
 /// Runs the plan's side-by-side builds and records them, in `transaction` (which the caller
@@ -1010,6 +1025,15 @@ fn database(context: &'static str) -> impl Fn(tokio_postgres::Error) -> ApplyErr
     }
 }
 
+/// Whether `error` says nothing about the statement (trying again may work): SQLSTATE
+/// classes 08 (connection), 40 (rollback: deadlock, serialization), 53 (resources), 55 (lock
+/// not available), 57 (cancelled, shutdown), or no SQLSTATE at all (a lost connection).
+pub(crate) fn is_transient(error: &tokio_postgres::Error) -> bool {
+    error
+        .code()
+        .is_none_or(|code| matches!(&code.code()[..2], "08" | "40" | "53" | "55" | "57"))
+}
+
 /// The error of `statements[index]`, located in its declaration file where it can be.
 pub(crate) fn statement_error(
     statements: &[Statement],
@@ -1018,11 +1042,7 @@ pub(crate) fn statement_error(
 ) -> StatementError {
     let statement = &statements[index];
     let message = describe(error);
-    // SQLSTATE classes 08 (connection), 40 (rollback: deadlock, serialization), 53 (resources),
-    // 55 (lock not available), 57 (cancelled, shutdown).
-    let transient = error
-        .code()
-        .is_none_or(|code| matches!(&code.code()[..2], "08" | "40" | "53" | "55" | "57"));
+    let transient = is_transient(error);
     let position = match error.as_db_error().and_then(|db| db.position()) {
         Some(ErrorPosition::Original(position)) => Some(*position as usize),
         _ => None,

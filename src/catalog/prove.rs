@@ -3,7 +3,7 @@
 
 use tokio_postgres::Transaction;
 
-use crate::apply::{ApplyError, statement_error};
+use crate::apply::{ApplyError, StatementError, statement_error};
 use crate::plan::{Plan, Statement};
 use crate::project::Project;
 
@@ -20,6 +20,12 @@ impl Refusal {
         crate::waits::timed_out(&self.error)
     }
 
+    /// Not the query's fault at all (a lock, a cancel, a deadlock, a lost connection):
+    /// the server's message, without the query's place.
+    pub fn not_the_query(&self) -> Option<String> {
+        crate::apply::is_transient(&self.error).then(|| crate::db::describe(&self.error))
+    }
+
     /// The statement refused.
     pub fn statement(&self) -> &Statement {
         &self.statements[self.index]
@@ -27,11 +33,12 @@ impl Refusal {
 
     /// As reconcile reports a rejected statement: file, line, column, and why.
     pub fn into_error(self) -> ApplyError {
-        ApplyError::Statement(Box::new(statement_error(
-            &self.statements,
-            self.index,
-            &self.error,
-        )))
+        ApplyError::Statement(Box::new(self.into_statement_error()))
+    }
+
+    /// [`Refusal::into_error`]'s statement error.
+    pub fn into_statement_error(self) -> StatementError {
+        statement_error(&self.statements, self.index, &self.error)
     }
 }
 

@@ -28,8 +28,13 @@ pub(crate) const HOLDERS: &str = concat!(
              WHERE l.granted AND l.pid <> pg_backend_pid()
                AND a.datname = current_database()
                AND ((l.locktype = 'advisory' AND l.mode = 'ExclusiveLock')
-                    OR (l.locktype = 'relation' AND c.relkind IN ('r', 'p', 'v', 'm')
+                    OR (l.locktype = 'relation' AND c.relkind IN ('v', 'm')
                         AND l.mode IN ('AccessExclusiveLock', 'ExclusiveLock'))
+                    -- A table blocks a read only held alone: not another session's own
+                    -- temporary table, nor a system catalog.
+                    OR (l.locktype = 'relation' AND c.relkind IN ('r', 'p', 'f')
+                        AND l.mode = 'AccessExclusiveLock' AND c.relpersistence <> 't'
+                        AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%')
                     OR (l.locktype = 'relation' AND n.nspname = ANY($1::text[])
                         AND l.mode IN ('AccessExclusiveLock', 'ExclusiveLock',
                                        'ShareRowExclusiveLock', 'ShareLock')))
@@ -62,7 +67,7 @@ pub(crate) const STRONG_HOLDERS: &str = concat!(
              JOIN pg_class c ON c.oid = l.relation
              WHERE l.granted AND l.pid <> pg_backend_pid()
                AND a.datname = current_database()
-               AND c.relkind IN ('r', 'p', 'v', 'm')
+               AND c.relkind IN ('r', 'p', 'f', 'v', 'm')
                AND c.relnamespace <> 'pg_catalog'::regnamespace
                AND l.mode IN ('AccessExclusiveLock', 'ExclusiveLock')
              ORDER BY a.pid"
