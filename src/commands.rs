@@ -11,6 +11,7 @@ use crate::catalog;
 use crate::cli::{Cli, Command, Emit, Format, GraphFormat, GuardAction, PlanFormat};
 use crate::db;
 use crate::error::Error;
+use crate::in_sync;
 use crate::name::QualifiedName;
 use crate::plan;
 use crate::project::{Config, Project, ProjectLoad};
@@ -221,6 +222,10 @@ fn check(root: &Path) -> Result<Status, Error> {
     Ok(Status::Done)
 }
 
+/// How long `plan` waits for its connection before it parses the declarations anyway (a
+/// server slow to answer must not hold back a mistake in them).
+const PARSE_WHILE_CONNECTING_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
+
 async fn plan(
     root: &Path,
     url: Option<&str>,
@@ -229,17 +234,25 @@ async fn plan(
     allow_drop: bool,
     out: Option<&Path>,
 ) -> Result<Status, Error> {
-    let mut load = ProjectLoad::start(root)?;
+    // The declarations are parsed only when the in-sync record does not answer for them:
+    // their files are digested meanwhile, which is much quicker.
+    let mut load = ProjectLoad::later(root)?;
     let config = load.config().clone();
+    let sources = out
+        .is_none()
+        .then(|| in_sync::Sources::start(root, &config));
     let connecting = connect(url, &config);
     tokio::pin!(connecting);
     // Mistakes in the declarations come first, as when nothing was connected yet: before a
     // connection error, and before a server that is slow to answer, or never does.
     let connected = tokio::select! {
         connected = &mut connecting => connected,
-        () = load.read() => {
-            load = ProjectLoad::ready(load.wait()?);
-            connecting.await
+        () = tokio::time::sleep(PARSE_WHILE_CONNECTING_AFTER) => tokio::select! {
+            connected = &mut connecting => connected,
+            () = load.read() => {
+                load = ProjectLoad::ready(load.wait()?);
+                connecting.await
+            }
         }
     };
     let mut client = match connected {
@@ -249,6 +262,13 @@ async fn plan(
             return Err(error);
         }
     };
+    if let Some(sources) = sources
+        && let Some(plan) = in_sync::recorded_plan(&client, &config, sources).await
+    {
+        print_plan(&plan, format)?;
+        return Ok(Status::Done);
+    }
+    load.begin();
     let (plan, fingerprint) =
         proven_plan(&mut client, load, allow_drop, format, out.is_some()).await?;
     if let (Some(path), Some(fingerprint)) = (out, fingerprint) {

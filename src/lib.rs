@@ -16,6 +16,7 @@ pub mod error;
 pub mod graph;
 pub mod guard;
 pub mod import;
+pub mod in_sync;
 pub mod name;
 pub mod objects;
 pub mod plan;

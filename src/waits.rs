@@ -49,6 +49,20 @@ pub async fn share_reconcile_lock(
         .map(drop)
 }
 
+/// [`share_reconcile_lock`] without waiting: false when a reconcile holds it.
+pub async fn try_share_reconcile_lock(
+    client: &impl GenericClient,
+    state_schema: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_typed_one(
+            session::advisory_xact_lock(LockMode::Shared, true),
+            &[(&lock_key(state_schema), Type::INT8)],
+        )
+        .await?;
+    Ok(row.get::<_, String>(0) == "true")
+}
+
 /// True when `error` is `lock_timeout` expiring.
 pub fn timed_out(error: &tokio_postgres::Error) -> bool {
     error.code() == Some(&SqlState::LOCK_NOT_AVAILABLE)

@@ -176,7 +176,7 @@ pub async fn reconcile(
         plan::refuse_data_loss(&plan, intent.allow_drop, intent.confirm)?;
         Ok(plan)
     };
-    apply_with(
+    let reconciled = apply_with(
         client,
         project,
         planner,
@@ -188,7 +188,18 @@ pub async fn reconcile(
         },
         on_statement,
     )
-    .await
+    .await?;
+    // What is done is committed: a record that cannot be made only means the next plan
+    // reads the catalog.
+    if reconciled.failed.is_empty()
+        && let Err(error) = crate::in_sync::record(client, project).await
+    {
+        tracing::debug!(
+            "cannot record that the database is in sync: {}",
+            describe(&error)
+        );
+    }
+    Ok(reconciled)
 }
 
 /// What the user allowed a reconcile to do.

@@ -49,7 +49,7 @@ pub struct Plan {
 }
 
 /// A note about the declarations that does not block the plan.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Warning {
     pub object: QualifiedName,
     pub message: String,

@@ -40,6 +40,9 @@ pub struct Project {
     pub declarations: IndexMap<QualifiedName, Declaration>,
     /// The folder the declarations were read from.
     pub views_dir: PathBuf,
+    /// Every declaration file read, with or without declarations in it (query files are
+    /// each declaration's own).
+    pub files: Vec<Arc<SourceFile>>,
 }
 
 /// How a materialized view whose query changed (or whose upstream did) is rebuilt.
@@ -298,10 +301,12 @@ impl Project {
         let views_dir = root.join(&config.views_dir);
         let files = declaration_files(&views_dir, &mut problems);
         let mut declarations: IndexMap<QualifiedName, Declaration> = IndexMap::new();
+        let mut files_read = Vec::with_capacity(files.len());
         for path in files {
             let Some(file) = read_source(&path, &mut problems) else {
                 continue;
             };
+            files_read.push(Arc::clone(&file));
             for declaration in declaration::parse_file(&file, root, &mut problems) {
                 if let Some(first) = declarations.get(&declaration.name) {
                     let (line, col) = first.file.line_col(first.name_span.offset());
@@ -347,6 +352,7 @@ impl Project {
                 config,
                 declarations,
                 views_dir,
+                files: files_read,
             })
         } else {
             Err(Problems::new(problems))
@@ -403,21 +409,48 @@ enum Source<'p> {
         done: Option<tokio::sync::oneshot::Receiver<()>>,
     },
     Ready(Cow<'p, Project>),
+    /// Read at once (no thread could be started), with mistakes.
+    Failed(Problems),
+    /// Settings read, declarations not yet: [`ProjectLoad::begin`] starts them.
+    Later(PathBuf),
 }
 
 impl<'p> ProjectLoad<'p> {
     /// Reads `viewkeeper.kdl` and starts reading the declarations. A mistake in the settings
     /// is reported at once, with any in the declarations.
     pub fn start(root: &Path) -> Result<Self, Problems> {
+        let mut load = Self::later(root)?;
+        load.begin();
+        Ok(load)
+    }
+
+    /// Reads `viewkeeper.kdl` only (a mistake in it is reported at once, with any in the
+    /// declarations); [`Self::begin`] starts reading the declarations, as does waiting.
+    pub fn later(root: &Path) -> Result<Self, Problems> {
         let mut problems = Vec::new();
         let config = Config::load(root, &mut problems);
         if !problems.is_empty() {
             // Reported with the declarations' own, read as `load` reads them.
             return Project::load(root).map(|project| Self::ready(Cow::Owned(project)));
         }
+        Ok(Self {
+            config,
+            source: Source::Later(root.to_path_buf()),
+        })
+    }
+
+    /// Starts reading the declarations, unless they are read or being read.
+    pub fn begin(&mut self) {
+        if let Source::Later(root) = &self.source {
+            let root = root.clone();
+            self.source = Self::reading(&root, &self.config);
+        }
+    }
+
+    fn reading(root: &Path, config: &Config) -> Source<'p> {
         let (thread_root, thread_config) = (root.to_path_buf(), config.clone());
         let (tell_done, done) = tokio::sync::oneshot::channel();
-        let source = match reader_thread().spawn(move || {
+        match reader_thread().spawn(move || {
             let project = Project::load_with(&thread_root, thread_config, Vec::new());
             let _ = tell_done.send(());
             project
@@ -426,9 +459,11 @@ impl<'p> ProjectLoad<'p> {
                 reader,
                 done: Some(done),
             },
-            Err(_) => Source::Ready(Cow::Owned(Project::load(root)?)),
-        };
-        Ok(Self { config, source })
+            Err(_) => match Project::load(root) {
+                Ok(project) => Source::Ready(Cow::Owned(project)),
+                Err(problems) => Source::Failed(problems),
+            },
+        }
     }
 
     /// A project already read.
@@ -446,6 +481,7 @@ impl<'p> ProjectLoad<'p> {
 
     /// Until the declarations are read (at once if they are), without blocking the thread.
     pub async fn read(&mut self) {
+        self.begin();
         if let Source::Reading { done, .. } = &mut self.source
             && let Some(receiver) = done.take()
         {
@@ -454,13 +490,16 @@ impl<'p> ProjectLoad<'p> {
     }
 
     /// The project, once its declarations are read; or their problems.
-    pub fn wait(self) -> Result<Cow<'p, Project>, Problems> {
+    pub fn wait(mut self) -> Result<Cow<'p, Project>, Problems> {
+        self.begin();
         match self.source {
             Source::Reading { reader, .. } => reader
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
                 .map(Cow::Owned),
             Source::Ready(project) => Ok(project),
+            Source::Failed(problems) => Err(problems),
+            Source::Later(root) => Project::load(&root).map(Cow::Owned),
         }
     }
 }
@@ -599,6 +638,14 @@ pub(super) fn read_source(path: &Path, problems: &mut Vec<Problem>) -> Option<Ar
             None
         }
     }
+}
+
+/// The `.kdl` files under the declaration folder, as [`Project::load`] finds them; `None`
+/// when a folder cannot be read.
+pub(crate) fn declaration_paths(views_dir: &Path) -> Option<Vec<PathBuf>> {
+    let mut problems = Vec::new();
+    let files = declaration_files(views_dir, &mut problems);
+    problems.is_empty().then_some(files)
 }
 
 /// All `.kdl` files under the declaration folder, sorted so runs are reproducible. Symbolic

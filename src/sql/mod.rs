@@ -8,6 +8,7 @@
 
 pub(crate) mod ddl;
 pub(crate) mod guard;
+pub(crate) mod in_sync;
 pub(crate) mod pg_cron;
 pub(crate) mod privileges;
 pub(crate) mod refresh;

@@ -77,8 +77,10 @@ CREATE TABLE IF NOT EXISTS {builds} (
     build jsonb NOT NULL,
     started_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (temp_schema, temp_name)
-);",
-        schema = quote_ident(schema)
+);
+{in_sync}",
+        schema = quote_ident(schema),
+        in_sync = super::in_sync::create_table(schema)
     )
 }
 

@@ -1,0 +1,160 @@
+//! The in-sync record ([`crate::in_sync`]): its table, and the catalog fingerprint it is
+//! checked against.
+//!
+//! The fingerprint digests every row version (`ctid`, `xmin`) of the catalogs a plan reads:
+//! any `CREATE`, `ALTER`, `DROP`, `COMMENT`, `GRANT` or `REFRESH` writes a new row version
+//! or removes one, so equal fingerprints mean the catalog holds the very rows it held. Only
+//! in-place updates escape it (statistics, frozen transaction ids), which no plan reads.
+//! `pg_depend` is left out (the largest catalog): its rows change only with the objects
+//! they link, whose own rows are digested.
+
+use super::state::{BUILDS_TABLE, OBJECTS_TABLE, RESTORE_OWED_TABLE, table};
+
+/// The table of the in-sync record, inside the state schema: at most one row.
+pub(crate) const TABLE: &str = "in_sync";
+
+/// The catalogs whose rows a plan reads, directly or through the functions it calls
+/// (`pg_get_viewdef`, `pg_get_indexdef`, `format_type`, `pg_describe_object`): relations,
+/// columns, rules, indexes, comments, triggers, grants, and every kind of object a view's
+/// query can name.
+const CATALOGS: &[&str] = &[
+    "pg_namespace",
+    "pg_class",
+    "pg_attribute",
+    "pg_rewrite",
+    "pg_index",
+    "pg_description",
+    "pg_trigger",
+    "pg_default_acl",
+    "pg_type",
+    "pg_proc",
+    "pg_operator",
+    "pg_collation",
+    "pg_constraint",
+    "pg_cast",
+    "pg_am",
+    "pg_opclass",
+    "pg_opfamily",
+    "pg_ts_config",
+    "pg_ts_dict",
+    "pg_extension",
+    "pg_event_trigger",
+    "pg_auth_members",
+];
+
+/// DDL creating the record's table when missing (part of the state schema's).
+pub(crate) fn create_table(schema: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {} (
+    single boolean PRIMARY KEY DEFAULT true CHECK (single),
+    sources text NOT NULL,
+    catalog text NOT NULL,
+    query_files text[] NOT NULL,
+    declared integer NOT NULL,
+    warnings jsonb NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);",
+        table(schema, TABLE)
+    )
+}
+
+/// One expression: the fingerprint of the catalog as the statement sees it. Besides the
+/// catalogs: viewkeeper's own tables (but not the record itself, nor the refresh history,
+/// which a plan with nothing to do does not show), the roles (owners print by name), the
+/// database's own privileges, the user, and the settings that change what the catalog
+/// prints.
+pub(crate) fn catalog_fingerprint(state_schema: &str) -> String {
+    let row_versions = |relation: &str| {
+        format!(
+            "(SELECT coalesce(bit_xor(hashtextextended(ctid::text, xmin::text::int8)), 0) FROM {relation})"
+        )
+    };
+    let mut parts: Vec<String> = CATALOGS
+        .iter()
+        .map(|catalog| row_versions(&format!("pg_catalog.{catalog}")))
+        .collect();
+    for own in [OBJECTS_TABLE, BUILDS_TABLE, RESTORE_OWED_TABLE] {
+        parts.push(row_versions(&table(state_schema, own)));
+    }
+    parts.push("(SELECT bit_xor(hashtextextended(r::text, 0)) FROM pg_catalog.pg_roles r)".into());
+    parts.push(
+        "(SELECT datdba::text || ' ' || coalesce(datacl::text, '') FROM pg_catalog.pg_database
+          WHERE datname = current_database())"
+            .into(),
+    );
+    for setting in [
+        "server_version_num",
+        "search_path",
+        "DateStyle",
+        "IntervalStyle",
+        "TimeZone",
+        "extra_float_digits",
+        "bytea_output",
+        "lc_monetary",
+        "quote_all_identifiers",
+        "standard_conforming_strings",
+    ] {
+        parts.push(format!("current_setting('{setting}')"));
+    }
+    parts.push("current_user".into());
+    format!("md5(concat_ws(' ', {}))", parts.join(",\n "))
+}
+
+/// The record, and whether the catalog's fingerprint is still the recorded one (computed
+/// only when there is a record).
+pub(crate) fn select(state_schema: &str) -> String {
+    format!(
+        "SELECT sources, query_files, declared, warnings::text,
+                catalog = {} AS catalog_unchanged, recorded_at::text
+         FROM {}",
+        catalog_fingerprint(state_schema),
+        table(state_schema, TABLE)
+    )
+}
+
+/// Replaces the record: `$1` sources, `$2` catalog fingerprint, `$3` query files,
+/// `$4` declared, `$5` warnings (JSON).
+pub(crate) fn upsert(state_schema: &str) -> String {
+    format!(
+        "INSERT INTO {} (sources, catalog, query_files, declared, warnings)
+         VALUES ($1, $2, $3, $4, $5::text::jsonb)
+         ON CONFLICT (single) DO UPDATE
+         SET sources = excluded.sources, catalog = excluded.catalog,
+             query_files = excluded.query_files, declared = excluded.declared,
+             warnings = excluded.warnings, recorded_at = now()",
+        table(state_schema, TABLE)
+    )
+}
+
+/// The record, when it is the one of sources `$1` and catalog fingerprint `$2`.
+pub(crate) fn select_matching(state_schema: &str) -> String {
+    format!(
+        "SELECT 1 FROM {} WHERE sources = $1 AND catalog = $2",
+        table(state_schema, TABLE)
+    )
+}
+
+/// Removes the record (a reconcile that left something to do).
+pub(crate) fn delete(state_schema: &str) -> String {
+    format!("DELETE FROM {}", table(state_schema, TABLE))
+}
+
+/// `SELECT <fingerprint>`, taken before a plan reads the catalog.
+pub(crate) fn select_fingerprint(state_schema: &str) -> String {
+    format!("SELECT {}", catalog_fingerprint(state_schema))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_schema_is_quoted() {
+        let sql = select("Odd\"schema");
+        assert!(
+            sql.contains("\"Odd\"\"schema\".\"managed_object\""),
+            "{sql}"
+        );
+        assert!(sql.contains("\"Odd\"\"schema\".\"in_sync\""), "{sql}");
+    }
+}
