@@ -2,9 +2,10 @@
 //! checked against.
 //!
 //! The fingerprint digests every row version (`ctid`, `xmin`) of the catalogs a plan reads:
-//! any `CREATE`, `ALTER`, `DROP`, `COMMENT`, `GRANT` or `REFRESH` writes a new row version
-//! or removes one, so equal fingerprints mean the catalog holds the very rows it held. Only
-//! in-place updates escape it (statistics, frozen transaction ids), which no plan reads.
+//! any `CREATE`, `ALTER`, `DROP`, `COMMENT` or `GRANT` writes a new row version or removes
+//! one, so equal fingerprints mean the catalog holds the very rows it held. Only in-place
+//! updates escape it (statistics, frozen transaction ids), which no plan reads. Relations
+//! are digested by the columns a plan reads, so a refresh is not a change.
 //! `pg_depend` is left out (the largest catalog): its rows change only with the objects
 //! they link, whose own rows are digested.
 
@@ -14,32 +15,61 @@ use super::state::{BUILDS_TABLE, OBJECTS_TABLE, RESTORE_OWED_TABLE, table};
 pub(crate) const TABLE: &str = "in_sync";
 
 /// The catalogs whose rows a plan reads, directly or through the functions it calls
-/// (`pg_get_viewdef`, `pg_get_indexdef`, `format_type`, `pg_describe_object`): relations,
-/// columns, rules, indexes, comments, triggers, grants, and every kind of object a view's
-/// query can name.
-const CATALOGS: &[&str] = &[
-    "pg_namespace",
-    "pg_class",
-    "pg_attribute",
-    "pg_rewrite",
-    "pg_index",
-    "pg_description",
-    "pg_trigger",
-    "pg_default_acl",
-    "pg_type",
-    "pg_proc",
-    "pg_operator",
-    "pg_collation",
-    "pg_constraint",
-    "pg_cast",
-    "pg_am",
-    "pg_opclass",
-    "pg_opfamily",
-    "pg_ts_config",
-    "pg_ts_dict",
-    "pg_extension",
-    "pg_event_trigger",
-    "pg_auth_members",
+/// (`pg_get_viewdef`, `pg_get_indexdef`, `format_type`, `pg_describe_object`): columns,
+/// rules, indexes, comments, triggers, grants, and every kind of object a view's query can
+/// name; each with the rows it leaves out. Other sessions' temporary tables (with their
+/// columns, types, indexes and schemas) come and go, and no view reads them.
+const CATALOGS: &[(&str, &str)] = &[
+    (
+        "pg_attribute",
+        "attrelid NOT IN (SELECT oid FROM temporary)",
+    ),
+    ("pg_rewrite", "ev_class NOT IN (SELECT oid FROM temporary)"),
+    ("pg_index", "indrelid NOT IN (SELECT oid FROM temporary)"),
+    (
+        "pg_constraint",
+        "conrelid NOT IN (SELECT oid FROM temporary)",
+    ),
+    ("pg_trigger", "tgrelid NOT IN (SELECT oid FROM temporary)"),
+    (
+        "pg_description",
+        "classoid <> 'pg_catalog.pg_class'::regclass OR objoid NOT IN (SELECT oid FROM temporary)",
+    ),
+    // A session's first temporary table makes its temporary schemas, kept for the next
+    // session in its slot.
+    ("pg_namespace", "nspname !~ '^pg_(toast_)?temp_'"),
+    (
+        "pg_type",
+        "typnamespace NOT IN (SELECT oid FROM pg_catalog.pg_namespace
+                              WHERE nspname ~ '^pg_(toast_)?temp_')",
+    ),
+    ("pg_default_acl", "true"),
+    ("pg_proc", "true"),
+    ("pg_operator", "true"),
+    ("pg_collation", "true"),
+    ("pg_cast", "true"),
+    ("pg_am", "true"),
+    ("pg_opclass", "true"),
+    ("pg_opfamily", "true"),
+    ("pg_ts_config", "true"),
+    ("pg_ts_dict", "true"),
+    ("pg_extension", "true"),
+    ("pg_event_trigger", "true"),
+    ("pg_auth_members", "true"),
+];
+
+/// Settings that change how the catalog prints names and constants.
+const SETTINGS: &[&str] = &[
+    "server_version_num",
+    "search_path",
+    "DateStyle",
+    "IntervalStyle",
+    "TimeZone",
+    "extra_float_digits",
+    "bytea_output",
+    "lc_monetary",
+    "quote_all_identifiers",
+    "standard_conforming_strings",
 ];
 
 /// DDL creating the record's table when missing (part of the state schema's).
@@ -61,20 +91,30 @@ pub(crate) fn create_table(schema: &str) -> String {
 /// One expression: the fingerprint of the catalog as the statement sees it. Besides the
 /// catalogs: viewkeeper's own tables (but not the record itself, nor the refresh history,
 /// which a plan with nothing to do does not show), the roles (owners print by name), the
-/// database's own privileges, the user, and the settings that change what the catalog
-/// prints.
+/// database's own privileges, the user, and the settings.
 pub(crate) fn catalog_fingerprint(state_schema: &str) -> String {
-    let row_versions = |relation: &str| {
+    let row_versions = |relation: &str, rows: &str| {
         format!(
-            "(SELECT coalesce(bit_xor(hashtextextended(ctid::text, xmin::text::int8)), 0) FROM {relation})"
+            "(SELECT coalesce(bit_xor(hashtextextended(ctid::text, xmin::text::int8)), 0)
+              FROM {relation} WHERE {rows})"
         )
     };
     let mut parts: Vec<String> = CATALOGS
         .iter()
-        .map(|catalog| row_versions(&format!("pg_catalog.{catalog}")))
+        .map(|(catalog, rows)| row_versions(&format!("pg_catalog.{catalog}"), rows))
         .collect();
+    // Relations by what a plan reads of them, not by row version: a refresh writes a new
+    // version (another file node), and must not count as a change.
+    parts.push(
+        "(SELECT coalesce(bit_xor(hashtextextended((oid, relname, relnamespace, relkind, relowner,
+                                                    relacl, reloptions, relispopulated,
+                                                    relpersistence, relam, reltablespace,
+                                                    reltype, relnatts)::text, 0)), 0)
+          FROM pg_catalog.pg_class WHERE relpersistence <> 't')"
+            .into(),
+    );
     for own in [OBJECTS_TABLE, BUILDS_TABLE, RESTORE_OWED_TABLE] {
-        parts.push(row_versions(&table(state_schema, own)));
+        parts.push(row_versions(&table(state_schema, own), "true"));
     }
     parts.push("(SELECT bit_xor(hashtextextended(r::text, 0)) FROM pg_catalog.pg_roles r)".into());
     parts.push(
@@ -82,22 +122,18 @@ pub(crate) fn catalog_fingerprint(state_schema: &str) -> String {
           WHERE datname = current_database())"
             .into(),
     );
-    for setting in [
-        "server_version_num",
-        "search_path",
-        "DateStyle",
-        "IntervalStyle",
-        "TimeZone",
-        "extra_float_digits",
-        "bytea_output",
-        "lc_monetary",
-        "quote_all_identifiers",
-        "standard_conforming_strings",
-    ] {
-        parts.push(format!("current_setting('{setting}')"));
-    }
+    parts.extend(
+        SETTINGS
+            .iter()
+            .map(|setting| format!("current_setting('{setting}')")),
+    );
     parts.push("current_user".into());
-    format!("md5(concat_ws(' ', {}))", parts.join(",\n "))
+    format!(
+        "(WITH temporary AS MATERIALIZED (
+              SELECT oid FROM pg_catalog.pg_class WHERE relpersistence = 't')
+          SELECT md5(concat_ws(' ', {})))",
+        parts.join(",\n ")
+    )
 }
 
 /// The record, and whether the catalog's fingerprint is still the recorded one (computed
