@@ -17,11 +17,12 @@ use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
 use crate::plan::{Plan, Warning};
-use crate::project::{Config, Project};
+use crate::project::{Config, Project, SourceFile, display_path};
 use crate::sql::{in_sync as sql, session, state};
 use crate::waits;
 
-/// The digest of one file: its path as shown in messages, and its contents'.
+/// The digest of one file: its path inside the project folder, and its contents'. (Inside
+/// the folder, so a plan run from another folder, or another checkout, finds the record.)
 type FileDigest = (PathBuf, [u8; 32]);
 
 /// What the digest of the sources starts with: what else decides a plan on the client.
@@ -51,29 +52,35 @@ fn sources_digest(
     format!("{:x}", digest.finalize())
 }
 
-/// The sources of a loaded project: its digest, and the query files it read.
+/// The project folder `root` as messages show it.
+fn shown(root: &Path) -> String {
+    display_path(root).to_string_lossy().into_owned()
+}
+
+/// `path` (as shown in messages) inside the project folder `root` (as given).
+fn inside(root: &Path, path: &Path) -> PathBuf {
+    let (root, path) = (display_path(root), display_path(path));
+    path.strip_prefix(&root)
+        .map_or_else(|_| path.clone(), Path::to_path_buf)
+}
+
+/// The sources of a loaded project: its digest, and the query files it read (inside the
+/// project folder).
 fn project_sources(project: &Project) -> (String, Vec<String>) {
-    let declaration_files: Vec<FileDigest> = project
-        .files
-        .iter()
-        .map(|file| {
-            (
-                file.path.clone(),
-                Sha256::digest(file.text.as_bytes()).into(),
-            )
-        })
-        .collect();
+    let digest_of = |file: &SourceFile| -> FileDigest {
+        (
+            inside(&project.root, &file.path),
+            Sha256::digest(file.text.as_bytes()).into(),
+        )
+    };
+    let declaration_files: Vec<FileDigest> =
+        project.files.iter().map(|file| digest_of(file)).collect();
     let query_files: BTreeMap<PathBuf, [u8; 32]> = project
         .declarations
         .values()
         .map(|declaration| &declaration.query.origin.file)
         .filter(|file| !project.files.iter().any(|read| read.path == file.path))
-        .map(|file| {
-            (
-                file.path.clone(),
-                Sha256::digest(file.text.as_bytes()).into(),
-            )
-        })
+        .map(|file| digest_of(file))
         .collect();
     let names = query_files
         .keys()
@@ -89,6 +96,7 @@ fn project_sources(project: &Project) -> (String, Vec<String>) {
 /// The declaration files of the project at `root`, read and digested on a thread of their
 /// own while the command connects.
 pub struct Sources {
+    root: PathBuf,
     reader: Option<std::thread::JoinHandle<Option<Vec<FileDigest>>>>,
 }
 
@@ -96,17 +104,21 @@ impl Sources {
     /// Starts reading the declaration files under `config`'s folder.
     pub fn start(root: &Path, config: &Config) -> Self {
         let views_dir = root.join(&config.views_dir);
+        let thread_root = root.to_path_buf();
         let reader = std::thread::Builder::new()
             .name("source-digest".to_owned())
             .spawn(move || {
                 let paths = crate::project::declaration_paths(&views_dir)?;
                 paths
                     .iter()
-                    .map(|path| digest_file(&crate::project::display_path(path)))
+                    .map(|path| digest_file(&thread_root, path))
                     .collect()
             })
             .ok();
-        Self { reader }
+        Self {
+            root: root.to_path_buf(),
+            reader,
+        }
     }
 
     fn wait(self) -> Option<Vec<FileDigest>> {
@@ -114,13 +126,14 @@ impl Sources {
     }
 }
 
-/// A regular file's digest (never a FIFO, which would block); `None` when it cannot be read.
-fn digest_file(path: &Path) -> Option<FileDigest> {
+/// The digest of a regular file of the project at `root` (never a FIFO, which would block);
+/// `None` when it cannot be read.
+fn digest_file(root: &Path, path: &Path) -> Option<FileDigest> {
     if !std::fs::metadata(path).ok()?.is_file() {
         return None;
     }
     let contents = std::fs::read(path).ok()?;
-    Some((path.to_path_buf(), Sha256::digest(&contents).into()))
+    Some((inside(root, path), Sha256::digest(&contents).into()))
 }
 
 /// The plan recorded when the database was last found in sync, when neither the files
@@ -176,12 +189,13 @@ async fn read_record(
     }
     let recorded_sources: String = row.get(0);
     let query_files: Vec<String> = row.get(1);
+    let root = sources.root.clone();
     let Some(declaration_files) = sources.wait() else {
         return Ok(None);
     };
     let Some(query_files) = query_files
         .iter()
-        .map(|path| digest_file(Path::new(path)))
+        .map(|path| digest_file(&root, &root.join(path)))
         .collect::<Option<Vec<_>>>()
     else {
         return Ok(None);
@@ -194,6 +208,11 @@ async fn read_record(
     let Ok(warnings) = serde_json::from_str::<Vec<Warning>>(&warnings) else {
         return Ok(None);
     };
+    // Warnings name files as the recording reconcile showed them.
+    let shown_root: String = row.get(6);
+    if !warnings.is_empty() && shown_root != shown(&root) {
+        return Ok(None);
+    }
     let recorded_at: String = row.get(5);
     tracing::debug!(
         "nothing changed since {recorded_at}, when a reconcile found the database in sync: \
@@ -269,6 +288,7 @@ pub async fn record(client: &mut Client, project: &Project) -> Result<(), tokio_
                         (&query_files, Type::TEXT_ARRAY),
                         (&declared, Type::INT4),
                         (&warnings, Type::TEXT),
+                        (&shown(&project.root), Type::TEXT),
                     ],
                 )
                 .await?;

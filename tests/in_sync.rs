@@ -123,6 +123,35 @@ fn a_plan_after_reconcile_answers_from_the_record_and_prints_what_planning_print
     assert_eq!(read_markdown, answered_markdown);
 }
 
+/// `plan --project .` in the project folder: paths shown relative to it.
+fn plan_in_folder(db: &TestDb, dir: &std::path::Path) -> (String, bool) {
+    let output = assert_cmd::Command::cargo_bin("viewkeeper")
+        .expect("binary")
+        .current_dir(dir)
+        .env("DATABASE_URL", &db.url)
+        .env("NO_COLOR", "1")
+        .env("VIEWKEEPER_LOG", "viewkeeper=debug")
+        .args(["--project", ".", "plan"])
+        .output()
+        .expect("viewkeeper runs");
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).contains(ANSWERED),
+    )
+}
+
+#[test]
+fn the_record_answers_wherever_the_project_is_read_from() {
+    let _turn = setup();
+    let db = invoices_db();
+    let dir = invoices_project();
+    // Recorded with the project given by its full path, read as `.` from inside it.
+    reconcile(&db, dir.path());
+    let (stdout, answered) = plan_in_folder(&db, dir.path());
+    assert!(answered, "{stdout}");
+    assert!(stdout.contains("In sync"), "{stdout}");
+}
+
 #[test]
 fn warnings_are_recorded_with_the_plan() {
     let _turn = setup();
@@ -147,6 +176,14 @@ view "public.seller_count" {
     assert!(
         answered_text.contains("does not list it"),
         "no warning: {answered_text}"
+    );
+    // From inside the folder, warnings show other paths: planned from the catalog.
+    let (inside_text, answered) = plan_in_folder(&db, dir.path());
+    assert!(!answered, "{inside_text}");
+    assert!(inside_text.contains("views/a.kdl"), "{inside_text}");
+    assert!(
+        !inside_text.contains(&dir.path().display().to_string()),
+        "{inside_text}"
     );
     db.batch("CREATE TABLE unrelated (id int)");
     let (_, read_text, answered) = plan(&db, dir.path(), &[]);

@@ -38,6 +38,8 @@ pub struct Project {
     pub config: Config,
     /// Declarations keyed by name, in file order then position within the file.
     pub declarations: IndexMap<QualifiedName, Declaration>,
+    /// The project's folder, as given (or found).
+    pub root: PathBuf,
     /// The folder the declarations were read from.
     pub views_dir: PathBuf,
     /// Every declaration file read, with or without declarations in it (query files are
@@ -351,6 +353,7 @@ impl Project {
             Ok(Project {
                 config,
                 declarations,
+                root: root.to_path_buf(),
                 views_dir,
                 files: files_read,
             })

@@ -82,6 +82,7 @@ pub(crate) fn create_table(schema: &str) -> String {
     query_files text[] NOT NULL,
     declared integer NOT NULL,
     warnings jsonb NOT NULL,
+    shown_root text NOT NULL,
     recorded_at timestamptz NOT NULL DEFAULT now()
 );",
         table(schema, TABLE)
@@ -141,7 +142,7 @@ pub(crate) fn catalog_fingerprint(state_schema: &str) -> String {
 pub(crate) fn select(state_schema: &str) -> String {
     format!(
         "SELECT sources, query_files, declared, warnings::text,
-                catalog = {} AS catalog_unchanged, recorded_at::text
+                catalog = {} AS catalog_unchanged, recorded_at::text, shown_root
          FROM {}",
         catalog_fingerprint(state_schema),
         table(state_schema, TABLE)
@@ -149,15 +150,16 @@ pub(crate) fn select(state_schema: &str) -> String {
 }
 
 /// Replaces the record: `$1` sources, `$2` catalog fingerprint, `$3` query files,
-/// `$4` declared, `$5` warnings (JSON).
+/// `$4` declared, `$5` warnings (JSON), `$6` the project folder as warnings show it.
 pub(crate) fn upsert(state_schema: &str) -> String {
     format!(
-        "INSERT INTO {} (sources, catalog, query_files, declared, warnings)
-         VALUES ($1, $2, $3, $4, $5::text::jsonb)
+        "INSERT INTO {} (sources, catalog, query_files, declared, warnings, shown_root)
+         VALUES ($1, $2, $3, $4, $5::text::jsonb, $6)
          ON CONFLICT (single) DO UPDATE
          SET sources = excluded.sources, catalog = excluded.catalog,
              query_files = excluded.query_files, declared = excluded.declared,
-             warnings = excluded.warnings, recorded_at = now()",
+             warnings = excluded.warnings, shown_root = excluded.shown_root,
+             recorded_at = now()",
         table(state_schema, TABLE)
     )
 }
