@@ -413,7 +413,7 @@ enum Source<'p> {
     },
     Ready(Cow<'p, Project>),
     /// Read at once (no thread could be started), with mistakes.
-    Failed(Problems),
+    Failed(Box<Problems>),
     /// Settings read, declarations not yet: [`ProjectLoad::begin`] starts them.
     Later(PathBuf),
 }
@@ -464,7 +464,7 @@ impl<'p> ProjectLoad<'p> {
             },
             Err(_) => match Project::load(root) {
                 Ok(project) => Source::Ready(Cow::Owned(project)),
-                Err(problems) => Source::Failed(problems),
+                Err(problems) => Source::Failed(Box::new(problems)),
             },
         }
     }
@@ -501,7 +501,7 @@ impl<'p> ProjectLoad<'p> {
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
                 .map(Cow::Owned),
             Source::Ready(project) => Ok(project),
-            Source::Failed(problems) => Err(problems),
+            Source::Failed(problems) => Err(*problems),
             Source::Later(root) => Project::load(&root).map(Cow::Owned),
         }
     }
