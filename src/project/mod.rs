@@ -411,9 +411,9 @@ enum Source<'p> {
         /// Told (or dropped, on a panic) when the reader is done; `None` once heard.
         done: Option<tokio::sync::oneshot::Receiver<()>>,
     },
-    Ready(Cow<'p, Project>),
+    Ready(Box<Cow<'p, Project>>),
     /// Read at once (no thread could be started), with mistakes.
-    Failed(Box<Problems>),
+    Failed(Problems),
     /// Settings read, declarations not yet: [`ProjectLoad::begin`] starts them.
     Later(PathBuf),
 }
@@ -463,8 +463,8 @@ impl<'p> ProjectLoad<'p> {
                 done: Some(done),
             },
             Err(_) => match Project::load(root) {
-                Ok(project) => Source::Ready(Cow::Owned(project)),
-                Err(problems) => Source::Failed(Box::new(problems)),
+                Ok(project) => Source::Ready(Box::new(Cow::Owned(project))),
+                Err(problems) => Source::Failed(problems),
             },
         }
     }
@@ -473,7 +473,7 @@ impl<'p> ProjectLoad<'p> {
     pub fn ready(project: Cow<'p, Project>) -> Self {
         Self {
             config: project.config.clone(),
-            source: Source::Ready(project),
+            source: Source::Ready(Box::new(project)),
         }
     }
 
@@ -500,8 +500,8 @@ impl<'p> ProjectLoad<'p> {
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
                 .map(Cow::Owned),
-            Source::Ready(project) => Ok(project),
-            Source::Failed(problems) => Err(*problems),
+            Source::Ready(project) => Ok(*project),
+            Source::Failed(problems) => Err(problems),
             Source::Later(root) => Project::load(&root).map(Cow::Owned),
         }
     }
