@@ -517,7 +517,7 @@ async fn measure(
             for root in [project_dir.path(), many_files.path()] {
                 // The schema is the default, `viewkeeper`: no quoting needed.
                 client
-                    .batch_execute(&format!("DELETE FROM {state_schema}.in_sync"))
+                    .batch_execute(&format!("DELETE FROM {state_schema}.in_sync_v1"))
                     .await
                     .map_err(sql)?;
                 planned.push(time_plan_process(&binary, root, &url)?);

@@ -241,6 +241,10 @@ async fn plan(
     let sources = out
         .is_none()
         .then(|| in_sync::Sources::start(root, &config));
+    if sources.is_none() {
+        // A saved plan is always made from the catalog.
+        load.begin();
+    }
     let connecting = connect(url, &config);
     tokio::pin!(connecting);
     // Mistakes in the declarations come first, as when nothing was connected yet: before a

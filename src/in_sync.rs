@@ -27,8 +27,15 @@ type FileDigest = (PathBuf, [u8; 32]);
 
 /// What the digest of the sources starts with: what else decides a plan on the client.
 fn header(config: &Config) -> String {
-    format!("viewkeeper {}\n{config:?}\n", env!("CARGO_PKG_VERSION"))
+    format!(
+        "viewkeeper {} {PLANNER_VERSION}\n{config:?}\n",
+        env!("CARGO_PKG_VERSION")
+    )
 }
+
+/// Changed with any change to what a plan makes of the same files and catalog, so that no
+/// record made by another build (of the same version number) answers for this one.
+const PLANNER_VERSION: u32 = 1;
 
 /// The digest of everything a plan reads on the client: `declaration_files` as
 /// [`Project::load`] finds them, and the query files they name.
@@ -126,6 +133,17 @@ impl Sources {
     }
 }
 
+/// The digest of the query file at `path` inside `root`, read only where loading the
+/// project would read it: inside the project folder once links are resolved.
+fn query_file_digest(root: &Path, path: &str) -> Option<FileDigest> {
+    let shown = display_path(&root.join(path));
+    let resolved = shown.canonicalize().ok()?;
+    if !resolved.starts_with(root.canonicalize().ok()?) {
+        return None;
+    }
+    digest_file(root, &shown)
+}
+
 /// The digest of a regular file of the project at `root` (never a FIFO, which would block);
 /// `None` when it cannot be read.
 fn digest_file(root: &Path, path: &Path) -> Option<FileDigest> {
@@ -155,76 +173,106 @@ pub async fn recorded_plan(client: &Client, config: &Config, sources: Sources) -
     }
 }
 
+/// What the record holds, read by column name: `None` for a row this viewkeeper did not
+/// write (a changed table).
+struct Recorded {
+    sources: String,
+    query_files: Vec<String>,
+    declared: usize,
+    warnings: Vec<Warning>,
+    shown_root: String,
+    catalog: String,
+    recorded_at: String,
+}
+
+impl Recorded {
+    fn from_row(row: &tokio_postgres::Row) -> Option<Self> {
+        Some(Self {
+            sources: row.try_get("sources").ok()?,
+            query_files: row.try_get("query_files").ok()?,
+            declared: usize::try_from(row.try_get::<_, i32>("declared").ok()?).ok()?,
+            warnings: serde_json::from_str(row.try_get("warnings").ok()?).ok()?,
+            shown_root: row.try_get("shown_root").ok()?,
+            catalog: row.try_get("catalog").ok()?,
+            recorded_at: row.try_get("recorded_at").ok()?,
+        })
+    }
+}
+
 async fn read_record(
     client: &Client,
     config: &Config,
     sources: Sources,
 ) -> Result<Option<Plan>, tokio_postgres::Error> {
     let schema = &config.state_schema;
+    // Never a long wait: a lock on what the record is checked against sends the plan to
+    // the catalog, which waits for it as bounded as ever.
     client
         .batch_execute(&format!(
             "{}; {}",
             session::BEGIN,
-            session::set_local_lock_timeout(config.lock_timeout)
+            session::set_local_lock_timeout(LOCK_TIMEOUT.min(config.lock_timeout))
         ))
         .await?;
-    // A reconcile at work: plan as usual, which waits for it.
-    if !waits::try_share_reconcile_lock(client, schema).await? {
-        return Ok(None);
-    }
     let table = state::table(schema, sql::TABLE);
-    let exists: bool = client
-        .query_typed_one(state::EXISTS, &[(&table, Type::TEXT)])
-        .await?
-        .get(0);
-    if !exists {
+    let ready = client
+        .query_typed_one(
+            sql::LOCKED_AND_PRESENT,
+            &[(&waits::lock_key(schema), Type::INT8), (&table, Type::TEXT)],
+        )
+        .await?;
+    // A reconcile at work (plan as usual, which waits for it), or no record table.
+    if !(ready.get::<_, bool>(0) && ready.get::<_, bool>(1)) {
         return Ok(None);
     }
     let Some(row) = client.query_typed_opt(&sql::select(schema), &[]).await? else {
         return Ok(None);
     };
-    let catalog_unchanged: Option<bool> = row.get(4);
-    if catalog_unchanged != Some(true) {
+    let Some(recorded) = Recorded::from_row(&row) else {
         return Ok(None);
-    }
-    let recorded_sources: String = row.get(0);
-    let query_files: Vec<String> = row.get(1);
+    };
     let root = sources.root.clone();
     let Some(declaration_files) = sources.wait() else {
         return Ok(None);
     };
-    let Some(query_files) = query_files
+    let Some(query_files) = recorded
+        .query_files
         .iter()
-        .map(|path| digest_file(&root, &root.join(path)))
+        .map(|path| query_file_digest(&root, path))
         .collect::<Option<Vec<_>>>()
     else {
         return Ok(None);
     };
-    if sources_digest(config, &declaration_files, &query_files) != recorded_sources {
+    if sources_digest(config, &declaration_files, &query_files) != recorded.sources {
         return Ok(None);
     }
-    let declared: i32 = row.get(2);
-    let warnings: String = row.get(3);
-    let Ok(warnings) = serde_json::from_str::<Vec<Warning>>(&warnings) else {
-        return Ok(None);
-    };
     // Warnings name files as the recording reconcile showed them.
-    let shown_root: String = row.get(6);
-    if !warnings.is_empty() && shown_root != shown(&root) {
+    if !recorded.warnings.is_empty() && recorded.shown_root != shown(&root) {
         return Ok(None);
     }
-    let recorded_at: String = row.get(5);
+    // The files are the recorded ones: only now is the catalog's fingerprint worth taking.
+    let catalog: String = client
+        .query_typed_one(&sql::select_fingerprint(schema), &[])
+        .await?
+        .try_get(0)?;
+    if catalog != recorded.catalog {
+        return Ok(None);
+    }
     tracing::debug!(
-        "nothing changed since {recorded_at}, when a reconcile found the database in sync: \
-         the plan is the one recorded then"
+        "nothing changed since {}, when a reconcile found the database in sync: \
+         the plan is the one recorded then",
+        recorded.recorded_at
     );
     Ok(Some(Plan {
         steps: Vec::new(),
-        warnings,
-        declared: usize::try_from(declared).unwrap_or_default(),
+        warnings: recorded.warnings,
+        declared: recorded.declared,
         last_builds: BTreeMap::new(),
     }))
 }
+
+/// How long `plan` waits for a lock before it leaves the record and plans.
+const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// After a reconcile: plans again, in a transaction of its own, and records what the plan
 /// was made from when it has nothing to do (or forgets the record when it has). The
@@ -236,7 +284,10 @@ pub async fn record(client: &mut Client, project: &Project) -> Result<(), tokio_
     let table = state::table(schema, sql::TABLE);
     let mut transaction = client.transaction().await?;
     waits::bound(&transaction, config.lock_timeout).await?;
-    waits::share_reconcile_lock(&transaction, schema).await?;
+    // Another reconcile at work records when it is done.
+    if !waits::try_share_reconcile_lock(&transaction, schema).await? {
+        return transaction.rollback().await;
+    }
     let state_exists: bool = transaction
         .query_typed_one(
             state::EXISTS,
@@ -275,10 +326,21 @@ pub async fn record(client: &mut Client, project: &Project) -> Result<(), tokio_
         Ok(plan) if plan.steps.is_empty() => Some(plan),
         _ => None,
     };
-    match in_sync {
-        Some(plan) => {
-            let warnings = serde_json::to_string(&plan.warnings).unwrap_or_else(|_| "[]".into());
-            let declared = i32::try_from(plan.declared).unwrap_or(i32::MAX);
+    // Each statement reads the catalog as committed when it starts: a change committed
+    // during the read (or one made and undone) may be in the plan and not in the
+    // fingerprint. Only a catalog that stayed the same throughout is recorded.
+    let after: String = transaction
+        .query_typed_one(&sql::select_fingerprint(schema), &[])
+        .await?
+        .get(0);
+    let in_sync = in_sync.filter(|_| after == fingerprint);
+    let recordable = in_sync.and_then(|plan| {
+        let warnings = serde_json::to_string(&plan.warnings).ok()?;
+        let declared = i32::try_from(plan.declared).ok()?;
+        Some((warnings, declared))
+    });
+    match recordable {
+        Some((warnings, declared)) => {
             transaction
                 .query_typed(
                     &sql::upsert(schema),

@@ -11,37 +11,51 @@
 
 use super::state::{BUILDS_TABLE, OBJECTS_TABLE, RESTORE_OWED_TABLE, table};
 
-/// The table of the in-sync record, inside the state schema: at most one row.
-pub(crate) const TABLE: &str = "in_sync";
+/// The table of the in-sync record, inside the state schema: at most one row. Its name
+/// carries the version of its shape: a viewkeeper that records differently makes a table
+/// of its own rather than misreading another's.
+pub(crate) const TABLE: &str = "in_sync_v1";
 
 /// The catalogs whose rows a plan reads, directly or through the functions it calls
 /// (`pg_get_viewdef`, `pg_get_indexdef`, `format_type`, `pg_describe_object`): columns,
 /// rules, indexes, comments, triggers, grants, and every kind of object a view's query can
-/// name; each with the rows it leaves out. Other sessions' temporary tables (with their
-/// columns, types, indexes and schemas) come and go, and no view reads them.
+/// name; each with the rows that count. Rows that belong to a relation count only for the
+/// `relevant` ones: views, materialized views (relations with rules) and what their queries
+/// read, found through indexes, so a database of thousands of tables does not make the
+/// fingerprint slower than the plan. Other sessions' temporary objects come and go, and no
+/// view reads them.
 const CATALOGS: &[(&str, &str)] = &[
     (
         "pg_attribute",
-        "attrelid NOT IN (SELECT oid FROM temporary)",
+        "attrelid = ANY ((SELECT oids FROM relevant)::oid[])",
     ),
-    ("pg_rewrite", "ev_class NOT IN (SELECT oid FROM temporary)"),
-    ("pg_index", "indrelid NOT IN (SELECT oid FROM temporary)"),
+    ("pg_rewrite", "true"),
+    (
+        "pg_index",
+        "indrelid = ANY ((SELECT oids FROM relevant)::oid[])",
+    ),
+    (
+        "pg_trigger",
+        "tgrelid = ANY ((SELECT oids FROM relevant)::oid[])",
+    ),
     (
         "pg_constraint",
-        "conrelid NOT IN (SELECT oid FROM temporary)",
+        "conrelid = 0 OR conrelid = ANY ((SELECT oids FROM relevant)::oid[])",
     ),
-    ("pg_trigger", "tgrelid NOT IN (SELECT oid FROM temporary)"),
     (
         "pg_description",
-        "classoid <> 'pg_catalog.pg_class'::regclass OR objoid NOT IN (SELECT oid FROM temporary)",
+        "classoid <> 'pg_catalog.pg_class'::regclass
+         OR objoid = ANY ((SELECT oids FROM relevant)::oid[])",
     ),
     // A session's first temporary table makes its temporary schemas, kept for the next
     // session in its slot.
     ("pg_namespace", "nspname !~ '^pg_(toast_)?temp_'"),
+    // The row types of other relations go with their relations (digested below).
     (
         "pg_type",
-        "typnamespace NOT IN (SELECT oid FROM pg_catalog.pg_namespace
-                              WHERE nspname ~ '^pg_(toast_)?temp_')",
+        "(typrelid = 0 OR typrelid = ANY ((SELECT oids FROM relevant)::oid[]))
+         AND typnamespace NOT IN (SELECT oid FROM pg_catalog.pg_namespace
+                                  WHERE nspname ~ '^pg_(toast_)?temp_')",
     ),
     ("pg_default_acl", "true"),
     ("pg_proc", "true"),
@@ -57,6 +71,9 @@ const CATALOGS: &[(&str, &str)] = &[
     ("pg_event_trigger", "true"),
     ("pg_auth_members", "true"),
 ];
+
+/// A row's version, as a number: its place (`ctid`) and the transaction that wrote it.
+const ROW_VERSION: &str = "hashtidextended(ctid, xmin::text::int8)";
 
 /// Settings that change how the catalog prints names and constants.
 const SETTINGS: &[&str] = &[
@@ -95,25 +112,26 @@ pub(crate) fn create_table(schema: &str) -> String {
 /// database's own privileges, the user, and the settings.
 pub(crate) fn catalog_fingerprint(state_schema: &str) -> String {
     let row_versions = |relation: &str, rows: &str| {
-        format!(
-            "(SELECT coalesce(bit_xor(hashtextextended(ctid::text, xmin::text::int8)), 0)
-              FROM {relation} WHERE {rows})"
-        )
+        format!("(SELECT coalesce(bit_xor({ROW_VERSION}), 0) FROM {relation} WHERE {rows})")
     };
     let mut parts: Vec<String> = CATALOGS
         .iter()
         .map(|(catalog, rows)| row_versions(&format!("pg_catalog.{catalog}"), rows))
         .collect();
-    // Relations by what a plan reads of them, not by row version: a refresh writes a new
-    // version (another file node), and must not count as a change.
-    parts.push(
-        "(SELECT coalesce(bit_xor(hashtextextended((oid, relname, relnamespace, relkind, relowner,
-                                                    relacl, reloptions, relispopulated,
-                                                    relpersistence, relam, reltablespace,
-                                                    reltype, relnatts)::text, 0)), 0)
-          FROM pg_catalog.pg_class WHERE relpersistence <> 't')"
-            .into(),
-    );
+    // Materialized views and their indexes by what a plan reads of them, not by row
+    // version: a refresh writes new versions (another file node, and another TOAST table,
+    // left out with every TOAST table), and must not count as a change.
+    parts.push(format!(
+        "(SELECT coalesce(bit_xor(
+                     CASE WHEN c.relkind = 'm' OR c.oid = ANY ((SELECT oids FROM refreshed)::oid[])
+                          THEN hashtextextended((c.oid, c.relname, c.relnamespace, c.relkind,
+                                                 c.relowner, c.relacl, c.reloptions,
+                                                 c.relispopulated, c.relpersistence, c.relam,
+                                                 c.reltablespace, c.reltype, c.relnatts)::text, 0)
+                          ELSE {ROW_VERSION} END), 0)
+          FROM pg_catalog.pg_class c
+          WHERE c.relpersistence <> 't' AND c.relnamespace <> 'pg_toast'::regnamespace)"
+    ));
     for own in [OBJECTS_TABLE, BUILDS_TABLE, RESTORE_OWED_TABLE] {
         parts.push(row_versions(&table(state_schema, own), "true"));
     }
@@ -130,21 +148,32 @@ pub(crate) fn catalog_fingerprint(state_schema: &str) -> String {
     );
     parts.push("current_user".into());
     format!(
-        "(WITH temporary AS MATERIALIZED (
-              SELECT oid FROM pg_catalog.pg_class WHERE relpersistence = 't')
+        "(WITH relevant AS MATERIALIZED (
+              SELECT ARRAY(SELECT ev_class FROM pg_catalog.pg_rewrite
+                           UNION
+                           SELECT refobjid FROM pg_catalog.pg_depend
+                           WHERE classid = 'pg_catalog.pg_rewrite'::regclass
+                             AND refclassid = 'pg_catalog.pg_class'::regclass) AS oids),
+               refreshed AS MATERIALIZED (
+              SELECT ARRAY(SELECT i.indexrelid FROM pg_catalog.pg_index i
+                           JOIN pg_catalog.pg_class t ON t.oid = i.indrelid AND t.relkind = 'm')
+                     AS oids)
           SELECT md5(concat_ws(' ', {})))",
         parts.join(",\n ")
     )
 }
 
-/// The record, and whether the catalog's fingerprint is still the recorded one (computed
-/// only when there is a record).
+/// Whether reconcile's advisory lock (key `$1`) is free to share, taken then if it is,
+/// and whether the record's table (`$2`, quoted) exists.
+pub(crate) const LOCKED_AND_PRESENT: &str =
+    "SELECT pg_try_advisory_xact_lock_shared($1), to_regclass($2) IS NOT NULL";
+
+/// The record.
 pub(crate) fn select(state_schema: &str) -> String {
     format!(
-        "SELECT sources, query_files, declared, warnings::text,
-                catalog = {} AS catalog_unchanged, recorded_at::text, shown_root
+        "SELECT sources, query_files, declared, warnings::text, shown_root, catalog,
+                recorded_at::text
          FROM {}",
-        catalog_fingerprint(state_schema),
         table(state_schema, TABLE)
     )
 }
