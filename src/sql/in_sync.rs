@@ -25,9 +25,11 @@ pub(crate) const TABLE: &str = "in_sync_v1";
 /// fingerprint slower than the plan. Other sessions' temporary objects come and go, and no
 /// view reads them.
 const CATALOGS: &[(&str, &str)] = &[
+    // With the columns of materialized views' indexes (their operator class options).
     (
         "pg_attribute",
-        "attrelid = ANY ((SELECT oids FROM relevant)::oid[])",
+        "attrelid = ANY ((SELECT oids FROM relevant)::oid[])
+         OR attrelid = ANY ((SELECT oids FROM refreshed)::oid[])",
     ),
     ("pg_rewrite", "true"),
     (
