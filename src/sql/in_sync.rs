@@ -21,33 +21,27 @@ pub(crate) const TABLE: &str = "in_sync_v1";
 /// rules, indexes, comments, triggers, grants, and every kind of object a view's query can
 /// name; each with the rows that count. Rows that belong to a relation count only for the
 /// `relevant` ones: views, materialized views (relations with rules) and what their queries
-/// read, found through indexes, so a database of thousands of tables does not make the
-/// fingerprint slower than the plan. Other sessions' temporary objects come and go, and no
+/// read, so a database of thousands of tables does not make the fingerprint slower than
+/// the plan. Other sessions' temporary objects come and go, and no
 /// view reads them.
 const CATALOGS: &[(&str, &str)] = &[
     // With the columns of materialized views' indexes (their operator class options).
     (
         "pg_attribute",
-        "attrelid = ANY ((SELECT oids FROM relevant)::oid[])
-         OR attrelid = ANY ((SELECT oids FROM refreshed)::oid[])",
+        "attrelid IN (SELECT oid FROM relevant)
+         OR attrelid IN (SELECT oid FROM refreshed)",
     ),
     ("pg_rewrite", "true"),
-    (
-        "pg_index",
-        "indrelid = ANY ((SELECT oids FROM relevant)::oid[])",
-    ),
-    (
-        "pg_trigger",
-        "tgrelid = ANY ((SELECT oids FROM relevant)::oid[])",
-    ),
+    ("pg_index", "indrelid IN (SELECT oid FROM relevant)"),
+    ("pg_trigger", "tgrelid IN (SELECT oid FROM relevant)"),
     (
         "pg_constraint",
-        "conrelid = 0 OR conrelid = ANY ((SELECT oids FROM relevant)::oid[])",
+        "conrelid = 0 OR conrelid IN (SELECT oid FROM relevant)",
     ),
     (
         "pg_description",
         "classoid <> 'pg_catalog.pg_class'::regclass
-         OR objoid = ANY ((SELECT oids FROM relevant)::oid[])",
+         OR objoid IN (SELECT oid FROM relevant)",
     ),
     // A session's first temporary table makes its temporary schemas, kept for the next
     // session in its slot.
@@ -55,7 +49,7 @@ const CATALOGS: &[(&str, &str)] = &[
     // The row types of other relations go with their relations (digested below).
     (
         "pg_type",
-        "(typrelid = 0 OR typrelid = ANY ((SELECT oids FROM relevant)::oid[]))
+        "(typrelid = 0 OR typrelid IN (SELECT oid FROM relevant))
          AND typnamespace NOT IN (SELECT oid FROM pg_catalog.pg_namespace
                                   WHERE nspname ~ '^pg_(toast_)?temp_')",
     ),
@@ -125,7 +119,7 @@ pub(crate) fn catalog_fingerprint(state_schema: &str) -> String {
     // left out with every TOAST table), and must not count as a change.
     parts.push(format!(
         "(SELECT coalesce(bit_xor(
-                     CASE WHEN c.relkind = 'm' OR c.oid = ANY ((SELECT oids FROM refreshed)::oid[])
+                     CASE WHEN c.relkind = 'm' OR c.oid IN (SELECT oid FROM refreshed)
                           THEN hashtextextended((c.oid, c.relname, c.relnamespace, c.relkind,
                                                  c.relowner, c.relacl, c.reloptions,
                                                  c.relispopulated, c.relpersistence, c.relam,
@@ -151,15 +145,14 @@ pub(crate) fn catalog_fingerprint(state_schema: &str) -> String {
     parts.push("current_user".into());
     format!(
         "(WITH relevant AS MATERIALIZED (
-              SELECT ARRAY(SELECT ev_class FROM pg_catalog.pg_rewrite
-                           UNION
-                           SELECT refobjid FROM pg_catalog.pg_depend
-                           WHERE classid = 'pg_catalog.pg_rewrite'::regclass
-                             AND refclassid = 'pg_catalog.pg_class'::regclass) AS oids),
-               refreshed AS MATERIALIZED (
-              SELECT ARRAY(SELECT i.indexrelid FROM pg_catalog.pg_index i
-                           JOIN pg_catalog.pg_class t ON t.oid = i.indrelid AND t.relkind = 'm')
-                     AS oids)
+              SELECT ev_class AS oid FROM pg_catalog.pg_rewrite
+              UNION
+              SELECT refobjid FROM pg_catalog.pg_depend
+              WHERE classid = 'pg_catalog.pg_rewrite'::regclass
+                AND refclassid = 'pg_catalog.pg_class'::regclass),
+          refreshed AS MATERIALIZED (
+              SELECT i.indexrelid AS oid FROM pg_catalog.pg_index i
+              JOIN pg_catalog.pg_class t ON t.oid = i.indrelid AND t.relkind = 'm')
           SELECT md5(concat_ws(' ', {})))",
         parts.join(",\n ")
     )
