@@ -225,14 +225,22 @@ async fn read_record(
     if !(ready.get::<_, bool>(0) && ready.get::<_, bool>(1)) {
         return Ok(None);
     }
-    let Some(row) = client.query_typed_opt(&sql::select(schema), &[]).await? else {
-        return Ok(None);
-    };
-    let Some(recorded) = Recorded::from_row(&row) else {
-        return Ok(None);
-    };
+    // The record, the catalog's fingerprint and the files' digests, all at once: the server
+    // takes the fingerprint while the files are read.
     let root = sources.root.clone();
-    let Some(declaration_files) = sources.wait() else {
+    let (select_record, select_fingerprint) =
+        (sql::select(schema), sql::select_fingerprint(schema));
+    let (row, catalog, declaration_files) = tokio::join!(
+        client.query_typed_opt(&select_record, &[]),
+        client.query_typed_one(&select_fingerprint, &[]),
+        tokio::task::spawn_blocking(move || sources.wait()),
+    );
+    let (Some(row), catalog) = (row?, catalog?.try_get::<_, String>(0)?) else {
+        return Ok(None);
+    };
+    let (Some(recorded), Ok(Some(declaration_files))) =
+        (Recorded::from_row(&row), declaration_files)
+    else {
         return Ok(None);
     };
     let Some(query_files) = recorded
@@ -243,19 +251,13 @@ async fn read_record(
     else {
         return Ok(None);
     };
-    if sources_digest(config, &declaration_files, &query_files) != recorded.sources {
+    if sources_digest(config, &declaration_files, &query_files) != recorded.sources
+        || catalog != recorded.catalog
+    {
         return Ok(None);
     }
     // Warnings name files as the recording reconcile showed them.
     if !recorded.warnings.is_empty() && recorded.shown_root != shown(&root) {
-        return Ok(None);
-    }
-    // The files are the recorded ones: only now is the catalog's fingerprint worth taking.
-    let catalog: String = client
-        .query_typed_one(&sql::select_fingerprint(schema), &[])
-        .await?
-        .try_get(0)?;
-    if catalog != recorded.catalog {
         return Ok(None);
     }
     tracing::debug!(
