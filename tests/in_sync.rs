@@ -444,3 +444,53 @@ fn a_query_file_linked_from_outside_the_project_is_not_read() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("outside the project folder"), "{stderr}");
 }
+
+/// What a materialized view's index prints from, beyond the view: enum labels in its
+/// predicate, the columns of a type its expression names, viewkeeper's own columns.
+#[test]
+fn what_indexes_and_viewkeepers_tables_print_from_is_planned_from_the_catalog() {
+    let _turn = setup();
+    let db = test_db();
+    db.batch(
+        "CREATE TYPE mood AS ENUM ('a', 'b');
+         CREATE TYPE pair AS (x int, k text);
+         CREATE TABLE t (id int, kind mood);
+         INSERT INTO t VALUES (1, 'a'), (2, 'b');",
+    );
+    let dir = project(&[(
+        "views/a.kdl",
+        r#"
+materialized-view "public.moods" {
+    query "SELECT id, kind, ROW(id, kind::text)::pair AS p FROM t"
+    index "id" unique=#true where="kind = 'a'" name="moods_a"
+    index "((p).x)" name="moods_px"
+}
+"#,
+    )]);
+    for (what, change, undo) in [
+        (
+            "enum label",
+            "ALTER TYPE mood RENAME VALUE 'a' TO 'z'",
+            "ALTER TYPE mood RENAME VALUE 'z' TO 'a'",
+        ),
+        (
+            "column of a type an index names",
+            "ALTER TYPE pair RENAME ATTRIBUTE x TO xx",
+            "ALTER TYPE pair RENAME ATTRIBUTE xx TO x",
+        ),
+        (
+            "column of viewkeeper's own table",
+            "ALTER TABLE viewkeeper.managed_object RENAME COLUMN query_sha256 TO renamed",
+            "ALTER TABLE viewkeeper.managed_object RENAME COLUMN renamed TO query_sha256",
+        ),
+    ] {
+        reconcile(&db, dir.path());
+        let (_, _, answered) = plan(&db, dir.path(), &[]);
+        assert!(answered, "before the {what}: the record did not answer");
+        db.batch(change);
+        let (code, stdout, answered) = plan(&db, dir.path(), &["--detailed-exitcode"]);
+        assert!(!answered, "{what}: answered from the record:\n{stdout}");
+        assert_ne!(code, 0, "{what}: {stdout}");
+        db.batch(undo);
+    }
+}

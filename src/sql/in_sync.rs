@@ -9,6 +9,7 @@
 //! `pg_depend` is left out (the largest catalog): its rows change only with the objects
 //! they link, whose own rows are digested.
 
+use super::quote_literal;
 use super::state::{BUILDS_TABLE, OBJECTS_TABLE, RESTORE_OWED_TABLE, table};
 
 /// The table of the in-sync record, inside the state schema: at most one row. Its name
@@ -66,6 +67,8 @@ const CATALOGS: &[(&str, &str)] = &[
     ("pg_extension", "true"),
     ("pg_event_trigger", "true"),
     ("pg_auth_members", "true"),
+    // Enum labels print in index predicates and expressions (`'a'::mood`).
+    ("pg_enum", "true"),
 ];
 
 /// A row's version, as a number: its place (`ctid`) and the transaction that wrote it.
@@ -144,16 +147,26 @@ pub(crate) fn catalog_fingerprint(state_schema: &str) -> String {
     );
     parts.push("current_user".into());
     format!(
-        "(WITH relevant AS MATERIALIZED (
+        "(WITH refreshed AS MATERIALIZED (
+              SELECT i.indexrelid AS oid FROM pg_catalog.pg_index i
+              JOIN pg_catalog.pg_class t ON t.oid = i.indrelid AND t.relkind = 'm'),
+          relevant AS MATERIALIZED (
               SELECT ev_class AS oid FROM pg_catalog.pg_rewrite
               UNION
+              -- What views read, and what materialized views' index expressions name.
               SELECT refobjid FROM pg_catalog.pg_depend
-              WHERE classid = 'pg_catalog.pg_rewrite'::regclass
-                AND refclassid = 'pg_catalog.pg_class'::regclass),
-          refreshed AS MATERIALIZED (
-              SELECT i.indexrelid AS oid FROM pg_catalog.pg_index i
-              JOIN pg_catalog.pg_class t ON t.oid = i.indrelid AND t.relkind = 'm')
+              WHERE (classid = 'pg_catalog.pg_rewrite'::regclass
+                     OR classid = 'pg_catalog.pg_class'::regclass
+                        AND objid IN (SELECT oid FROM refreshed))
+                AND refclassid = 'pg_catalog.pg_class'::regclass
+              UNION
+              -- viewkeeper's own tables, whose columns a plan reads by name.
+              SELECT c.oid FROM pg_catalog.pg_class c
+              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname IN ({}, {}))
           SELECT md5(concat_ws(' ', {})))",
+        quote_literal(state_schema),
+        quote_literal(&crate::guard::guard_schema(state_schema)),
         parts.join(",\n ")
     )
 }
@@ -212,11 +225,19 @@ mod tests {
 
     #[test]
     fn the_state_schema_is_quoted() {
-        let sql = select("Odd\"schema");
+        let fingerprint = select_fingerprint("Odd\"schema");
         assert!(
-            sql.contains("\"Odd\"\"schema\".\"managed_object\""),
-            "{sql}"
+            fingerprint.contains("\"Odd\"\"schema\".\"managed_object\""),
+            "{fingerprint}"
         );
-        assert!(sql.contains("\"Odd\"\"schema\".\"in_sync\""), "{sql}");
+        assert!(
+            fingerprint.contains("IN ('Odd\"schema', 'Odd\"schema_guard')"),
+            "{fingerprint}"
+        );
+        let record = select("Odd\"schema");
+        assert!(
+            record.contains("\"Odd\"\"schema\".\"in_sync_v1\""),
+            "{record}"
+        );
     }
 }
