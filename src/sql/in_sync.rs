@@ -26,12 +26,7 @@ pub(crate) const TABLE: &str = "in_sync_v1";
 /// the plan. Other sessions' temporary objects come and go, and no
 /// view reads them.
 const CATALOGS: &[(&str, &str)] = &[
-    // With the columns of materialized views' indexes (their operator class options).
-    (
-        "pg_attribute",
-        "attrelid IN (SELECT oid FROM relevant)
-         OR attrelid IN (SELECT oid FROM refreshed)",
-    ),
+    ("pg_attribute", "attrelid IN (SELECT oid FROM relevant)"),
     ("pg_rewrite", "true"),
     ("pg_index", "indrelid IN (SELECT oid FROM relevant)"),
     ("pg_trigger", "tgrelid IN (SELECT oid FROM relevant)"),
@@ -153,12 +148,19 @@ pub(crate) fn catalog_fingerprint(state_schema: &str) -> String {
           relevant AS MATERIALIZED (
               SELECT ev_class AS oid FROM pg_catalog.pg_rewrite
               UNION
-              -- What views read, and what materialized views' index expressions name.
+              -- What views read.
               SELECT refobjid FROM pg_catalog.pg_depend
-              WHERE (classid = 'pg_catalog.pg_rewrite'::regclass
-                     OR classid = 'pg_catalog.pg_class'::regclass
-                        AND objid IN (SELECT oid FROM refreshed))
+              WHERE classid = 'pg_catalog.pg_rewrite'::regclass
                 AND refclassid = 'pg_catalog.pg_class'::regclass
+              UNION
+              -- Materialized views' indexes (their columns hold operator class options),
+              -- and what their expressions name.
+              SELECT oid FROM refreshed
+              UNION
+              SELECT d.refobjid FROM pg_catalog.pg_depend d
+              JOIN refreshed ON refreshed.oid = d.objid
+              WHERE d.classid = 'pg_catalog.pg_class'::regclass
+                AND d.refclassid = 'pg_catalog.pg_class'::regclass
               UNION
               -- viewkeeper's own tables, whose columns a plan reads by name.
               SELECT c.oid FROM pg_catalog.pg_class c
