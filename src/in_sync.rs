@@ -4,10 +4,11 @@
 //! A reconcile ends by planning once more, in a transaction of its own. When that plan has
 //! nothing to do, it records in the state schema what the plan was made from: a digest of
 //! every declaration and query file (with viewkeeper's version and settings), and the
-//! catalog's fingerprint ([`crate::sql::in_sync`]), taken before the catalog was read, so
-//! whatever changes after is seen as a change. A later `plan` that finds the same files
-//! and the same fingerprint prints the recorded plan, with its warnings. Anything else
-//! (another file, a migration, a refresh, another role or setting) plans as usual.
+//! catalog's fingerprint ([`crate::sql::in_sync`]), taken before the catalog was read (so
+//! whatever changes after is seen as a change) and again after (so is a change made and
+//! undone meanwhile). A later `plan` that finds the same files and the same fingerprint
+//! prints the recorded plan, with its warnings. Anything else (another file, a migration,
+//! another role or setting) plans as usual; a refresh does not count.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -278,8 +279,9 @@ const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// After a reconcile: plans again, in a transaction of its own, and records what the plan
 /// was made from when it has nothing to do (or forgets the record when it has). The
-/// catalog's fingerprint is taken first, so a change made while the plan reads counts as
-/// a change. Does nothing when the record still holds.
+/// catalog's fingerprint is taken before and after the plan reads it: a change made
+/// meanwhile counts as a change. Does nothing when the record still holds, or while
+/// another reconcile is at work (it records when done).
 pub async fn record(client: &mut Client, project: &Project) -> Result<(), tokio_postgres::Error> {
     let config = &project.config;
     let schema = &config.state_schema;
