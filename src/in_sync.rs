@@ -83,11 +83,17 @@ fn project_sources(project: &Project) -> (String, Vec<String>) {
     };
     let declaration_files: Vec<FileDigest> =
         project.files.iter().map(|file| digest_of(file)).collect();
+    // A set, not a scan of the files per declaration: thousands of each are common.
+    let read: std::collections::HashSet<&Path> = project
+        .files
+        .iter()
+        .map(|file| file.path.as_path())
+        .collect();
     let query_files: BTreeMap<PathBuf, [u8; 32]> = project
         .declarations
         .values()
         .map(|declaration| &declaration.query.origin.file)
-        .filter(|file| !project.files.iter().any(|read| read.path == file.path))
+        .filter(|file| !read.contains(file.path.as_path()))
         .map(|file| digest_of(file))
         .collect();
     let names = query_files
